@@ -1,0 +1,27 @@
+# Every target runs inside .venv, which `make venv` builds (torch==2.13.0 first, then requirements).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export DS_ACCELERATOR ?= cpu
+export DS_BUILD_OPS ?= 0
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: venv test quickstart emoji-font clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+test: venv
+	$(PY) -m pytest -q tests
+
+quickstart: venv
+	$(PY) scripts/quickstart.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Cross-cutting plumbing shared by every entry script: errors, atomic files, logging."""
