@@ -23,5 +23,10 @@ test: venv
 quickstart: venv
 	$(PY) scripts/quickstart.py
 
+# The emoji dataset renders Noto Color Emoji (a Debian package); tests that need it skip without it.
+emoji-font:
+	@dpkg -s fonts-noto-color-emoji >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji >/dev/null)
+
 clean:
 	rm -rf $(VENV)
