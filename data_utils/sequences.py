@@ -1,0 +1,111 @@
+"""The task sequences: the only place that knows in which order tokens go.
+
+CogView has no task tokens; the order of the parts tells the model what to do (docs/architecture.md):
+
+    text-to-image      [ROI1] text G [BOI1] codes [EOI1]                       positions 0 … n-1
+    unconditional      [ROI1] G [BOI1] codes [EOI1]        (empty text, CFG)   positions 0 … n-1
+    image-to-text      G [BOI1] codes [EOI1] [ROI1] text [SEP]                 positions 0 … n-1
+    super-resolution   [ROI1] text G_lo [BOI1] lo [EOI1] | [ROI2] [POS w] G_hi [BOI2] hi [EOI2]
+                       positions restart at 0 at [ROI2]
+
+`G` is the grid token of the image that follows. `text_ids` are unified ids (`encode_text`), codes
+are image codes in [0, K), given as sequences or 1-D/2-D tensors (row-major). Leaving out the part
+the model is to generate gives the generation prompt.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from data_utils.tokenizer import UnifiedTokenizer, as_id_list
+from utils.errors import UserError
+
+TASKS = ("text2image", "image2text", "super_resolution")
+
+IdsLike = Iterable[int] | torch.Tensor
+
+
+@dataclass
+class TokenSequence:
+    ids: list[int]
+    position_ids: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _text(tok: UnifiedTokenizer, text_ids: IdsLike) -> list[int]:
+    ids = as_id_list(text_ids)
+    if not all(tok.is_text_id(i) for i in ids):
+        raise ValueError("text_ids must be unified text ids (from UnifiedTokenizer.encode_text), "
+                         "not SentencePiece ids, image codes or command tokens")
+    return ids
+
+
+def _codes(tok: UnifiedTokenizer, codes: IdsLike, grid: int, what: str) -> list[int]:
+    ids = as_id_list(codes)
+    if len(ids) != grid * grid:
+        raise ValueError(f"{what} has {len(ids)} codes but a {grid}x{grid} grid needs {grid * grid}")
+    if ids and (min(ids) < 0 or max(ids) >= tok.codebook_size):
+        raise ValueError(f"{what} holds ids outside the codebook [0, {tok.codebook_size})")
+    return ids
+
+
+def text2image(tok: UnifiedTokenizer, text_ids: IdsLike, grid: int, codes: IdsLike | None = None) -> TokenSequence:
+    """`[ROI1] text G [BOI1] codes [EOI1]`; without `codes`, the prompt ending at `[BOI1]`.
+
+    Empty `text_ids` give the unconditional sequence of classifier-free guidance.
+    """
+    ids = [tok["[ROI1]"], *_text(tok, text_ids), tok.grid_token(grid), tok["[BOI1]"]]
+    if codes is not None:
+        ids += [*_codes(tok, codes, grid, "image"), tok["[EOI1]"]]
+    return TokenSequence(ids, list(range(len(ids))))
+
+
+def image2text(tok: UnifiedTokenizer, codes: IdsLike, grid: int, text_ids: IdsLike | None = None) -> TokenSequence:
+    """`G [BOI1] codes [EOI1] [ROI1] text [SEP]`; without `text_ids`, the prompt ending at `[ROI1]`."""
+    ids = [tok.grid_token(grid), tok["[BOI1]"], *_codes(tok, codes, grid, "image"), tok["[EOI1]"], tok["[ROI1]"]]
+    if text_ids is not None:
+        ids += [*_text(tok, text_ids), tok["[SEP]"]]
+    return TokenSequence(ids, list(range(len(ids))))
+
+
+def super_resolution(tok: UnifiedTokenizer, text_ids: IdsLike, lo_codes: IdsLike, lo_grid: int, hi_grid: int,
+                     hi_codes: IdsLike | None = None, window: int = 0) -> TokenSequence:
+    """`[ROI1] text G_lo [BOI1] lo [EOI1] [ROI2] [POS w] G_hi [BOI2] hi [EOI2]`, positions restarting at [ROI2].
+
+    Without `hi_codes`, the prompt ending at `[BOI2]`. `window` is the index (0-8) of the
+    high-resolution window being generated; 0 for a whole image.
+    """
+    low = [tok["[ROI1]"], *_text(tok, text_ids), tok.grid_token(lo_grid), tok["[BOI1]"],
+           *_codes(tok, lo_codes, lo_grid, "low-resolution image"), tok["[EOI1]"]]
+    high = [tok["[ROI2]"], tok.position_token(window), tok.grid_token(hi_grid), tok["[BOI2]"]]
+    if hi_codes is not None:
+        high += [*_codes(tok, hi_codes, hi_grid, "high-resolution image"), tok["[EOI2]"]]
+    return TokenSequence(low + high, list(range(len(low))) + list(range(len(high))))
+
+
+def _part_lengths(task: str, text_max_tokens: int, grid: int, lo_grid: int | None) -> tuple[int, ...]:
+    """Lengths of the parts whose positions each start at 0, for the longest text."""
+    if task == "text2image":
+        return (text_max_tokens + grid * grid + 4,)
+    if task == "image2text":
+        return (text_max_tokens + grid * grid + 5,)
+    if task == "super_resolution":
+        lo_grid = grid // 2 if lo_grid is None else lo_grid
+        return (text_max_tokens + lo_grid * lo_grid + 4, grid * grid + 5)
+    raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def max_length(task: str, text_max_tokens: int, grid: int, lo_grid: int | None = None) -> int:
+    """Number of tokens of the task's full sequence with the longest text (`grid` is the target
+    image's side; `lo_grid` defaults to `grid // 2` for super-resolution)."""
+    return sum(_part_lengths(task, text_max_tokens, grid, lo_grid))
+
+
+def num_positions(task: str, text_max_tokens: int, grid: int, lo_grid: int | None = None) -> int:
+    """Number of position embeddings the task needs: less than `max_length` for super-resolution,
+    whose positions restart at `[ROI2]`."""
+    return max(_part_lengths(task, text_max_tokens, grid, lo_grid))
