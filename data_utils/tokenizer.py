@@ -88,10 +88,11 @@ class UnifiedTokenizer:
         self.num_text_tokens = int(text_tokenizer.vocab_size)
         self.text_offset = self.codebook_size
         self.command_offset = self.text_offset + self.num_text_tokens
-        self.num_command_tokens = len(COMMAND_TOKENS)
+        self.command_tokens = COMMAND_TOKENS
+        self.num_command_tokens = len(self.command_tokens)
         used = self.command_offset + self.num_command_tokens
         self.vocab_size = math.ceil(used / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-        self._command_ids = {name: self.command_offset + i for i, name in enumerate(COMMAND_TOKENS)}
+        self._command_ids = {name: self.command_offset + i for i, name in enumerate(self.command_tokens)}
         self.pad_id = self._command_ids["[PAD]"]
 
     @classmethod
@@ -105,12 +106,12 @@ class UnifiedTokenizer:
         try:
             return self._command_ids[name]
         except KeyError:
-            raise KeyError(f"unknown command token {name!r}; known: {' '.join(COMMAND_TOKENS)}") from None
+            raise KeyError(f"unknown command token {name!r}; known: {' '.join(self.command_tokens)}") from None
 
     def command_name(self, token_id: int) -> str | None:
         """The command token's name, or None for an image code, a text piece or padding."""
         index = int(token_id) - self.command_offset
-        return COMMAND_TOKENS[index] if 0 <= index < self.num_command_tokens else None
+        return self.command_tokens[index] if 0 <= index < self.num_command_tokens else None
 
     def grid_token(self, side: int) -> int:
         """The id of the token that announces a `side` x `side` code grid."""
@@ -210,7 +211,7 @@ class UnifiedTokenizer:
     def fingerprint(self) -> str:
         """A stable hash of everything that decides what an id means; data and checkpoints record it."""
         identity = {"text_tokenizer": self.text_tokenizer.fingerprint, "codebook_size": self.codebook_size,
-                    "command_tokens": list(COMMAND_TOKENS)}
+                    "command_tokens": list(self.command_tokens)}
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
     def describe(self) -> dict:
