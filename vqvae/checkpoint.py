@@ -1,0 +1,86 @@
+"""Reading VQ-VAE weights: our folder format, CogView's `.pt`, and a strict key/shape check.
+
+A checkpoint that does not fit the model must fail with the name of the first key that differs,
+not with PyTorch's wall of every missing key (or, worse, a silent partial load).
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from utils.errors import UserError
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+# Keys under which training scripts commonly nest a state dict.
+_NESTING_KEYS = ("state_dict", "model", "module")
+
+
+def _shape(tensor: torch.Tensor) -> list[int]:
+    return list(tensor.shape)
+
+
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Raise `UserError` naming the first key that is missing, unexpected or of another shape."""
+    expected = model.state_dict()
+    prefix = "checkpoint does not match the VQ-VAE:"
+    for name, tensor in expected.items():
+        if name not in state_dict:
+            raise UserError(f"{prefix} {name} is missing from the file")
+        found = state_dict[name]
+        if not isinstance(found, torch.Tensor):
+            raise UserError(f"{prefix} {name} is a {type(found).__name__} in the file, not a tensor")
+        if found.shape != tensor.shape:
+            raise UserError(f"{prefix} {name} has shape {_shape(found)} in the file, "
+                            f"{_shape(tensor)} in the model")
+    for name in state_dict:
+        if name not in expected:
+            raise UserError(f"{prefix} the file has an unexpected key {name}")
+
+
+def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Check keys and shapes, then load strictly (values are cast to the model's dtypes)."""
+    check_state_dict(model, state_dict)
+    model.load_state_dict(dict(state_dict), strict=True)
+
+
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a `.pt` file: stored directly, or under `state_dict`/`model`/`module`.
+
+    Loads with `weights_only=True` (no code from the file runs); a `module.` prefix left by
+    DataParallel is removed.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot read {path} as a PyTorch weights file: {first_line}") from None
+    if not _is_state_dict(obj) and isinstance(obj, dict):
+        nested = [obj[key] for key in _NESTING_KEYS if _is_state_dict(obj.get(key))]
+        if nested:
+            obj = nested[0]
+    if not _is_state_dict(obj):
+        described = f"a dict with keys {sorted(map(str, obj))[:5]}" if isinstance(obj, dict) else type(obj).__name__
+        raise UserError(f"{path} holds no state dict (found {described}); expected tensors at the top "
+                        f"level or under one of {_NESTING_KEYS}")
+    if all(name.startswith("module.") for name in obj):
+        obj = {name[len("module."):]: tensor for name, tensor in obj.items()}
+    return obj
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
