@@ -1,0 +1,373 @@
+"""One interface over every captioned image source: shapes, emoji, and a user's own folder or list.
+
+Preprocessing, VQ-VAE training and evaluation all read images through `open_dataset`, so a source only
+has to answer `len`, `item(index)` (a square RGB image of the requested size and its caption) and
+`caption(index)` (cheap, for tokenizer training). A bad item raises `SkipItem` from `item()`: the caller
+counts and lists it (`load_item`, `skip_report`) and goes on; only a bad dataset *name or path* is a
+`UserError`.
+
+Splits never depend on a random draw, so every run and every machine agree on them:
+- shapes: `train` is `ShapesDataset(seed)`, `val` is `ShapesDataset(seed + VAL_SEED_OFFSET)`, a seed
+  stream no training index can reach;
+- emoji: an item is `val` when the stable hash of its caption falls below `EMOJI_VAL_FRACTION`;
+- files: an item is `val` when the stable hash of its relative path falls below `FILES_VAL_FRACTION`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from PIL import Image
+
+from data_utils.images import load_image
+from data_utils.shapes import ShapesDataset
+from utils.errors import UserError
+from utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+SPLITS = ("train", "val")
+VAL_SEED_OFFSET = 1_000_003
+SHAPES_DEFAULT_ITEMS = {"train": 10_000, "val": 500}
+EMOJI_VAL_FRACTION = 0.05
+FILES_VAL_FRACTION = 0.02
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+# Reasons for skipping an item; each is counted separately in the skip report.
+MALFORMED_LINE = "malformed list line"
+MISSING_IMAGE = "missing image"
+UNREADABLE_IMAGE = "unreadable image"
+IMAGE_TOO_SMALL = "image too small"
+MISSING_CAPTION = "missing caption"
+UNREADABLE_CAPTION = "unreadable caption"
+EMPTY_CAPTION = "empty caption"
+
+
+class SkipItem(Exception):
+    """A bad data item (corrupt image, missing caption, ...): counted and listed, never fatal."""
+
+    def __init__(self, reason: str, source: str, detail: str = ""):
+        super().__init__(f"{source}: {reason}" + (f" ({detail})" if detail else ""))
+        self.reason, self.source, self.detail = reason, source, detail
+
+
+@dataclass
+class SkippedItem:
+    """The record of one skip, as stored in a shard manifest's `skipped` list."""
+
+    index: int
+    source: str
+    reason: str
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "source": self.source, "reason": self.reason, "detail": self.detail}
+
+
+@dataclass
+class CaptionedImage:
+    index: int
+    image: Image.Image  # RGB, size x size
+    caption: str
+    source: str  # a file path, or "shapes:{seed}:{index}", or "emoji:{caption}"
+    metadata: dict | None = None
+
+
+class CaptionedImageSource(ABC):
+    """A finite, indexable set of captioned images of one split."""
+
+    name: str
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def item(self, index: int) -> CaptionedImage:
+        """The image and caption of `index`; raises `SkipItem` for a bad item."""
+
+    @abstractmethod
+    def caption(self, index: int) -> str:
+        """The caption of `index` without decoding its image where possible; raises `SkipItem`."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """What a manifest records to say which data this is."""
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {self.name} ({len(self)} items)")
+
+
+def stable_fraction(key: str) -> float:
+    """A number in [0, 1) that depends only on `key` (SHA-1), the same on every machine and run."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def in_split(key: str, split: str, val_fraction: float) -> bool:
+    return (stable_fraction(key) < val_fraction) == (split == "val")
+
+
+def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
+    """The largest centred square of `image`, resized to size x size (LANCZOS)."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    if side == size and (width, height) == (size, size):
+        return image
+    return image.resize((size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side))
+
+
+# --- shapes ----------------------------------------------------------------------------------------------
+
+class ShapesSource(CaptionedImageSource):
+    name = "shapes"
+
+    def __init__(self, split: str, size: int, language: str, seed: int, num_items: int):
+        self.split, self.num_items = split, num_items
+        self.seed = seed if split == "train" else seed + VAL_SEED_OFFSET
+        try:
+            self.dataset = ShapesDataset(seed=self.seed, size=size, language=language)
+        except ValueError as err:
+            raise UserError(f"shapes: {err}") from None
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def item(self, index: int) -> CaptionedImage:
+        self._check_index(index)
+        item = self.dataset.item(index)
+        metadata = {"language": item.language, "objects": [obj.to_dict() for obj in item.objects]}
+        return CaptionedImage(index, item.image, item.caption, f"shapes:{self.seed}:{index}", metadata)
+
+    def caption(self, index: int) -> str:
+        self._check_index(index)
+        return self.dataset.caption(index)
+
+    def describe(self) -> dict:
+        return {"name": "shapes", "split": self.split, "seed": self.seed, "size": self.dataset.size,
+                "language": self.dataset.language, "num_items": self.num_items,
+                "two_object_fraction": self.dataset.two_object_fraction}
+
+
+# --- emoji -----------------------------------------------------------------------------------------------
+
+class EmojiSource(CaptionedImageSource):
+    name = "emoji"
+
+    def __init__(self, split: str, size: int, num_items: int | None):
+        from data_utils.emoji_data import load_emoji
+
+        cache = load_emoji(size)
+        keep = [i for i, caption in enumerate(cache.captions) if in_split(caption, split, EMOJI_VAL_FRACTION)]
+        self._rows = keep[:num_items] if num_items is not None else keep
+        self._images, self._captions = cache.images, cache.captions
+        self.split, self.size, self.cache_path = split, size, cache.path
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def item(self, index: int) -> CaptionedImage:
+        self._check_index(index)
+        row = self._rows[index]
+        caption = self._captions[row]
+        return CaptionedImage(index, Image.fromarray(self._images[row], mode="RGB"), caption, f"emoji:{caption}")
+
+    def caption(self, index: int) -> str:
+        self._check_index(index)
+        return self._captions[self._rows[index]]
+
+    def describe(self) -> dict:
+        return {"name": "emoji", "split": self.split, "size": self.size, "items": len(self),
+                "val_fraction": EMOJI_VAL_FRACTION, "cache": str(self.cache_path)}
+
+
+# --- a user's own files ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Entry:
+    key: str  # path relative to the dataset root (or as written in the list): split hash and `source`
+    image_path: Path | None
+    caption: str | None = None  # given inline by a list file
+    caption_path: Path | None = None  # or read from a .txt beside the image
+    problem: str | None = None  # a reason to skip known at scan time
+
+
+class FileSource(CaptionedImageSource):
+    """Images on disk with captions: a folder of images + same-name `.txt`, or a JSONL/TSV list."""
+
+    name = "files"
+
+    def __init__(self, root: Path, entries: list[_Entry], split: str, size: int, min_side: int):
+        self.root, self.split, self.size, self.min_side = root, split, size, min_side
+        self._entries = entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def caption(self, index: int) -> str:
+        self._check_index(index)
+        return self._caption(self._entries[index])
+
+    def _caption(self, entry: _Entry) -> str:
+        if entry.problem is not None:
+            raise SkipItem(entry.problem, entry.key)
+        text = entry.caption
+        if text is None:
+            if entry.caption_path is None:
+                raise SkipItem(MISSING_CAPTION, entry.key, "the list gives no caption")
+            if not entry.caption_path.is_file():
+                raise SkipItem(MISSING_CAPTION, entry.key, f"no {entry.caption_path.name} beside it")
+            try:
+                text = entry.caption_path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise SkipItem(UNREADABLE_CAPTION, entry.key, str(err)) from None
+        text = " ".join(text.split())
+        if not text:
+            raise SkipItem(EMPTY_CAPTION, entry.key)
+        return text
+
+    def item(self, index: int) -> CaptionedImage:
+        self._check_index(index)
+        entry = self._entries[index]
+        caption = self._caption(entry)
+        if entry.image_path is None or not entry.image_path.is_file():
+            raise SkipItem(MISSING_IMAGE, entry.key)
+        try:
+            image = load_image(entry.image_path)
+        except (UserError, Image.DecompressionBombError) as err:
+            raise SkipItem(UNREADABLE_IMAGE, entry.key, str(err)) from None
+        if min(image.size) < self.min_side:
+            raise SkipItem(IMAGE_TOO_SMALL, entry.key, f"{image.width}x{image.height} < {self.min_side}")
+        return CaptionedImage(index, center_crop_resize(image, self.size), caption, str(entry.image_path))
+
+    def describe(self) -> dict:
+        return {"name": "files", "path": str(self.root), "split": self.split, "size": self.size,
+                "min_side": self.min_side, "items": len(self), "val_fraction": FILES_VAL_FRACTION}
+
+
+def _scan_folder(root: Path) -> list[_Entry]:
+    """Every image under `root` (recursively, hidden files and folders left out), sorted by path."""
+    entries = []
+
+    def warn(err: OSError) -> None:
+        logger.warning("cannot list %s: %s", err.filename, err.strerror)
+
+    for folder, subfolders, files in os.walk(root, onerror=warn):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in files:
+            path = Path(folder, name)
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            key = path.relative_to(root).as_posix()
+            entries.append(_Entry(key, path, caption_path=path.with_suffix(".txt")))
+    return sorted(entries, key=lambda entry: entry.key)
+
+
+def _parse_list_line(line: str, number: int, suffix: str) -> tuple[str, str | None] | str:
+    """(image path, caption) of one JSONL/TSV line, or the reason it is malformed."""
+    if suffix == ".jsonl":
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            return f"line {number}: invalid JSON ({err.msg})"
+        if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+            return f'line {number}: expected {{"image": path, "caption": text}}'
+        caption = record.get("caption")
+        return record["image"], caption if isinstance(caption, str) else None
+    if "\t" not in line:
+        return f"line {number}: expected path<TAB>caption"
+    path, caption = line.split("\t", 1)
+    return path, caption
+
+
+def _read_list(list_path: Path) -> list[_Entry]:
+    """Entries of a JSONL or TSV list, in file order; image paths relative to the list's folder."""
+    try:
+        lines = list_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {list_path}: {err}") from None
+    entries = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        parsed = _parse_list_line(line, number, list_path.suffix.lower())
+        if isinstance(parsed, str):
+            entries.append(_Entry(f"{list_path.name}:{number}", None, problem=MALFORMED_LINE))
+            logger.warning("%s %s", list_path, parsed)
+            continue
+        path, caption = parsed
+        path = path.strip()
+        entries.append(_Entry(path, list_path.parent / path if path else None, caption=caption))
+    return entries
+
+
+# --- opening a dataset by name or path -------------------------------------------------------------------
+
+def open_dataset(name_or_path: str, *, split: str = "train", size: int = 64, language: str = "en",
+                 seed: int = 0, num_items: int | None = None, min_side: int = 16) -> CaptionedImageSource:
+    """The captioned images of `split` from `"shapes"`, `"emoji"`, a folder, or a `.jsonl`/`.tsv` list.
+
+    `num_items` caps the number of items (shapes: sets it, default 10,000 train / 500 val); `language`
+    and `seed` apply to shapes; `min_side` is the smallest image side a file source accepts.
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if size <= 0:
+        raise UserError(f"image size must be positive, got {size}")
+    if num_items is not None and num_items <= 0:
+        raise UserError(f"num_items must be positive, got {num_items}")
+    if name_or_path == "shapes":
+        return ShapesSource(split, size, language, seed, num_items or SHAPES_DEFAULT_ITEMS[split])
+    if name_or_path == "emoji":
+        return EmojiSource(split, size, num_items)
+
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        entries, root = _scan_folder(path), path
+        if not entries:
+            raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {path}")
+    elif path.is_file() and path.suffix.lower() in (".jsonl", ".tsv"):
+        entries, root = _read_list(path), path
+        if not entries:
+            raise UserError(f"{path} lists no images")
+    elif path.exists():
+        raise UserError(f"{path} is neither a folder nor a .jsonl/.tsv list of images and captions")
+    else:
+        raise UserError(f"unknown dataset {name_or_path!r}: expected 'shapes', 'emoji', a folder, "
+                        "or a .jsonl/.tsv file")
+    entries = [entry for entry in entries if in_split(entry.key, split, FILES_VAL_FRACTION)]
+    if not entries:
+        raise UserError(f"the {split} split of {path} is empty (it holds {FILES_VAL_FRACTION:.0%} of the items "
+                        "by a hash of their paths); add more images")
+    return FileSource(root.resolve(), entries[:num_items], split, size, min_side)
+
+
+# --- skips -----------------------------------------------------------------------------------------------
+
+def load_item(source: CaptionedImageSource, index: int) -> CaptionedImage | SkippedItem:
+    """`source.item(index)`, or the record of why it was skipped (logged as a warning)."""
+    try:
+        return source.item(index)
+    except SkipItem as skip:
+        logger.warning("skipping item %d: %s", index, skip)
+        return SkippedItem(index, skip.source, skip.reason, skip.detail)
+
+
+def skip_report(skips: Iterable[SkippedItem], max_listed: int = 50) -> str:
+    """A readable summary: the count of each reason, then the first `max_listed` skipped items."""
+    skips = list(skips)
+    if not skips:
+        return "no items skipped"
+    lines = [f"{len(skips)} item(s) skipped:"]
+    lines += [f"  {count:6d}  {reason}" for reason, count in Counter(s.reason for s in skips).most_common()]
+    for skip in skips[:max_listed]:
+        lines.append(f"  #{skip.index} {skip.source}: {skip.reason}" + (f" ({skip.detail})" if skip.detail else ""))
+    if len(skips) > max_listed:
+        lines.append(f"  ... and {len(skips) - max_listed} more")
+    return "\n".join(lines)
