@@ -9,6 +9,12 @@ complaint). Choices, and why:
   as written. Identity keeps every character; the only normalisation left is SentencePiece's
   whitespace handling (leading/trailing spaces dropped, runs of spaces collapsed to one), which
   carries no meaning in a caption.
+- Han characters are split apart before training (unless `han_words=True`), so each one is its own
+  piece. Chinese has no spaces, so SentencePiece would otherwise learn whole templated phrases as
+  single pieces (on the shapes captions BPE learns `右下角有一个大的` as one piece and unigram whole
+  captions), and the model could not share "红色" between "红色圆形" and "红色菱形". One piece per
+  character keeps Chinese captions compositional, like the English words. CogView's 50k BPE did have
+  multi-character pieces; `han_words=True` trains that way (shorter sequences on a large corpus).
 - `<unk>`=0, `<s>`=1, `</s>`=2 as in CogView; no padding piece (`[PAD]` is a command token of the
   unified id space, see `data_utils/tokenizer.py`).
 - Determinism: the random generator is seeded and training runs on one thread, so the same corpus
@@ -30,6 +36,11 @@ from utils.files import atomic_write_bytes, atomic_write_text
 
 MODEL_TYPES = ("bpe", "unigram")
 
+HAN_CHARACTER = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff]")
+_BETWEEN_HAN = re.compile(rf"(?<={HAN_CHARACTER.pattern})(?={HAN_CHARACTER.pattern})")
+# SentencePiece never lets a piece span this character during training, and drops it from the vocabulary.
+_PRETOKENIZATION_DELIMITER = "\x1f"
+
 _TOO_LARGE = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 _TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 
@@ -41,8 +52,9 @@ class _CaptionStream:
     stream keeps the original (for example a dataset's `UserError`) so it can be re-raised as is.
     """
 
-    def __init__(self, corpus: Iterable[str]):
+    def __init__(self, corpus: Iterable[str], split_han: bool):
         self._corpus = corpus
+        self._split_han = split_han
         self.count = 0
         self.error: BaseException | None = None
 
@@ -51,7 +63,7 @@ class _CaptionStream:
             for caption in self._corpus:
                 if caption and not caption.isspace():
                     self.count += 1
-                    yield caption
+                    yield _BETWEEN_HAN.sub(_PRETOKENIZATION_DELIMITER, caption) if self._split_han else caption
         except BaseException as err:
             self.error = err
             raise
@@ -72,10 +84,11 @@ def _explain_training_error(err: RuntimeError, vocab_size: int, num_captions: in
 
 def train_sentencepiece(corpus: Iterable[str], output_prefix: str | os.PathLike, vocab_size: int,
                         model_type: str = "bpe", character_coverage: float = 0.9995,
-                        byte_fallback: bool = True, seed: int = 0) -> Path:
+                        byte_fallback: bool = True, han_words: bool = False, seed: int = 0) -> Path:
     """Train a SentencePiece model on `corpus` (one caption per item) and write `{prefix}.model/.vocab`.
 
-    Blank captions are skipped. Returns the path of the `.model` file. Both files are written
+    Blank captions are skipped. `han_words` allows pieces spanning several Han characters (see the
+    module docstring for why the default is one piece per character). Returns the path of the `.model` file. Both files are written
     atomically (the model last), so an interrupted run never leaves a truncated model behind.
     """
     if model_type not in MODEL_TYPES:
@@ -83,7 +96,7 @@ def train_sentencepiece(corpus: Iterable[str], output_prefix: str | os.PathLike,
     if vocab_size <= 0:
         raise UserError(f"vocabulary size must be positive, got {vocab_size}")
     prefix = Path(output_prefix)
-    captions = _CaptionStream(corpus)
+    captions = _CaptionStream(corpus, split_han=not han_words)
     proto = io.BytesIO()
     spm.set_random_generator_seed(seed)
     try:
@@ -91,6 +104,7 @@ def train_sentencepiece(corpus: Iterable[str], output_prefix: str | os.PathLike,
             sentence_iterator=iter(captions), model_writer=proto,
             vocab_size=vocab_size, model_type=model_type, character_coverage=character_coverage,
             byte_fallback=byte_fallback, normalization_rule_name="identity",
+            pretokenization_delimiter=_PRETOKENIZATION_DELIMITER,
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2)
     except RuntimeError as err:
         if captions.error is not None:

@@ -1,15 +1,20 @@
 """The unified id space (CogView's ids exactly), SentencePiece training and text round trips."""
 import logging
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import data_utils.tokenizer as tokenizer_module
-from data_utils.text_tokenizer import TextTokenizer, train_sentencepiece
+from data_utils.text_tokenizer import HAN_CHARACTER, TextTokenizer, train_sentencepiece
 from data_utils.tokenizer import (COGVIEW_COMMAND_TOKENS, COMMAND_TOKENS, GRID_TOKENS, CommandSegment,
                                   ImageSegment, TextSegment, UnifiedTokenizer)
 from utils.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class FakeTextTokenizer:
@@ -59,10 +64,18 @@ ROUND_TRIPS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["bpe", "unigram"])
+# Vocabulary sizes near the largest each model type can learn from 200 captions.
+SP_SETTINGS = {"bpe": 400, "unigram": 325}
+
+
+@pytest.fixture(scope="module", params=sorted(SP_SETTINGS))
 def sp_model(request, tmp_path_factory):
     prefix = tmp_path_factory.mktemp(f"sp_{request.param}") / "sp"
-    return train_sentencepiece(make_captions(200), prefix, vocab_size=350, model_type=request.param)
+    return train_sentencepiece(make_captions(200), prefix, SP_SETTINGS[request.param], model_type=request.param)
+
+
+def model_type_of(sp_model) -> str:
+    return sp_model.parent.name.split("_")[1].rstrip("0123456789")
 
 
 # --- the id space ------------------------------------------------------------------------------
@@ -182,17 +195,27 @@ def test_text_round_trips_without_unknown_pieces(sp_model, text):
 
 def test_trained_model_layout_and_whitespace_normalisation(sp_model):
     text_tok = TextTokenizer(sp_model)
-    assert text_tok.vocab_size == 350
+    assert text_tok.vocab_size == SP_SETTINGS[model_type_of(sp_model)]
     assert [text_tok.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"]
     assert text_tok.decode(text_tok.encode("  a  red   circle ")) == "a red circle"
     # Frequent caption words become single pieces: the model learned something from the corpus.
     assert len(text_tok.encode("top left")) <= 3
-    assert sp_model.with_suffix(".vocab").read_text(encoding="utf-8").count("\n") == 350
+    assert sp_model.with_suffix(".vocab").read_text(encoding="utf-8").count("\n") == text_tok.vocab_size
+    # One piece per Han character by default, so Chinese captions stay compositional.
+    assert [text_tok.id_to_piece(i) for i in text_tok.encode("红色圆形")][-4:] == ["红", "色", "圆", "形"]
+    assert not any(len(HAN_CHARACTER.findall(text_tok.id_to_piece(i))) > 1 for i in range(text_tok.vocab_size))
+
+
+def test_han_words_allows_multi_character_pieces(tmp_path):
+    text_tok = TextTokenizer(train_sentencepiece(make_captions(200), tmp_path / "words", 400, han_words=True))
+    assert any(len(HAN_CHARACTER.findall(text_tok.id_to_piece(i))) > 1 for i in range(text_tok.vocab_size))
+    assert text_tok.decode(text_tok.encode(ROUND_TRIPS[1])) == ROUND_TRIPS[1]
 
 
 def test_training_is_deterministic(sp_model, tmp_path):
-    model_type = "bpe" if "sp_bpe" in str(sp_model) else "unigram"
-    again = train_sentencepiece(iter(make_captions(200)), tmp_path / "again", 350, model_type=model_type)
+    model_type = model_type_of(sp_model)
+    again = train_sentencepiece(iter(make_captions(200)), tmp_path / "again", SP_SETTINGS[model_type],
+                                model_type=model_type)
     assert again.read_bytes() == sp_model.read_bytes()
     assert TextTokenizer(again).fingerprint == TextTokenizer(sp_model).fingerprint
 
@@ -228,6 +251,33 @@ def test_missing_or_corrupt_model_is_a_user_error(tmp_path):
 
 def test_from_files_describes_the_model(sp_model):
     tok = UnifiedTokenizer.from_files(sp_model, 512)
-    assert tok.num_text_tokens == 350 and tok.vocab_size == 896
+    model_type = model_type_of(sp_model)
+    assert tok.num_text_tokens == SP_SETTINGS[model_type]
+    assert tok.vocab_size == {"bpe": 1024, "unigram": 896}[model_type]  # 512 + 400|325 + 28, padded to 128
     description = tok.describe()
     assert description["path"] == str(sp_model) and description["fingerprint"] == tok.fingerprint()
+
+
+# --- the command line ----------------------------------------------------------------------------
+def run_cli(*args):
+    return subprocess.run([sys.executable, "train_text_tokenizer.py", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_trains_from_a_corpus_file_and_a_dataset(tmp_path):
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text("\n".join(make_captions(100)) + "\n", encoding="utf-8")
+    result = run_cli("--dataset", "shapes", "--num-items", 100, "--corpus", corpus,
+                     "--output", tmp_path / "tok" / "sp", "--vocab-size", 400)
+    assert result.returncode == 0, result.stderr
+    assert "vocabulary: 400 pieces (bpe)" in result.stdout and "Chinese: " in result.stdout
+    assert TextTokenizer(tmp_path / "tok" / "sp.model").vocab_size == 400
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    result = run_cli("--corpus", tmp_path / "missing.txt", "--output", tmp_path / "sp")
+    assert result.returncode == 2 and result.stderr.strip() == f"error: missing corpus file: {tmp_path / 'missing.txt'}"
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    result = run_cli("--corpus", tmp_path / "latin1.txt", "--output", tmp_path / "sp")
+    assert result.returncode == 2 and "is not UTF-8 text" in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("sp*"))
