@@ -9,7 +9,7 @@ CogView has no task tokens; the order of the parts tells the model what to do (d
                        positions restart at 0 at [ROI2]
 
 `G` is the grid token of the image that follows. `text_ids` are unified ids (`encode_text`), codes
-are image codes in [0, K), given as sequences or 1-D/2-D tensors (row-major). Leaving out the part
+are image codes in [0, K), given as sequences, tensors or numpy arrays (2-D grids row-major). Leaving out the part
 the model is to generate gives the generation prompt.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+import numpy as np
 import torch
 
 from data_utils.tokenizer import UnifiedTokenizer, as_id_list
@@ -24,7 +25,7 @@ from utils.errors import UserError
 
 TASKS = ("text2image", "image2text", "super_resolution")
 
-IdsLike = Iterable[int] | torch.Tensor
+IdsLike = Iterable[int] | torch.Tensor | np.ndarray
 
 
 @dataclass

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Protocol, Sequence, Union
 
+import numpy as np
 import torch
 
 from utils.errors import UserError
@@ -71,9 +72,10 @@ class ImageSegment:
 Segment = Union[TextSegment, CommandSegment, ImageSegment]
 
 
-def as_id_list(ids: Iterable[int] | torch.Tensor) -> list[int]:
-    if isinstance(ids, torch.Tensor):
-        return ids.reshape(-1).tolist()
+def as_id_list(ids: Iterable[int] | torch.Tensor | np.ndarray) -> list[int]:
+    """Python ints from a sequence, or from a tensor or array of any shape (flattened row-major)."""
+    if isinstance(ids, (torch.Tensor, np.ndarray)):
+        return [int(i) for i in ids.reshape(-1).tolist()]
     return [int(i) for i in ids]
 
 

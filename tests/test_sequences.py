@@ -1,4 +1,5 @@
 """Task sequences: token order and position ids of each task, parsed back with `UnifiedTokenizer.decode`."""
+import numpy as np
 import pytest
 import torch
 
@@ -43,8 +44,11 @@ def test_text2image_round_trip(tok):
     assert seq.position_ids == list(range(len(seq)))
     prompt = sequences.text2image(tok, tok.encode_text(text), 8)
     assert prompt.ids == seq.ids[:len(prompt)] and prompt.ids[-1] == tok["[BOI1]"]
-    # Flat lists and 2-D tensors give the same sequence (row-major).
+    # Flat lists, 2-D tensors and numpy arrays (as read from shards) give the same sequence (row-major).
     assert sequences.text2image(tok, tok.encode_text(text), 8, image.flatten().tolist()).ids == seq.ids
+    as_arrays = sequences.text2image(tok, np.asarray(tok.encode_text(text), np.uint16), 8,
+                                     image.numpy().astype(np.uint16).reshape(-1))
+    assert as_arrays.ids == seq.ids and all(type(i) is int for i in as_arrays.ids)
 
 
 def test_unconditional_has_no_text(tok):
