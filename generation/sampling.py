@@ -97,7 +97,8 @@ def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0) -> 
     Filtered-out ids become -inf. Top-p keeps the smallest set of most likely ids whose probability
     sums to at least `top_p` (always at least the most likely id); it is computed after top-k, on the
     temperature-scaled distribution, independently for every row (CogView's version assumed batch 1).
-    Ties at the top-k boundary are broken by the sort order, so exactly k ids survive.
+    Ties at the top-k boundary are broken by the sort order, so exactly k ids survive. When every row
+    has a top-k, only the largest k are sorted (`torch.topk`), not the whole vocabulary.
     """
     batch, vocab = logits.shape
     device = logits.device
@@ -105,17 +106,21 @@ def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0) -> 
     k = _per_row(top_k, batch, torch.long, device)
     p = _per_row(top_p, batch, torch.float32, device)
     k = torch.where(k <= 0, torch.full_like(k, vocab), k.clamp(max=vocab))
-    if bool((k >= vocab).all()) and bool((p >= 1.0).all()):
+    k_max = int(k.max())
+    if k_max >= vocab and bool((p >= 1.0).all()):
         return logits
 
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    rank = torch.arange(vocab, device=device).expand(batch, vocab)
+    if k_max < vocab:
+        candidates, order = torch.topk(logits, k_max, dim=-1, sorted=True)
+    else:
+        candidates, order = torch.sort(logits, dim=-1, descending=True)
+    rank = torch.arange(candidates.shape[-1], device=device).expand_as(candidates)
     drop = rank >= k
-    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(sorted_logits, dim=-1)
+    candidates = candidates.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(candidates, dim=-1)
     mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of the strictly more likely ids
     drop |= (mass_before >= p) & (rank > 0)
-    return logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, candidates.masked_fill(drop, float("-inf")))
 
 
 def make_generators(seeds: Sequence[int]) -> list[torch.Generator]:

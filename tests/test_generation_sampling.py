@@ -30,11 +30,11 @@ def reference_filter(row: torch.Tensor, temperature: float, top_k: int, top_p: f
     return out
 
 
-def test_filters_match_a_per_row_reference_for_every_row_of_a_batch():
+@pytest.mark.parametrize("top_ks", [[0, 5, 20, 1, 0, 50], [3, 5, 20, 1, 7, 12]])  # full sort / topk path
+def test_filters_match_a_per_row_reference_for_every_row_of_a_batch(top_ks):
     torch.manual_seed(0)
     logits = torch.randn(6, 50) * 3
     temperatures = [1.0, 0.7, 1.3, 1.0, 2.0, 0.5]
-    top_ks = [0, 5, 20, 1, 0, 50]
     top_ps = [0.9, 1.0, 0.5, 0.3, 0.75, 0.95]
     batched = filter_logits(logits, temperatures, top_ks, top_ps)
     for i in range(6):

@@ -1,0 +1,226 @@
+"""The autoregressive loop: left-padded prompts, one prefill, then one token per step from a KV cache.
+
+`decode` takes any number of independent `DecodeRequest`s (a prompt, a seed, optionally an
+unconditional prompt for guidance and tokens fixed in advance) that share one `DecodeSpec` (how many
+tokens, which ids are allowed, how to sample, when to stop). It packs requests into batches of at most
+`max_batch_rows` rows, where a guided request takes two rows (conditional and unconditional, run side
+by side in the same forward), and halves the batch and retries when the device runs out of memory.
+
+Why the result of a request never depends on its batch: every request draws its random numbers from
+its own generator seeded with its own seed, one uniform per sampled token (`sampling.sample_rows`);
+left padding is masked out and positions restart at 0 on each row's first real token, so a padded row
+computes what it would compute alone (up to floating-point summation order in the kernels).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from data_utils.sequences import TokenSequence
+from generation.sampling import SamplingSettings, cfg_combine, filter_logits, make_generators, mask_disallowed, sample_rows
+from utils.errors import UserError
+from utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+SAMPLE = -1  # value in `DecodeRequest.forced` for a token that is sampled rather than fixed
+
+
+@dataclass
+class DecodeRequest:
+    """One sequence to continue.
+
+    `forced` (length `DecodeSpec.steps`) fixes some of the new tokens in advance (super-resolution
+    windows reuse codes already generated in their overlap); `SAMPLE` marks those to sample. Fixed
+    tokens are fed to the model like sampled ones but draw nothing from the generator.
+    """
+
+    prompt: TokenSequence
+    seed: int
+    uncond_prompt: TokenSequence | None = None
+    forced: torch.Tensor | None = None
+
+
+@dataclass
+class DecodeSpec:
+    """What every request of one `decode` call shares."""
+
+    steps: int                       # new tokens per request (at most; fewer when `stop_id` comes)
+    allowed: torch.Tensor            # [V] bool: the ids that may be sampled
+    settings: SamplingSettings = field(default_factory=SamplingSettings)
+    stop_id: int | None = None       # a row that samples this id is finished (kept as its last token)
+    pad_id: int = 0
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's `torch.OutOfMemoryError`, or the plain RuntimeError other backends raise."""
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
+
+
+def _left_pad(prompts: Sequence[TokenSequence], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompts as `[B, L]` ids, positions and a real-token mask, each right-aligned (left padding).
+
+    Padding takes position 0; it is never attended to, so its position does not matter.
+    """
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(prompts), length), dtype=torch.long)
+    real = torch.zeros((len(prompts), length), dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        start = length - len(prompt)
+        ids[row, start:] = torch.tensor(prompt.ids, dtype=torch.long)
+        positions[row, start:] = torch.tensor(prompt.position_ids, dtype=torch.long)
+        real[row, start:] = True
+    return ids.to(device), positions.to(device), real.to(device)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def decode_batch(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec: DecodeSpec,
+                 on_tokens: Callable[[int], None] = lambda n: None) -> list[torch.Tensor]:
+    """Continue every request in ONE batch; returns each request's new tokens (1-D, on the CPU).
+
+    Rows are `[conditional requests; unconditional twins]` when guidance is on. The cache is filled
+    once by the prefill; each later forward feeds only the new tokens: one sampled token, or a run of
+    tokens every live row has fixed in advance (fed in a single forward). A row that samples
+    `stop_id` leaves the batch (its cache rows are dropped with `KVCache.select`).
+    """
+    device = _model_device(model)
+    guided = spec.settings.uses_guidance
+    if guided and any(r.uncond_prompt is None for r in requests):
+        raise ValueError("guidance needs an unconditional prompt in every request")
+    prompts = [r.prompt for r in requests] + ([r.uncond_prompt for r in requests] if guided else [])
+    ids, positions, real = _left_pad(prompts, spec.pad_id, device)
+    num = len(requests)
+    forced = torch.full((num, spec.steps), SAMPLE, dtype=torch.long)
+    for row, request in enumerate(requests):
+        if request.forced is not None:
+            if request.forced.shape != (spec.steps,):
+                raise ValueError(f"forced tokens must have shape ({spec.steps},), got {tuple(request.forced.shape)}")
+            forced[row] = request.forced
+    generators = make_generators([r.seed for r in requests])
+    allowed = spec.allowed.to(device)
+    settings = spec.settings
+
+    prompt_len = ids.shape[1]
+    cache = model.new_kv_cache(len(prompts), prompt_len + spec.steps)
+    key_mask = torch.ones((len(prompts), prompt_len + spec.steps), dtype=torch.bool, device=device)
+    key_mask[:, :prompt_len] = real
+    next_position = positions[:, -1] + 1                       # [rows]
+    out = torch.full((num, spec.steps), spec.pad_id, dtype=torch.long)
+    produced = torch.zeros(num, dtype=torch.long)               # tokens written per request
+    live = torch.arange(num)                                    # requests still in the batch, in row order
+
+    def forward(tokens: torch.Tensor, step_positions: torch.Tensor) -> torch.Tensor:
+        """Feed `[rows, T]` tokens; the next-token logits `[rows, V]` after the last of them."""
+        end = cache.length + tokens.shape[1]
+        logits = model(tokens, step_positions, key_padding_mask=key_mask[:, :end], kv_cache=cache)
+        return logits[:, -1].float()
+
+    logits = forward(ids, positions)
+    step = 0
+    while step < spec.steps and len(live) > 0:
+        live_forced = forced[live, step:]
+        if bool((live_forced[:, 0] != SAMPLE).all()):
+            # The longest run, from here, of tokens every live row has fixed: one forward for all of it.
+            all_fixed = (live_forced != SAMPLE).all(dim=0)
+            run = int(all_fixed.int().cumprod(0).sum())
+            tokens = live_forced[:, :run]
+        else:
+            run = 1
+            cond = logits[:len(live)]
+            guided_logits = cfg_combine(cond, logits[len(live):], settings.cfg_scale) if guided else cond
+            filtered = filter_logits(mask_disallowed(guided_logits, allowed), settings.temperature,
+                                     settings.top_k, settings.top_p)
+            tokens = live_forced[:, :1].clone()
+            sampling = (tokens[:, 0] == SAMPLE).nonzero().flatten().tolist()
+            drawn = sample_rows(filtered[sampling], [generators[int(live[i])] for i in sampling])
+            tokens[sampling, 0] = drawn.cpu()
+        out[live, step:step + run] = tokens
+        produced[live] = step + run
+        on_tokens(run * len(live))
+        step += run
+        if step >= spec.steps:
+            break
+        keep = torch.ones(len(live), dtype=torch.bool)
+        if spec.stop_id is not None:
+            keep = ~(tokens == spec.stop_id).any(dim=1)
+        if not bool(keep.all()):
+            live = live[keep]
+            if len(live) == 0:
+                break
+            rows = keep.nonzero().flatten()
+            rows = torch.cat([rows, rows + len(keep)]) if guided else rows
+            cache.select(rows.to(device))
+            key_mask, next_position, tokens = key_mask[rows.to(device)], next_position[rows.to(device)], tokens[keep]
+        feed = tokens.to(device)
+        feed = torch.cat([feed, feed]) if guided else feed
+        step_positions = next_position.unsqueeze(1) + torch.arange(run, device=device)
+        next_position = next_position + run
+        logits = forward(feed, step_positions)
+    return [out[row, :produced[row]] for row in range(num)]
+
+
+def map_in_batches(count: int, per_batch: int, run: Callable[[list[int]], list], order: Sequence[int] | None = None,
+                   rows_per_item: int = 1) -> list:
+    """`run` over chunks of at most `per_batch` item indices; results in item order.
+
+    On out-of-memory the chunk size is halved for the rest of the call and the failed chunk runs
+    again; `run` must therefore depend only on the items it is given (true here: seeds are per item).
+    """
+    order = list(range(count)) if order is None else list(order)
+    results: list = [None] * count
+    start = 0
+    while start < len(order):
+        chunk = order[start:start + per_batch]
+        try:
+            outputs = run(chunk)
+        except (RuntimeError, torch.OutOfMemoryError) as err:
+            if not is_out_of_memory(err):
+                raise
+            if len(chunk) == 1:
+                raise UserError("out of memory even with one item per batch; use a smaller model, "
+                                "a lower-precision --dtype or a device with more memory") from None
+            per_batch = max(1, len(chunk) // 2)
+            logger.warning("out of memory at %d rows per forward; retrying with %d",
+                           len(chunk) * rows_per_item, per_batch * rows_per_item)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        for index, output in zip(chunk, outputs):
+            results[index] = output
+        start += len(chunk)
+    return results
+
+
+def decode(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec: DecodeSpec, max_batch_rows: int,
+           description: str = "decoding") -> list[torch.Tensor]:
+    """Continue all `requests`, packed `max_batch_rows` rows per forward (a guided request is 2 rows).
+
+    Requests of similar prompt length are batched together (less padding); results come back in
+    request order. Out-of-memory halves the batch (`map_in_batches`) without changing any output.
+    """
+    if max_batch_rows < 1:
+        raise UserError(f"--max-inference-batch-size must be >= 1, got {max_batch_rows}")
+    rows_per_request = 2 if spec.settings.uses_guidance else 1
+    order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt))
+    with tqdm(total=len(requests) * spec.steps, desc=description, unit="tok", leave=False) as bar:
+        def run(chunk: list[int]) -> list[torch.Tensor]:
+            progress_before = bar.n
+            try:
+                outputs = decode_batch(model, [requests[i] for i in chunk], spec, on_tokens=bar.update)
+            except BaseException:
+                bar.n = progress_before
+                bar.refresh()
+                raise
+            bar.update(sum(spec.steps - len(o) for o in outputs))  # rows that stopped early
+            return outputs
+
+        return map_in_batches(len(requests), max(1, max_batch_rows // rows_per_request), run, order,
+                              rows_per_request)

@@ -1,0 +1,228 @@
+"""The inference tasks in token space: text -> codes, codes -> caption, caption scores, codes -> 2x codes.
+
+Everything here speaks unified token ids and code grids; images (PIL, VQ-VAE) live in `pipeline.py`.
+Each task builds its prompts with `data_utils.sequences` (the only place that knows token order) and
+hands them to `decoding.decode` (or, for scoring, one plain forward per batch).
+
+Seeds: the request for item j (image j of a prompt, or input image j) uses seed `base_seed + j`, the
+same for every prompt. Image j of any prompt can be made again on its own with `--seed base_seed+j`
+and one image, whatever else was in the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from data_utils.sequences import TokenSequence, image2text, super_resolution, text2image
+from data_utils.tokenizer import UnifiedTokenizer
+from generation.decoding import DecodeRequest, DecodeSpec, SAMPLE, _left_pad, _model_device, decode, map_in_batches
+from generation.sampling import SamplingSettings, allowed_mask
+from utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The sizes a checkpoint was trained for.
+
+    `image_grid` is the side of the code grid of text-to-image and captioning; super-resolution was
+    trained from `image_grid // 2` to `image_grid` (the `lowres` shard field). `max_positions` is the
+    number of position embeddings.
+    """
+
+    image_grid: int
+    text_max_tokens: int
+    max_positions: int
+
+    @property
+    def lowres_grid(self) -> int:
+        return self.image_grid // 2
+
+
+def check_fits(prompt: TokenSequence, steps: int, geometry: Geometry, what: str) -> None:
+    """Refuse a prompt whose continuation would run past the model's position embeddings."""
+    needed = prompt.position_ids[-1] + steps  # the last position fed is last + steps - 1; keep [EOI]'s slot
+    if needed >= geometry.max_positions:
+        raise UserError(f"{what} needs {needed + 1} positions but the model has {geometry.max_positions}; "
+                        f"use a shorter prompt or a smaller image grid")
+
+
+def image_ids_mask(tok: UnifiedTokenizer) -> torch.Tensor:
+    return allowed_mask(tok.vocab_size, range(0, tok.codebook_size))
+
+
+def caption_ids_mask(tok: UnifiedTokenizer) -> torch.Tensor:
+    """Text pieces and `[SEP]`, which ends a caption."""
+    mask = allowed_mask(tok.vocab_size, range(tok.text_offset, tok.command_offset))
+    mask[tok["[SEP]"]] = True
+    return mask
+
+
+# --- text -> image codes ----------------------------------------------------------------------------
+def generate_image_codes(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Geometry,
+                         text_ids: Sequence[Sequence[int]], n: int, seed: int, settings: SamplingSettings,
+                         max_batch_rows: int, negative_ids: Sequence[int] | None = None) -> torch.Tensor:
+    """`n` code grids for each prompt, `[P, n, grid, grid]`; image j of every prompt has seed `seed + j`.
+
+    With guidance (`settings.cfg_scale != 1`) each request also runs an unconditional twin: the
+    prompt with the text removed (the CFG-drop sequence of training), or with `negative_ids` instead.
+    """
+    if n < 1:
+        raise UserError(f"--batch-size (images per prompt) must be >= 1, got {n}")
+    grid = geometry.image_grid
+    steps = grid * grid
+    uncond = text2image(tok, list(negative_ids or []), grid) if settings.uses_guidance else None
+    requests = []
+    for ids in text_ids:
+        prompt = text2image(tok, ids, grid)
+        check_fits(prompt, steps, geometry, "text-to-image")
+        requests += [DecodeRequest(prompt, seed + j, uncond) for j in range(n)]
+    spec = DecodeSpec(steps=steps, allowed=image_ids_mask(tok), settings=settings, pad_id=tok.pad_id)
+    codes = decode(model, requests, spec, max_batch_rows, description="text-to-image")
+    return torch.stack(codes).view(len(text_ids), n, grid, grid)
+
+
+# --- image codes -> caption -------------------------------------------------------------------------
+def caption_codes(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Geometry, codes: torch.Tensor,
+                  seed: int, settings: SamplingSettings, max_tokens: int, max_batch_rows: int) -> list[str]:
+    """A caption per code grid `[N, grid, grid]`: text ids (and `[SEP]`) only, stopping at `[SEP]` or
+    after `max_tokens` text tokens; image i uses seed `seed + i`. Rows finish independently."""
+    if max_tokens < 1:
+        raise UserError(f"--max-caption-tokens must be >= 1, got {max_tokens}")
+    grid = _grid_of(codes, geometry.image_grid, "captioning")
+    requests = []
+    for i, image_codes in enumerate(codes):
+        prompt = image2text(tok, image_codes, grid)
+        check_fits(prompt, max_tokens, geometry, "captioning")
+        requests.append(DecodeRequest(prompt, seed + i))
+    spec = DecodeSpec(steps=max_tokens, allowed=caption_ids_mask(tok), settings=settings,
+                      stop_id=tok["[SEP]"], pad_id=tok.pad_id)
+    outputs = decode(model, requests, spec, max_batch_rows, description="captioning")
+    return [tok.decode_text(tokens) for tokens in outputs]  # decode_text drops [SEP]
+
+
+# --- post-selection ---------------------------------------------------------------------------------
+@torch.inference_mode()
+def caption_scores(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Geometry, codes: torch.Tensor,
+                   text_ids: Sequence[int], max_batch_rows: int) -> torch.Tensor:
+    """Post-selection score of each code grid `[N, grid, grid]` for one text, `[N]` float.
+
+    score = sum over the text tokens t_i of log P(t_i | image, t_<i), read from the image-to-text
+    sequence `G [BOI1] codes [EOI1] [ROI1] text [SEP]` in one forward per batch. P is normalised over
+    the ids a caption may hold (text pieces and `[SEP]`): every other logit is masked out before the
+    log-softmax, as in CogView. `[SEP]` itself is not scored. Higher is better.
+    """
+    grid = _grid_of(codes, geometry.image_grid, "post-selection")
+    if not text_ids:
+        raise UserError("post-selection needs a non-empty text to score the images against")
+    sequences = [image2text(tok, image_codes, grid, text_ids) for image_codes in codes]
+    check_fits(sequences[0], 0, geometry, "post-selection")
+    allowed = caption_ids_mask(tok).to(_model_device(model))
+    text_start = grid * grid + 4  # index of the first text token: G [BOI1] codes [EOI1] [ROI1]
+    num_text = len(text_ids)
+
+    def run(chunk: list[int]) -> list[torch.Tensor]:
+        ids, positions, real = _left_pad([sequences[i] for i in chunk], tok.pad_id, _model_device(model))
+        logits = model(ids, positions, key_padding_mask=real).float()
+        # All sequences have the same length, so the text sits at the same columns in every row.
+        predicting = logits[:, text_start - 1:text_start - 1 + num_text]
+        log_probs = torch.log_softmax(predicting.masked_fill(~allowed, float("-inf")), dim=-1)
+        targets = ids[:, text_start:text_start + num_text]
+        return list(log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(dim=-1).cpu())
+
+    return torch.stack(map_in_batches(len(sequences), max_batch_rows, run))
+
+
+# --- super-resolution -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Window:
+    """One high-resolution window of the magnification: `[POS{index}]`, its top-left corner in the
+    target grid, and the matching corner of its low-resolution crop in the source grid."""
+
+    index: int
+    top: int
+    left: int
+
+    @property
+    def source_top(self) -> int:
+        return self.top // 2
+
+    @property
+    def source_left(self) -> int:
+        return self.left // 2
+
+
+def magnify_windows(grid: int) -> list[Window]:
+    """The 9 windows that cover a `2*grid` target with `grid`-sided windows at stride `grid/2`.
+
+    Window k = 3*r + c (r, c in 0..2) has its top-left corner at (r*grid/2, c*grid/2) of the target,
+    and reads the `grid/2`-sided crop at (r*grid/4, c*grid/4) of the source (the image at `grid`).
+    Windows run in this raster order; each one's codes that earlier windows already produced are
+    fixed, not sampled (CogView's magnify scheme).
+    """
+    if grid % 4:
+        raise UserError(f"super-resolution windows need a grid side divisible by 4, got {grid}")
+    stride = grid // 2
+    return [Window(3 * r + c, r * stride, c * stride) for r in range(3) for c in range(3)]
+
+
+def window_seed(image_seed: int, window: int) -> int:
+    """The seed of one window of one image: distinct for each of its 9 windows, so windows do not
+    repeat each other's random draws, and a function of the image's own seed only (batch-invariant)."""
+    return 9 * image_seed + window
+
+
+def super_resolve_codes(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Geometry, codes: torch.Tensor,
+                        text_ids: Sequence[Sequence[int]], seed: int, settings: SamplingSettings,
+                        max_batch_rows: int) -> torch.Tensor:
+    """Code grids `[N, s, s]` -> `[N, 2s, 2s]`, each conditioned on its text; image i has seed `seed + i`
+    and its window w draws from `window_seed(seed + i, w)`.
+
+    s = image_grid/2 is what super-resolution was trained on: one `[POS0]` pass. s = image_grid goes
+    beyond it with `magnify_windows`: 9 passes, each running the same window of all images as one batch.
+    """
+    if codes.dim() != 3 or codes.shape[1] != codes.shape[2]:
+        raise UserError(f"expected square code grids [N, s, s], got shape {list(codes.shape)}")
+    if len(text_ids) != len(codes):
+        raise ValueError(f"{len(codes)} images but {len(text_ids)} texts")
+    side, hi = codes.shape[1], geometry.image_grid
+    if side == geometry.lowres_grid:
+        return _generate_windows(model, tok, geometry, codes, text_ids, seed, settings, max_batch_rows,
+                                 [Window(0, 0, 0)], target_side=hi)
+    if side == hi:
+        return _generate_windows(model, tok, geometry, codes, text_ids, seed, settings, max_batch_rows,
+                                 magnify_windows(hi), target_side=2 * hi)
+    raise UserError(f"super-resolution takes {geometry.lowres_grid}x{geometry.lowres_grid} or {hi}x{hi} code grids "
+                    f"(this model's sizes), got {side}x{side}")
+
+
+def _generate_windows(model, tok: UnifiedTokenizer, geometry: Geometry, codes: torch.Tensor,
+                      text_ids: Sequence[Sequence[int]], seed: int, settings: SamplingSettings,
+                      max_batch_rows: int, windows: list[Window], target_side: int) -> torch.Tensor:
+    hi, lo = geometry.image_grid, geometry.lowres_grid
+    num = len(codes)
+    target = torch.full((num, target_side, target_side), SAMPLE, dtype=torch.long)
+    spec = DecodeSpec(steps=hi * hi, allowed=image_ids_mask(tok), settings=settings, pad_id=tok.pad_id)
+    for window in windows:
+        rows, cols = slice(window.top, window.top + hi), slice(window.left, window.left + hi)
+        lo_rows = slice(window.source_top, window.source_top + lo)
+        lo_cols = slice(window.source_left, window.source_left + lo)
+        requests = []
+        for i in range(num):
+            prompt = super_resolution(tok, text_ids[i], codes[i, lo_rows, lo_cols], lo, hi, window=window.index)
+            check_fits(prompt, hi * hi, geometry, "super-resolution")
+            requests.append(DecodeRequest(prompt, window_seed(seed + i, window.index),
+                                          forced=target[i, rows, cols].reshape(-1).clone()))
+        outputs = decode(model, requests, spec, max_batch_rows,
+                         description=f"super-resolution window {window.index + 1}/{len(windows)}")
+        for i, output in enumerate(outputs):
+            target[i, rows, cols] = output.view(hi, hi)
+    return target
+
+
+def _grid_of(codes: torch.Tensor, expected: int, what: str) -> int:
+    if codes.dim() != 3 or codes.shape[1:] != (expected, expected):
+        raise UserError(f"{what} takes {expected}x{expected} code grids (this model's image size), "
+                        f"got shape {list(codes.shape[1:]) if codes.dim() == 3 else list(codes.shape)}")
+    return expected
