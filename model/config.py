@@ -1,0 +1,141 @@
+"""`ModelConfig`: every number that shapes the transformer, plus its parameter and FLOP counts.
+
+The config is saved as `model_config.json` beside every checkpoint so that loading for inference
+never needs the training command line.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+from utils.errors import UserError
+from utils.files import atomic_write_json, read_json
+
+LAYERNORM_ORDERS = ("pre", "sandwich")
+# CogView's heads are 64 wide; used to infer the head count from a checkpoint that has no config.
+COGVIEW_HEAD_DIM = 64
+# The MLP is 4x as wide as the hidden state, as in GPT-2 and CogView.
+FFN_MULTIPLIER = 4
+
+
+@dataclass
+class ModelConfig:
+    """Sizes and numerics of a CogView-style GPT (decoder-only transformer over one id space)."""
+
+    vocab_size: int
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    max_position_embeddings: int
+    # "sandwich": CogView's Sandwich-LN (four LayerNorms per layer); "pre": GPT-2's pre-LN (two).
+    layernorm_order: str = "sandwich"
+    # PB-relax as in the released CogView code: LN(x / (max|x| / 8)) and (Q / sqrt(d)) K^T.
+    pb_relax: bool = False
+    # PB-relax as in the paper: softmax((Q / (alpha sqrt d)) K^T - max) * alpha). None = off.
+    pb_relax_alpha: float | None = None
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layernorm_epsilon: float = 1e-5
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def ffn_size(self) -> int:
+        return FFN_MULTIPLIER * self.hidden_size
+
+    def validate(self) -> None:
+        """Reject settings that cannot build a model, with a one-line reason."""
+        for name in ("vocab_size", "num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"model {name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise UserError(f"model hidden_size ({self.hidden_size}) must be divisible by "
+                            f"num_attention_heads ({self.num_attention_heads})")
+        if self.layernorm_order not in LAYERNORM_ORDERS:
+            raise UserError(f"model layernorm_order must be one of {LAYERNORM_ORDERS}, got {self.layernorm_order!r}")
+        if self.pb_relax_alpha is not None and not self.pb_relax_alpha > 0:
+            raise UserError(f"model pb_relax_alpha must be positive (CogView's paper uses 32), got {self.pb_relax_alpha}")
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UserError(f"model {name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.layernorm_epsilon > 0:
+            raise UserError(f"model layernorm_epsilon must be positive, got {self.layernorm_epsilon}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+        """Build from a dict holding exactly the config's fields (unknown keys are an error)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown model config field(s): {', '.join(unknown)}")
+        try:
+            return cls(**data)
+        except TypeError as err:
+            raise UserError(f"bad model config: {err}") from None
+
+    def save_json(self, path: str | os.PathLike) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load_json(cls, path: str | os.PathLike) -> "ModelConfig":
+        return cls.from_dict(read_json(path))
+
+
+def cogview_config() -> ModelConfig:
+    """The sizes of CogView's released 4B-parameter model."""
+    return ModelConfig(vocab_size=58240, num_layers=48, hidden_size=2560, num_attention_heads=40,
+                       max_position_embeddings=1089, layernorm_order="sandwich")
+
+
+def count_parameters(config: ModelConfig) -> int:
+    """Number of parameters of `CogViewGPT(config)`, computed from the sizes alone (no allocation).
+
+    The output projection is tied to the word embeddings, so it adds nothing.
+    """
+    h = config.hidden_size
+    layernorm = 2 * h
+    layernorms_per_layer = 4 if config.layernorm_order == "sandwich" else 2
+    per_layer = (
+        (3 * h * h + 3 * h)  # query_key_value
+        + (h * h + h)  # attention.dense
+        + (config.ffn_size * h + config.ffn_size)  # mlp.dense_h_to_4h
+        + (h * config.ffn_size + h)  # mlp.dense_4h_to_h
+        + layernorms_per_layer * layernorm
+    )
+    embeddings = (config.vocab_size + config.max_position_embeddings) * h
+    return embeddings + config.num_layers * per_layer + layernorm
+
+
+def flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs (forward + backward) per token, for model-FLOPs utilisation (MFU).
+
+    PaLM's estimate, as nanoGPT uses it: 6 N for the weight matmuls (2 forward, 4 backward per
+    weight), where N leaves out the position embeddings (a lookup, not a matmul) but keeps the word
+    embeddings (they are also the output projection); plus 12 * layers * hidden * seq_len for the
+    attention scores and their product with the values. Like PaLM we do not halve the attention term
+    for causality, so numbers compare with published MFUs.
+    """
+    if seq_len < 1:
+        raise UserError(f"seq_len must be positive for the FLOP count, got {seq_len}")
+    matmul_params = count_parameters(config) - config.max_position_embeddings * config.hidden_size
+    attention = 12 * config.num_layers * config.hidden_size * seq_len
+    return float(6 * matmul_params + attention)
+
+
+def infer_num_heads(hidden_size: int, head_dim: int = COGVIEW_HEAD_DIM) -> int:
+    """Head count for a checkpoint without a config: CogView's 64-wide heads."""
+    if hidden_size % head_dim:
+        raise UserError(f"cannot infer the number of attention heads: hidden size {hidden_size} is not a "
+                        f"multiple of {head_dim}; give --num-attention-heads")
+    return hidden_size // head_dim
+

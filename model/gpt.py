@@ -1,0 +1,298 @@
+"""CogViewGPT: the GPT-style transformer over text and image tokens, with CogView's exact weight names.
+
+One sequence, one id space (image codes, text pieces, command tokens), learned absolute positions,
+tied input/output embeddings, GELU (tanh), and CogView's two stabilisers for fp16 training:
+Sandwich-LN (a LayerNorm after each residual branch as well as before it) and PB-relax (see
+`LayerNorm` and `SelfAttention`). Parameter names match CogView's released checkpoints, so its
+state dicts load with `load_state_dict(strict=True)`:
+
+    word_embeddings.weight
+    transformer.position_embeddings.weight
+    transformer.layers.{i}.{input_layernorm, attention.query_key_value, attention.dense,
+                            post_attention_layernorm, [third_layernorm, fourth_layernorm],
+                            mlp.dense_h_to_4h, mlp.dense_4h_to_h}.{weight, bias}
+    transformer.final_layernorm.{weight, bias}
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from model.config import ModelConfig
+from model.kv_cache import KVCache
+from utils.errors import UserError
+
+# The released code divides LayerNorm inputs by max|x| / 8 (not max|x| as the paper writes): the
+# scaled input then lies in [-8, 8], whose squares still sum without overflow in fp16.
+PB_RELAX_LAYERNORM_RANGE = 8.0
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm; with PB-relax the input is first scaled into [-8, 8] by one detached scalar.
+
+    LayerNorm is invariant to scaling its input (up to `eps`), so the result is the same in exact
+    arithmetic, while fp16 kernels that compute the statistics in fp16 no longer overflow on huge
+    activations. Like CogView's code, the maximum is taken over the whole tensor (all rows at once).
+    """
+
+    def __init__(self, hidden_size: int, eps: float, pb_relax: bool):
+        super().__init__(hidden_size, eps=eps)
+        self.pb_relax = pb_relax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pb_relax:
+            scale = x.detach().abs().amax() / PB_RELAX_LAYERNORM_RANGE
+            # An all-zero input has nothing to relax; the floor keeps 0 / 0 from making NaN.
+            x = x / scale.clamp_min(torch.finfo(x.dtype).tiny)
+        return super().forward(x)
+
+
+def build_attention_mask(query_len: int, past_len: int, key_padding_mask: torch.Tensor | None,
+                         device: torch.device | str | None = None) -> torch.Tensor | None:
+    """The boolean attention mask (True = attend) for `query_len` new positions after `past_len`
+    cached ones, combining causality with `key_padding_mask [B, past_len + query_len]`.
+
+    Returns `[B or 1, 1, query_len, past_len + query_len]`, or None when no tensor is needed: a
+    square causal attention (`past_len == 0`, SDPA's `is_causal`) or one query that may see every key.
+    With a padding mask every position may always attend to itself, so a left-padding position,
+    which sees no real key, gets a finite (ignored) output instead of NaN from an all-masked row.
+    """
+    if key_padding_mask is None and (past_len == 0 or query_len == 1):
+        return None
+    if key_padding_mask is not None:
+        device = key_padding_mask.device
+    total = past_len + query_len
+    query_pos = torch.arange(past_len, total, device=device)[:, None]
+    key_pos = torch.arange(total, device=device)[None, :]
+    mask = key_pos <= query_pos
+    if key_padding_mask is not None:
+        mask = (mask & key_padding_mask.to(torch.bool)[:, None, :]) | (key_pos == query_pos)
+    else:
+        mask = mask[None]
+    return mask[:, None]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head causal self-attention with one fused Q | K | V projection (CogView's row order)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        h = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.pb_relax = config.pb_relax
+        self.pb_relax_alpha = config.pb_relax_alpha
+        self.attention_dropout = config.attention_dropout
+        self.query_key_value = nn.Linear(h, 3 * h)
+        self.dense = nn.Linear(h, h)
+        self.output_dropout = nn.Dropout(config.hidden_dropout)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def project(self, x: torch.Tensor, memory: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries of `x`, keys and values of `memory` followed by `x` (of `x` alone when `memory`
+        is None); each `[B, heads, length, head_dim]`.
+
+        `memory` (already normalised) reproduces CogView's decoding, which cached hidden states and
+        recomputed the prefix's keys and values at every step.
+        """
+        if memory is None:
+            q, k, v = self.query_key_value(x).chunk(3, dim=-1)
+        else:
+            h = x.shape[-1]
+            weight_q, weight_kv = self.query_key_value.weight.split([h, 2 * h])
+            bias_q, bias_kv = self.query_key_value.bias.split([h, 2 * h])
+            q = F.linear(x, weight_q, bias_q)
+            k, v = F.linear(torch.cat([memory, x], dim=1), weight_kv, bias_kv).chunk(2, dim=-1)
+        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
+               ) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v for heads `[B, heads, T, d]` and `[B, heads, S, d]`; the mask is
+        as `build_attention_mask` returns it. Returns `[B, T, hidden]` (heads merged)."""
+        dropout_p = self.attention_dropout if self.training else 0.0
+        if self.pb_relax_alpha is not None:
+            context = self._attend_pb_relax_alpha(q, k, v, attn_mask, dropout_p)
+        else:
+            scale = None
+            if self.pb_relax:
+                # Released PB-relax: divide Q before the product so Q K^T is formed from small values.
+                q = q / math.sqrt(self.head_dim)
+                scale = 1.0
+            is_causal = attn_mask is None and q.shape[2] > 1
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                                     is_causal=is_causal, scale=scale)
+        batch, _, length, _ = context.shape
+        return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+
+    def _attend_pb_relax_alpha(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               attn_mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
+        """The paper's PB-relax: softmax((Q / (alpha sqrt d)) K^T - max) * alpha).
+
+        Equal to plain attention in exact arithmetic. The product is taken in the input dtype from
+        queries shrunk by alpha * sqrt(d), so it stays far from fp16's limit; the shifted scores are
+        then multiplied back by alpha and normalised in fp32: after the shift they are <= 0, so the
+        exponentials cannot overflow, and fp32 keeps the small probabilities that fp16 would flush.
+        """
+        alpha = self.pb_relax_alpha
+        scores = torch.matmul(q / (alpha * math.sqrt(self.head_dim)), k.transpose(-2, -1)).float()
+        if attn_mask is None and q.shape[2] > 1:
+            attn_mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        scores = (scores - scores.amax(dim=-1, keepdim=True).detach()) * alpha
+        probs = F.dropout(scores.softmax(dim=-1), p=dropout_p, training=dropout_p > 0).to(v.dtype)
+        return torch.matmul(probs, v)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, kv_cache: KVCache | None = None,
+                layer_index: int = 0, memory: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self.project(x, memory)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer_index, k, v)
+        return self.output_dropout(self.dense(self.attend(q, k, v, attn_mask)))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.ffn_size)
+        self.dense_4h_to_h = nn.Linear(config.ffn_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate="tanh")))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-LN:   x = x + attn(LN_in(x));        x = x + mlp(LN_post(x))
+    Sandwich: x = x + LN_3(attn(LN_in(x)));  x = x + LN_4(mlp(LN_post(x)))
+    The extra LayerNorms bound what each branch adds to the residual stream, which is what kept
+    CogView's 4B model from diverging in fp16."""
+
+    def __init__(self, config: ModelConfig, index: int):
+        super().__init__()
+        self.index = index
+        self.sandwich = config.layernorm_order == "sandwich"
+
+        def layernorm() -> LayerNorm:
+            return LayerNorm(config.hidden_size, config.layernorm_epsilon, config.pb_relax)
+
+        self.input_layernorm = layernorm()
+        self.attention = SelfAttention(config)
+        self.post_attention_layernorm = layernorm()
+        if self.sandwich:
+            self.third_layernorm = layernorm()
+            self.fourth_layernorm = layernorm()
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, kv_cache: KVCache | None = None,
+                memory: torch.Tensor | None = None) -> torch.Tensor:
+        """`memory`: this layer's input hidden states at earlier positions, for CogView's
+        recompute-the-prefix decoding (see `SelfAttention.project`); normally None."""
+        normed_memory = None if memory is None else self.input_layernorm(memory)
+        a = self.attention(self.input_layernorm(x), attn_mask, kv_cache, self.index, normed_memory)
+        x = x + (self.third_layernorm(a) if self.sandwich else a)
+        m = self.mlp(self.post_attention_layernorm(x))
+        return x + (self.fourth_layernorm(m) if self.sandwich else m)
+
+
+class CogViewGPT(nn.Module):
+    """Decoder-only transformer. `forward` returns logits in the compute dtype (the model's dtype, or
+    the autocast dtype); cast them to float32 before a loss or sampling."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        # When True (and training), each layer's activations are recomputed in the backward pass.
+        self.checkpoint_activations = False
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.transformer = nn.ModuleDict(dict(
+            position_embeddings=nn.Embedding(config.max_position_embeddings, config.hidden_size),
+            layers=nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_layers)),
+            final_layernorm=LayerNorm(config.hidden_size, config.layernorm_epsilon, config.pb_relax),
+        ))
+        self.embedding_dropout = nn.Dropout(config.hidden_dropout)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """CogView's init: N(0, 0.02); the projections that write into the residual stream
+        N(0, 0.02 / sqrt(2 * layers)) so its variance does not grow with depth; biases 0, LN gains 1."""
+        output_std = 0.02 / math.sqrt(2 * self.config.num_layers)
+        for name, param in self.named_parameters():
+            if "layernorm" in name:
+                param.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif name.endswith("bias"):
+                param.zero_()
+            elif name.endswith(("attention.dense.weight", "mlp.dense_4h_to_h.weight")):
+                param.normal_(0.0, output_std)
+            else:
+                param.normal_(0.0, 0.02)
+
+    def num_parameters(self) -> int:
+        """Parameters counted once each (the tied output projection is the word embedding)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def new_kv_cache(self, batch_size: int, max_length: int, dtype: torch.dtype | None = None,
+                     device: torch.device | str | None = None) -> KVCache:
+        """An empty cache for `max_length` positions; dtype/device default to the model's (pass the
+        autocast dtype when running an fp32 model under autocast, to halve the cache)."""
+        weight = self.word_embeddings.weight
+        c = self.config
+        return KVCache(c.num_layers, batch_size, c.num_attention_heads, max_length, c.head_dim,
+                       dtype=dtype or weight.dtype, device=device or weight.device)
+
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Word plus position embeddings `[B, T, hidden]` (the input of layer 0)."""
+        x = self.word_embeddings(input_ids) + self.transformer.position_embeddings(position_ids)
+        return self.embedding_dropout(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm and the tied output projection: `[B, T, hidden]` -> `[B, T, vocab]`."""
+        return F.linear(self.transformer.final_layernorm(hidden), self.word_embeddings.weight)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Logits `[B, T, vocab]` for `input_ids [B, T]` at `position_ids [B, T]`.
+
+        With `kv_cache`, the T positions are appended after the `kv_cache.length` already there and
+        attend causally to all of them. `key_padding_mask [B, S]` (True = attend) covers every key
+        position: S = T, or `kv_cache.length + T` with a cache.
+        """
+        past_len = 0 if kv_cache is None else kv_cache.length
+        self._check_inputs(input_ids, position_ids, key_padding_mask, kv_cache, past_len)
+        attn_mask = build_attention_mask(input_ids.shape[1], past_len, key_padding_mask, input_ids.device)
+        x = self.embed(input_ids, position_ids)
+        for layer in self.transformer.layers:
+            if self.checkpoint_activations and self.training:
+                x = checkpoint(layer, x, attn_mask, kv_cache, use_reentrant=False)
+            else:
+                x = layer(x, attn_mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(input_ids.shape[1])
+        return self.logits(x)
+
+    def _check_inputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                      key_padding_mask: torch.Tensor | None, kv_cache: KVCache | None, past_len: int) -> None:
+        """Shape checks only: value checks would force a device sync at every decoding step."""
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise UserError(f"input_ids must be [batch, length] with length >= 1, got {list(input_ids.shape)}")
+        if position_ids.shape != input_ids.shape:
+            raise UserError(f"position_ids {list(position_ids.shape)} must have the shape of input_ids "
+                            f"{list(input_ids.shape)}")
+        batch, length = input_ids.shape
+        if kv_cache is not None:
+            if kv_cache.batch_size != batch:
+                raise UserError(f"KV cache holds {kv_cache.batch_size} rows but the batch has {batch}")
+            kv_cache.check_room(length)
+        if key_padding_mask is not None and tuple(key_padding_mask.shape) != (batch, past_len + length):
+            raise UserError(f"key_padding_mask must be [batch, cached + new positions] = "
+                            f"{[batch, past_len + length]}, got {list(key_padding_mask.shape)}")
