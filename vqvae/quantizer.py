@@ -73,7 +73,7 @@ class EMAQuantizer(nn.Module):
         restarted = 0
         if self.training:
             # Restart before assigning, so restarted codes can already be chosen in this step.
-            restarted = self._restart_dead_codes(flat.detach().float())
+            restarted = self.restart_dead_codes(flat.detach().float())
         codes = self.nearest_codes(flat.detach())
         quantized = self.lookup(codes.view(b, h, w)).to(z.dtype)
         counts = torch.bincount(codes, minlength=self.codebook_size).float()
@@ -100,7 +100,7 @@ class EMAQuantizer(nn.Module):
         return counts
 
     @torch.no_grad()
-    def _restart_dead_codes(self, flat: torch.Tensor) -> int:
+    def restart_dead_codes(self, flat: torch.Tensor) -> int:
         """Put codes whose EMA usage is below the threshold onto random encoder outputs.
 
         A restarted code gets usage equal to the threshold: if the next batches still do not use it,
