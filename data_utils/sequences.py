@@ -8,9 +8,9 @@ CogView has no task tokens; the order of the parts tells the model what to do (d
     super-resolution   [ROI1] text G_lo [BOI1] lo [EOI1] | [ROI2] [POS w] G_hi [BOI2] hi [EOI2]
                        positions restart at 0 at [ROI2]
 
-`G` is the grid token of the image that follows. `text_ids` are unified ids (`encode_text`), codes
-are image codes in [0, K), given as sequences, tensors or numpy arrays (2-D grids row-major). Leaving out the part
-the model is to generate gives the generation prompt.
+`G` is the grid token of the image that follows. `text_ids` are unified ids (`encode_text`); codes are
+image codes in [0, K) as sequences, tensors or numpy arrays (2-D grids read row-major). Leaving out the
+part the model is to generate gives the generation prompt.
 """
 from __future__ import annotations
 

@@ -87,15 +87,18 @@ def train_sentencepiece(corpus: Iterable[str], output_prefix: str | os.PathLike,
                         byte_fallback: bool = True, han_words: bool = False, seed: int = 0) -> Path:
     """Train a SentencePiece model on `corpus` (one caption per item) and write `{prefix}.model/.vocab`.
 
-    Blank captions are skipped. `han_words` allows pieces spanning several Han characters (see the
-    module docstring for why the default is one piece per character). Returns the path of the `.model` file. Both files are written
-    atomically (the model last), so an interrupted run never leaves a truncated model behind.
+    Blank captions are skipped. `han_words` allows pieces spanning several Han characters (the module
+    docstring says why the default is one piece per character). A prefix ending in `.model` is taken
+    without it. Returns the path of the `.model` file. Both files are written atomically, the model
+    last, so an interrupted run never leaves a truncated model behind.
     """
     if model_type not in MODEL_TYPES:
         raise UserError(f"unknown model type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
     if vocab_size <= 0:
         raise UserError(f"vocabulary size must be positive, got {vocab_size}")
     prefix = Path(output_prefix)
+    if prefix.suffix == ".model":
+        prefix = prefix.with_suffix("")
     captions = _CaptionStream(corpus, split_han=not han_words)
     proto = io.BytesIO()
     spm.set_random_generator_seed(seed)

@@ -152,8 +152,7 @@ class UnifiedTokenizer:
     def encode_text(self, text: str, max_tokens: int | None = None) -> list[int]:
         """Unified ids of `text`; longer than `max_tokens` keeps the first `max_tokens` and warns."""
         if not text or text.isspace():
-            raise UserError("empty prompt: give some text (an empty prompt is only meaningful as the "
-                            "unconditional branch of classifier-free guidance, which needs no text)")
+            raise UserError("empty prompt: give some text to describe the image")
         if max_tokens is not None and max_tokens <= 0:
             raise ValueError(f"max_tokens must be positive, got {max_tokens}")
         ids = [sp_id + self.text_offset for sp_id in self.text_tokenizer.encode(text)]

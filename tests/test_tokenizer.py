@@ -214,8 +214,9 @@ def test_han_words_allows_multi_character_pieces(tmp_path):
 
 def test_training_is_deterministic(sp_model, tmp_path):
     model_type = model_type_of(sp_model)
-    again = train_sentencepiece(iter(make_captions(200)), tmp_path / "again", SP_SETTINGS[model_type],
+    again = train_sentencepiece(iter(make_captions(200)), tmp_path / "again.model", SP_SETTINGS[model_type],
                                 model_type=model_type)
+    assert again == tmp_path / "again.model"  # a prefix given with `.model` is not doubled
     assert again.read_bytes() == sp_model.read_bytes()
     assert TextTokenizer(again).fingerprint == TextTokenizer(sp_model).fingerprint
 
