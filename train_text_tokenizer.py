@@ -1,7 +1,7 @@
 """Train the SentencePiece text tokenizer on captions (English and Chinese together).
 
 Example:
-    python train_text_tokenizer.py --dataset shapes --language both --output runs/tok/sp --vocab-size 512
+    python train_text_tokenizer.py --dataset shapes --language both --output runs/tok/sp --vocab-size 480
     python train_text_tokenizer.py --corpus captions_en.txt captions_zh.txt --output runs/tok/sp --vocab-size 8000
 
 Writes `{output}.model` and `{output}.vocab`; give `{output}.model` to the scripts that need a tokenizer.
@@ -37,8 +37,9 @@ def parse_args() -> argparse.Namespace:
     source.add_argument("--seed", type=int, default=0, help="seed of the shapes dataset")
     model = parser.add_argument_group("tokenizer")
     model.add_argument("--output", required=True, type=Path, help="output prefix: writes PREFIX.model and PREFIX.vocab")
-    model.add_argument("--vocab-size", type=int, default=512,
-                       help="number of pieces, including 256 byte pieces and <unk> <s> </s>")
+    model.add_argument("--vocab-size", type=int, default=480,
+                       help="number of pieces, including 256 byte pieces and <unk> <s> </s> (the shapes "
+                            "captions allow 309 to 498 BPE pieces; the script says when a size does not fit)")
     model.add_argument("--model-type", choices=MODEL_TYPES, default="bpe")
     model.add_argument("--character-coverage", type=float, default=0.9995,
                        help="fraction of characters that get their own piece; rarer ones fall back to bytes")
@@ -106,7 +107,8 @@ def main() -> None:
         raise UserError(f"--output is a prefix for PREFIX.model and PREFIX.vocab, not a folder: {args.output}")
     keeper = ExampleKeeper()
     model_path = train_sentencepiece(keeper.watch(all_captions(args)), args.output, args.vocab_size,
-                                     model_type=args.model_type, character_coverage=args.character_coverage, han_words=args.han_words)
+                                     model_type=args.model_type, character_coverage=args.character_coverage,
+                                     han_words=args.han_words)
     tokenizer = TextTokenizer(model_path)
     print(f"vocabulary: {tokenizer.vocab_size} pieces ({args.model_type}), fingerprint {tokenizer.fingerprint}")
     for language in ("English", "Chinese"):
