@@ -12,12 +12,15 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from utils.errors import UserError
 from utils.files import atomic_write_bytes, atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from data_utils.tokenizer import UnifiedTokenizer
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -215,10 +218,6 @@ def _check_fingerprint(data_dir: Path, verb: str, what: str, recorded: str | Non
                         f"{current}; re-run preprocess_data.py")
 
 
-def _tokenizer_fingerprint(tokenizer: Any) -> str | None:
-    return None if tokenizer is None else str(tokenizer.fingerprint)
-
-
 class ShardedRows:
     """Random access to every row of a data folder, memory-mapped lazily and read-only.
 
@@ -227,7 +226,8 @@ class ShardedRows:
     with others is refused instead of silently training on wrong ids.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, tokenizer: Any = None, vqvae_fingerprint: str | None = None):
+    def __init__(self, data_dir: str | os.PathLike, tokenizer: UnifiedTokenizer | None = None,
+                 vqvae_fingerprint: str | None = None):
         self.data_dir = Path(data_dir)
         self.manifest = read_manifest(self.data_dir)
         self.format = RowFormat.from_dict(self.manifest)
@@ -236,7 +236,7 @@ class ShardedRows:
                             f"{self.manifest.get('num_chunks', '?')} chunks); re-run preprocess_data.py with the "
                             "same arguments to finish it")
         _check_fingerprint(self.data_dir, "tokenized", "tokenizer", self.manifest["tokenizer"]["fingerprint"],
-                           _tokenizer_fingerprint(tokenizer))
+                           None if tokenizer is None else tokenizer.fingerprint())
         _check_fingerprint(self.data_dir, "encoded", "VQ-VAE", self.manifest["vqvae"]["fingerprint"], vqvae_fingerprint)
         self._shards = [shard for shard in self.manifest["shards"] if shard["rows"] > 0]
         for shard in self._shards:

@@ -1,0 +1,130 @@
+"""Training samples of every task, built from preprocessed rows as a pure function of (seed, position).
+
+`position` is the global sample number across epochs (0, 1, 2, ...). The row it reads, the task it
+trains and whether its text is dropped for classifier-free guidance all follow from (seed, position),
+so a resumed run only has to store how many samples it consumed to continue the exact same stream.
+Token order is left to `data_utils.sequences`.
+"""
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data_utils import sequences
+from data_utils.shards import RowFormat, ShardedRows
+from data_utils.tokenizer import UnifiedTokenizer
+from utils.errors import UserError
+
+DEFAULT_TASK_WEIGHTS: Mapping[str, float] = MappingProxyType({"text2image": 1.0})
+# Extra entropy word that keeps the epoch permutations apart from the per-sample draws.
+_PERMUTATION_STREAM = 0x7065726D
+
+
+def _active_tasks(task_weights: Mapping[str, float], has_lowres: bool) -> tuple[tuple[str, ...], np.ndarray]:
+    """Tasks with a positive weight and their cumulative probabilities; refuses unknown or impossible ones."""
+    for task, weight in task_weights.items():
+        if task not in sequences.TASKS:
+            raise UserError(f"unknown task {task!r} in the task weights; choose from {', '.join(sequences.TASKS)}")
+        if not weight >= 0:
+            raise UserError(f"task weight of {task} must be >= 0, got {weight}")
+    tasks = tuple(task for task in sequences.TASKS if task_weights.get(task, 0) > 0)
+    if not tasks:
+        raise UserError("every task weight is 0; give at least one task a positive weight")
+    if "super_resolution" in tasks and not has_lowres:
+        raise UserError("super_resolution needs low-resolution codes in the data; re-run preprocess_data.py "
+                        "with --with-lowres or set its weight to 0")
+    weights = np.array([task_weights[task] for task in tasks], dtype=np.float64)
+    return tasks, np.cumsum(weights / weights.sum())
+
+
+class TaskSequenceDataset(Dataset):
+    """Maps a global sample number to `{"input_ids", "position_ids", "task"}`.
+
+    Epoch `e` visits the rows in a permutation seeded by (seed, e). Each sample draws its task by
+    `task_weights` and, for text-to-image, drops its text with probability `cfg_drop_prob` (the
+    unconditional sequence that classifier-free guidance needs at sampling time).
+    """
+
+    def __init__(self, rows: ShardedRows, tokenizer: UnifiedTokenizer,
+                 task_weights: Mapping[str, float] = DEFAULT_TASK_WEIGHTS, seed: int = 0, cfg_drop_prob: float = 0.0):
+        if len(rows) == 0:
+            raise UserError(f"no rows in {rows.data_dir}; every item was skipped (see its skipped.txt)")
+        if not 0.0 <= cfg_drop_prob <= 1.0:
+            raise UserError(f"the CFG text drop probability must be in [0, 1], got {cfg_drop_prob}")
+        self.rows = rows
+        self.tokenizer = tokenizer
+        self.seed = int(seed)
+        self.cfg_drop_prob = float(cfg_drop_prob)
+        self.tasks, self._cumulative = _active_tasks(task_weights, rows.format.lowres_grid is not None)
+        self._permutation_epoch = -1
+        self._permutation = np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def row_index(self, position: int) -> int:
+        """The row that global sample `position` reads."""
+        if position < 0:
+            raise IndexError(f"sample positions start at 0, got {position}")
+        epoch, offset = divmod(int(position), len(self.rows))
+        if epoch != self._permutation_epoch:  # one permutation per epoch, kept while the epoch lasts
+            rng = np.random.default_rng([self.seed, epoch, _PERMUTATION_STREAM])
+            self._permutation = rng.permutation(len(self.rows))
+            self._permutation_epoch = epoch
+        return int(self._permutation[offset])
+
+    def draw(self, position: int) -> tuple[str, bool]:
+        """The task of sample `position` and whether its text is dropped."""
+        rng = np.random.default_rng([self.seed, int(position)])
+        task_draw, drop_draw = rng.random(2)  # both always drawn, so each stays fixed if the other changes
+        task = self.tasks[min(int(np.searchsorted(self._cumulative, task_draw, side="right")), len(self.tasks) - 1)]
+        return task, task == "text2image" and drop_draw < self.cfg_drop_prob
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        row = self.rows[self.row_index(position)]
+        task, drop_text = self.draw(position)
+        grid = self.rows.format.image_grid
+        image = torch.from_numpy(row.image)
+        if task == "text2image":
+            text_ids = [] if drop_text else row.text_ids
+            sequence = sequences.text2image(self.tokenizer, text_ids, grid, image)
+        elif task == "image2text":
+            sequence = sequences.image2text(self.tokenizer, image, grid, row.text_ids)
+        else:
+            sequence = sequences.super_resolution(self.tokenizer, row.text_ids, torch.from_numpy(row.lowres),
+                                                  self.rows.format.lowres_grid, grid, image)
+        return {"input_ids": torch.tensor(sequence.ids, dtype=torch.long),
+                "position_ids": torch.tensor(sequence.position_ids, dtype=torch.long), "task": task}
+
+
+def collate_sequences(samples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Stack samples into a batch, right-padded with `pad_id` (positions padded with 0)."""
+    longest = max(len(sample["input_ids"]) for sample in samples)
+    input_ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(samples), longest), dtype=torch.long)
+    for i, sample in enumerate(samples):
+        length = len(sample["input_ids"])
+        input_ids[i, :length] = sample["input_ids"]
+        position_ids[i, :length] = sample["position_ids"]
+    return {"input_ids": input_ids, "position_ids": position_ids, "tasks": [sample["task"] for sample in samples]}
+
+
+def _task_lengths(row_format: RowFormat, task_weights: Mapping[str, float], measure) -> int:
+    tasks, _ = _active_tasks(task_weights, row_format.lowres_grid is not None)
+    return max(measure(task, row_format.text_max_tokens, row_format.image_grid, row_format.lowres_grid)
+               for task in tasks)
+
+
+def sequence_length(row_format: RowFormat, task_weights: Mapping[str, float]) -> int:
+    """The longest sequence (in tokens) these rows and tasks produce: the batch length to plan for."""
+    return _task_lengths(row_format, task_weights, sequences.max_length)
+
+
+def positions_needed(row_format: RowFormat, task_weights: Mapping[str, float]) -> int:
+    """Position embeddings these rows and tasks need; below `sequence_length` with super-resolution,
+    whose positions restart at `[ROI2]`. Compare it with the model's `max_position_embeddings`."""
+    return _task_lengths(row_format, task_weights, sequences.num_positions)
