@@ -214,3 +214,214 @@ def test_load_feature_net_errors(tmp_path):
     (tmp_path / "a" / "config.json").write_bytes((tmp_path / "b" / "config.json").read_bytes())
     with pytest.raises(UserError, match="does not match"):
         load_feature_net(tmp_path / "a")
+
+
+# --- codebook usage ----------------------------------------------------------------------------------
+def test_codebook_usage_known_answers():
+    from eval_utils.codebook import code_histogram, codebook_usage
+
+    usage = codebook_usage(code_histogram(torch.tensor([[0, 0], [1, 1]]), codebook_size=4))
+    assert usage.perplexity == pytest.approx(2.0) and usage.used_fraction == 0.5 and usage.tokens == 4
+    assert codebook_usage(code_histogram(torch.arange(8).repeat(3), 8)).perplexity == pytest.approx(8.0)
+    assert codebook_usage(code_histogram(torch.full((10,), 3), 8)).perplexity == pytest.approx(1.0)
+    with pytest.raises(UserError, match="outside the codebook"):
+        code_histogram(torch.tensor([0, 9]), codebook_size=8)
+
+
+# --- shapes prompt following -------------------------------------------------------------------------
+def _obj(colour, shape, size, position):
+    from data_utils.shapes import ShapeObject, object_bbox
+
+    return ShapeObject(colour, shape, size, position, object_bbox(size, position, 64))
+
+
+def test_image_accuracy_of_ground_truth_is_perfect():
+    from data_utils.images import pil_to_tensor
+    from data_utils.shapes import ShapesDataset
+    from eval_utils.shapes_accuracy import image_accuracy
+
+    items = [ShapesDataset(seed=3).item(index) for index in range(8)]
+    pairs = [(item.objects, pil_to_tensor(item.image) if k % 2 else item.image) for k, item in enumerate(items)]
+    result = image_accuracy(pairs)
+    assert set(result.groups) == {"all", "1 object", "2 objects"}
+    for group in result.groups.values():
+        assert group.correct == 1.0 and group.objects_right == 1.0 and set(group.attributes.values()) == {1.0}
+    assert result.groups["all"].prompts == 8 and result.mean_extras == 0.0
+
+
+def test_image_accuracy_counts_each_failure_by_attribute():
+    from data_utils.shapes import render
+    from eval_utils.shapes_accuracy import image_accuracy
+
+    red_circle = _obj("red", "circle", "large", "top left")
+    blue_square = _obj("blue", "square", "small", "bottom right")
+    pairs = [
+        ([red_circle], render([_obj("red", "square", "large", "top left")])),      # wrong shape only
+        ([red_circle], render([_obj("green", "circle", "large", "top left")])),    # wrong colour: nothing red
+        ([red_circle, blue_square], render([red_circle])),                         # second object missing
+        ([blue_square], render([blue_square, _obj("yellow", "diamond", "large", "center")])),  # an extra
+    ]
+    result = image_accuracy(pairs)
+    one, two, everything = result.groups["1 object"], result.groups["2 objects"], result.groups["all"]
+    assert (one.prompts, one.objects, one.correct, one.objects_right) == (3, 3, 0.0, pytest.approx(1 / 3))
+    assert one.attributes == pytest.approx({"colour": 2 / 3, "shape": 1 / 3, "size": 2 / 3, "position": 2 / 3})
+    assert (two.prompts, two.correct, two.objects_right) == (1, 0.0, 0.5)
+    assert two.attributes == pytest.approx(dict.fromkeys(("colour", "shape", "size", "position"), 0.5))
+    assert everything.objects == 5 and everything.objects_right == pytest.approx(2 / 5)
+    assert result.mean_extras == pytest.approx(3 / 4)  # the red square, the green circle, the yellow diamond
+    assert result.to_dict()["groups"]["all"]["shape"] == pytest.approx(2 / 5)
+    assert "2 objects" in result.format_table()
+
+
+def test_caption_accuracy_is_order_insensitive_and_pairs_objects_by_attributes():
+    from data_utils.shapes import caption_for
+    from eval_utils.shapes_accuracy import caption_accuracy
+
+    a = _obj("red", "circle", "large", "top left")
+    b = _obj("blue", "square", "small", "center")
+    b_large = _obj("blue", "square", "large", "center")
+    pairs = [
+        ([a, b], caption_for([b, a])),              # swapped order: exact
+        ([a, b], caption_for([b_large, a])),        # one wrong size, objects paired by attributes not order
+        ([a], caption_for([a], "zh")),              # Chinese: exact
+        ([a], "a large red circle somewhere"),      # unparseable: all wrong
+        ([a, b], caption_for([a])),                 # one object missing
+    ]
+    result = caption_accuracy(pairs)
+    two, one = result.groups["2 objects"], result.groups["1 object"]
+    assert two.correct == pytest.approx(1 / 3) and one.correct == 0.5
+    assert two.attributes == pytest.approx({"colour": 5 / 6, "shape": 5 / 6, "size": 4 / 6, "position": 5 / 6})
+    assert two.objects_right == pytest.approx(4 / 6)
+    assert one.attributes == pytest.approx(dict.fromkeys(("colour", "shape", "size", "position"), 0.5))
+    assert result.unparsed == pytest.approx(1 / 5)
+    with pytest.raises(UserError, match="no prompts"):
+        caption_accuracy([])
+
+
+# --- bits per token and caption loss -----------------------------------------------------------------
+class WordTokenizer:
+    """A text tokenizer over the words w0 ... w{n-1}, one piece each."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+        self.fingerprint = f"words-{vocab_size}"
+
+    def encode(self, text):
+        return [int(word[1:]) for word in text.split()]
+
+    def decode(self, ids):
+        return " ".join(f"w{i}" for i in ids)
+
+
+CODEBOOK, TEXT_PIECES, GRID = 16, 20, 4
+
+
+def _tokenizer():
+    from data_utils.tokenizer import UnifiedTokenizer
+
+    return UnifiedTokenizer(WordTokenizer(TEXT_PIECES), codebook_size=CODEBOOK)
+
+
+class ConstantLogits(torch.nn.Module):
+    """A stand-in for CogViewGPT: logits `image_logit` on every image code and `other_logit` elsewhere."""
+
+    def __init__(self, vocab_size: int, image_logit: float = 0.0, other_logit: float = 0.0):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the model a device
+        self.row = torch.full((vocab_size,), other_logit)
+        self.row[:CODEBOOK] = image_logit
+
+    def forward(self, input_ids, position_ids):
+        assert input_ids.shape == position_ids.shape
+        return self.row.expand(*input_ids.shape, -1).clone()
+
+
+def _validation_loader(tmp_path, tokenizer, rows: int = 5, batch_size: int = 3):
+    from functools import partial
+
+    from data_utils.dataset import TaskSequenceDataset, collate_sequences
+    from data_utils.shards import FORMAT_VERSION, RowFormat, ShardedRows, write_manifest, write_shard
+
+    rng = np.random.default_rng(0)
+    row_format = RowFormat(text_max_tokens=6, image_grid=GRID, lowres_grid=None, dtype="uint16")
+    packed = [row_format.pack(tokenizer.text_offset + rng.integers(0, TEXT_PIECES, size=rng.integers(1, 7)),
+                              rng.integers(0, CODEBOOK, size=(GRID, GRID)), None, tokenizer.pad_id)
+              for _ in range(rows)]
+    shard = write_shard(tmp_path, 0, np.stack(packed), np.arange(rows), row_format)
+    write_manifest(tmp_path, {"format_version": FORMAT_VERSION, **row_format.to_dict(), "complete": True,
+                              "tokenizer": {"fingerprint": tokenizer.fingerprint()}, "vqvae": {"fingerprint": None},
+                              "shards": [shard]})
+    dataset = TaskSequenceDataset(ShardedRows(tmp_path, tokenizer), tokenizer,
+                                  task_weights={"text2image": 1.0, "image2text": 1.0}, seed=0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size,
+                                         collate_fn=partial(collate_sequences, pad_id=tokenizer.pad_id))
+    return dataset, loader
+
+
+def test_uniform_model_scores_log2_vocab_bits_on_every_token(tmp_path):
+    from eval_utils.bits_per_token import bits_per_token
+
+    tokenizer = _tokenizer()
+    dataset, loader = _validation_loader(tmp_path, tokenizer)
+    result = bits_per_token(ConstantLogits(tokenizer.vocab_size), loader, tokenizer)
+    expected = math.log2(tokenizer.vocab_size)  # exact up to the float32 log-softmax (~1e-7 relative)
+    assert result.image_bits == pytest.approx(expected, rel=1e-6)
+    assert result.text_bits == pytest.approx(expected, rel=1e-6)
+    # Every code of every row is a target once; every other real token but the first is a text target.
+    lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+    assert result.image_tokens == len(dataset) * GRID * GRID
+    assert result.text_tokens == sum(lengths) - len(lengths) - result.image_tokens  # [PAD] targets ignored
+    assert set(result.by_task) == {dataset[i]["task"] for i in range(len(dataset))}
+    assert "all" in result.format_table()
+
+
+def test_bits_per_token_separates_image_and_text_targets(tmp_path):
+    from eval_utils.bits_per_token import bits_per_token
+
+    tokenizer = _tokenizer()
+    _, loader = _validation_loader(tmp_path, tokenizer)
+    vocab, bonus = tokenizer.vocab_size, 2.0
+    result = bits_per_token(ConstantLogits(vocab, other_logit=bonus), loader, tokenizer, max_batches=1)
+    log_partition = math.log(CODEBOOK + (vocab - CODEBOOK) * math.exp(bonus))
+    assert result.image_bits == pytest.approx(log_partition / math.log(2), rel=1e-6)
+    assert result.text_bits == pytest.approx((log_partition - bonus) / math.log(2), rel=1e-6)
+    assert result.image_tokens == 3 * GRID * GRID  # max_batches=1: the first batch of 3 rows only
+
+
+class SeesFirstCode(torch.nn.Module):
+    """Favours text piece number c (logit +10) where c is the first image code in the row."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.tokenizer = tokenizer
+
+    def forward(self, input_ids, position_ids):
+        is_code = self.tokenizer.image_mask(input_ids)
+        first_code = input_ids.gather(1, is_code.int().argmax(dim=1, keepdim=True))  # [B, 1]
+        logits = torch.zeros(*input_ids.shape, self.tokenizer.vocab_size)
+        favoured = (self.tokenizer.text_offset + first_code).expand_as(input_ids).unsqueeze(-1)
+        return logits.scatter_(2, favoured, 10.0)
+
+
+def test_caption_loss_alignment_known_answers():
+    from eval_utils.bits_per_token import caption_loss_alignment
+
+    tokenizer = _tokenizer()
+    codes = torch.randint(0, CODEBOOK, (4, GRID, GRID), generator=torch.Generator().manual_seed(0))
+    codes[:, 0, 0] = torch.tensor([3, 7, 1, 12])  # distinct first codes, so every shuffled pair is wrong
+    captions = [f"w{int(c)} w{int(c)} w{int(c)}" for c in codes[:, 0, 0]]
+    text_ids = tokenizer.vocab_size - CODEBOOK  # image codes are removed from the softmax
+
+    uniform = caption_loss_alignment(ConstantLogits(tokenizer.vocab_size), tokenizer, codes, captions)
+    assert uniform.matched == pytest.approx(math.log(text_ids), rel=1e-6)
+    assert uniform.gap == pytest.approx(0.0, abs=1e-6)
+
+    seeing = caption_loss_alignment(SeesFirstCode(tokenizer), tokenizer, codes, captions, batch_size=3)
+    log_partition = math.log(math.exp(10.0) + text_ids - 1)
+    assert seeing.matched == pytest.approx(log_partition - 10.0, abs=1e-6)  # float32 log-softmax
+    assert seeing.shuffled == pytest.approx(log_partition, abs=1e-6)
+    assert seeing.per_pair == pytest.approx([log_partition - 10.0] * 4, abs=1e-6)
+    assert seeing.to_dict()["caption_loss_gap"] == pytest.approx(10.0, abs=1e-5)
+    with pytest.raises(UserError, match="at least 2"):
+        caption_loss_alignment(SeesFirstCode(tokenizer), tokenizer, codes[:1], captions[:1])
