@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -92,17 +92,14 @@ def write_model_config(path: str | os.PathLike, config: ModelConfig, extra: Mapp
     atomic_write_json(path, {**config.to_dict(), **extra})
 
 
-def read_model_config(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, Any]]:
-    """Read `model_config.json` into the config and the remaining metadata."""
+def read_model_config(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split `model_config.json` into its `ModelConfig` fields and the remaining metadata."""
     data = read_json(path)
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object with the model config")
     config = {k: v for k, v in data.items() if k in _CONFIG_FIELDS}
     metadata = {k: v for k, v in data.items() if k not in _CONFIG_FIELDS}
-    try:
-        return ModelConfig.from_dict(config), metadata
-    except UserError as err:
-        raise UserError(f"{path}: {err}") from None
+    return config, metadata
 
 
 def infer_config(state_dict: Mapping[str, torch.Tensor], source: str,
@@ -234,6 +231,20 @@ def _locate_and_read(path: Path) -> tuple[dict[str, torch.Tensor], list[Path], s
     return _read_deepspeed_state_dict(iteration_dir), config_dirs + [iteration_dir.parent], str(iteration_dir)
 
 
+def _complete_config(fields_read: dict[str, Any], state_dict: Mapping[str, torch.Tensor], source: str,
+                     num_attention_heads: int | None) -> ModelConfig:
+    """The config of `model_config.json`; sizes it lacks (CogView's release has no such file,
+    SwissArmyTransformer's names some fields differently) are inferred from the tensors."""
+    required = {f.name for f in fields(ModelConfig) if f.default is MISSING}
+    if not required <= set(fields_read):
+        heads = fields_read.get("num_attention_heads", num_attention_heads)
+        fields_read = {**infer_config(state_dict, source, heads).to_dict(), **fields_read}
+    try:
+        return ModelConfig.from_dict(fields_read)
+    except UserError as err:
+        raise UserError(f"model config of {source}: {err}") from None
+
+
 # ---------------------------------------------------------------- public API
 
 def load_model_for_inference(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -251,10 +262,8 @@ def load_model_for_inference(path: str | os.PathLike, device: str | torch.device
     state_dict, config_dirs, source = _locate_and_read(path)
     state_dict = _normalise_keys(state_dict)
     config_file = next((d / CONFIG_FILE for d in dict.fromkeys(config_dirs) if (d / CONFIG_FILE).is_file()), None)
-    if config_file is not None:
-        config, metadata = read_model_config(config_file)
-    else:
-        config, metadata = infer_config(state_dict, source, num_attention_heads), {}
+    fields_read, metadata = read_model_config(config_file) if config_file is not None else ({}, {})
+    config = _complete_config(fields_read, state_dict, source, num_attention_heads)
     with torch.device("meta"):
         model = CogViewGPT(config)
     load_state_dict_strict(model, state_dict, source, assign=True)
