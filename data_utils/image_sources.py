@@ -196,6 +196,7 @@ class _Entry:
     caption: str | None = None  # given inline by a list file
     caption_path: Path | None = None  # or read from a .txt beside the image
     problem: str | None = None  # a reason to skip known at scan time
+    problem_detail: str = ""
 
 
 class FileSource(CaptionedImageSource):
@@ -216,7 +217,7 @@ class FileSource(CaptionedImageSource):
 
     def _caption(self, entry: _Entry) -> str:
         if entry.problem is not None:
-            raise SkipItem(entry.problem, entry.key)
+            raise SkipItem(entry.problem, entry.key, entry.problem_detail)
         text = entry.caption
         if text is None:
             if entry.caption_path is None:
@@ -269,19 +270,19 @@ def _scan_folder(root: Path) -> list[_Entry]:
     return sorted(entries, key=lambda entry: entry.key)
 
 
-def _parse_list_line(line: str, number: int, suffix: str) -> tuple[str, str | None] | str:
+def _parse_list_line(line: str, suffix: str) -> tuple[str, str | None] | str:
     """(image path, caption) of one JSONL/TSV line, or the reason it is malformed."""
     if suffix == ".jsonl":
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            return f"line {number}: invalid JSON ({err.msg})"
+            return f"invalid JSON: {err.msg}"
         if not isinstance(record, dict) or not isinstance(record.get("image"), str):
-            return f'line {number}: expected {{"image": path, "caption": text}}'
+            return 'expected {"image": path, "caption": text}'
         caption = record.get("caption")
         return record["image"], caption if isinstance(caption, str) else None
     if "\t" not in line:
-        return f"line {number}: expected path<TAB>caption"
+        return "expected path<TAB>caption"
     path, caption = line.split("\t", 1)
     return path, caption
 
@@ -296,10 +297,9 @@ def _read_list(list_path: Path) -> list[_Entry]:
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        parsed = _parse_list_line(line, number, list_path.suffix.lower())
+        parsed = _parse_list_line(line, list_path.suffix.lower())
         if isinstance(parsed, str):
-            entries.append(_Entry(f"{list_path.name}:{number}", None, problem=MALFORMED_LINE))
-            logger.warning("%s %s", list_path, parsed)
+            entries.append(_Entry(f"{list_path.name}:{number}", None, problem=MALFORMED_LINE, problem_detail=parsed))
             continue
         path, caption = parsed
         path = path.strip()
@@ -327,7 +327,7 @@ def open_dataset(name_or_path: str, *, split: str = "train", size: int = 64, lan
     if name_or_path == "emoji":
         return EmojiSource(split, size, num_items)
 
-    path = Path(name_or_path).expanduser()
+    path = Path(name_or_path).expanduser().resolve()
     if path.is_dir():
         entries, root = _scan_folder(path), path
         if not entries:
@@ -345,7 +345,7 @@ def open_dataset(name_or_path: str, *, split: str = "train", size: int = 64, lan
     if not entries:
         raise UserError(f"the {split} split of {path} is empty (it holds {FILES_VAL_FRACTION:.0%} of the items "
                         "by a hash of their paths); add more images")
-    return FileSource(root.resolve(), entries[:num_items], split, size, min_side)
+    return FileSource(root, entries[:num_items], split, size, min_side)
 
 
 # --- skips -----------------------------------------------------------------------------------------------

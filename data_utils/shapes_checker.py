@@ -138,7 +138,8 @@ def _as_pixels(image: Image.Image | np.ndarray, size: int | None) -> np.ndarray:
     return np.asarray(image)
 
 
-def check_image(image: Image.Image | np.ndarray, objects: Sequence[ShapeObject], size: int | None = None) -> CheckResult:
+def check_image(image: Image.Image | np.ndarray, objects: Sequence[ShapeObject],
+                size: int | None = None) -> CheckResult:
     """Check `image` against the prompt's `objects` (bboxes unused).
 
     `size` is the canvas the prompt refers to; an image of another side is first resized to it (box

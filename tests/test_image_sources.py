@@ -38,7 +38,8 @@ def outcomes(source):
 def test_shapes_splits_and_metadata():
     train = open_dataset("shapes", num_items=20, size=32)
     val = open_dataset("shapes", split="val", num_items=20, size=32)
-    assert len(train) == 20 and len(open_dataset("shapes")) == 10_000 and len(open_dataset("shapes", split="val")) == 500
+    assert len(train) == 20 and len(open_dataset("shapes")) == 10_000
+    assert len(open_dataset("shapes", split="val")) == 500
     item = train.item(3)
     assert item.image.size == (32, 32) and item.caption == train.caption(3) and item.source == "shapes:0:3"
     assert [o["colour"] for o in item.metadata["objects"]] == [o.colour for o in parse_caption(item.caption)]
@@ -109,10 +110,12 @@ def test_jsonl_and_tsv_lists(tmp_path, no_val_split):
         json.dumps({"image": "images/missing.png", "caption": "gone"}),
         json.dumps({"image": "images/b.png", "caption": "   "}),
     ]) + "\n", encoding="utf-8")
-    assert outcomes(open_dataset(str(jsonl), size=16)) == [
+    source = open_dataset(str(jsonl), size=16)
+    assert outcomes(source) == [
         ("a.png", "first"), ("c.png", "third"), ("list.jsonl:4", MALFORMED_LINE), ("b.png", MISSING_CAPTION),
         ("missing.png", MISSING_IMAGE), ("b.png", EMPTY_CAPTION),
     ]
+    assert load_item(source, 2).detail.startswith("invalid JSON")
     tsv = tmp_path / "list.tsv"
     tsv.write_text("images/a.png\tfirst\timage\nno tab here\nimages/b.png\tsecond\n", encoding="utf-8")
     source = open_dataset(str(tsv), size=16)
@@ -151,4 +154,5 @@ def test_skip_report_counts_reasons_and_lists_items():
     assert "2  missing caption" in report and "1  unreadable image" in report
     assert "#0 a.jpg: unreadable image (cannot identify)" in report and "... and 1 more" in report
     assert skip_report([]) == "no items skipped"
-    assert skips[0].to_dict() == {"index": 0, "source": "a.jpg", "reason": UNREADABLE_IMAGE, "detail": "cannot identify"}
+    assert skips[0].to_dict() == {"index": 0, "source": "a.jpg", "reason": UNREADABLE_IMAGE,
+                                  "detail": "cannot identify"}

@@ -100,7 +100,8 @@ def test_shape_templates():
             assert mask[0].any() and mask[-1].any() and mask[:, 0].any() and mask[:, -1].any(), shape
             assert np.array_equal(mask, mask[:, ::-1])  # symmetric left-right
         assert masks["square"].all()
-        assert np.array_equal(masks["circle"], masks["circle"].T) and np.array_equal(masks["diamond"], masks["diamond"][::-1])
+        assert np.array_equal(masks["circle"], masks["circle"].T)
+        assert np.array_equal(masks["diamond"], masks["diamond"][::-1])
         triangle = masks["triangle"].sum(axis=1)
         assert triangle[-1] == side and np.all(np.diff(triangle) >= 0)  # apex up, base horizontal at the bottom
     with pytest.raises(ValueError):
@@ -125,9 +126,10 @@ def test_parse_caption_round_trip(language):
 
 
 def test_parse_caption_tolerates_spacing_and_rejects_malformed_text():
-    assert parse_caption("  A large  red circle at the top left ") == [ShapeObject("red", "circle", "large", "top left")]
+    red = ShapeObject("red", "circle", "large", "top left")
+    assert parse_caption("  A large  red circle at the top left ") == [red]
     assert parse_caption("左上角 有一个大的红色圆形, 中间有一个小的蓝色菱形") == [
-        ShapeObject("red", "circle", "large", "top left"), ShapeObject("blue", "diamond", "small", "center")]
+        red, ShapeObject("blue", "diamond", "small", "center")]
     for bad in ["", "   ", "a large red circle", "a huge red circle at the top", "a large red circle at the center",
                 "a large red circle in the top left", "a large red circle at the top left and",
                 "a large red circle at the top left and a cat", "左上角有一个大的红色", "左上角有一个大的红色圆形，",
