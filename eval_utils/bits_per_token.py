@@ -114,10 +114,12 @@ def bits_per_token(model: torch.nn.Module, batches: Iterable[Mapping], tokenizer
             nats = nats.view_as(targets).double()
             scored = targets != tokenizer.pad_id
             is_image = tokenizer.image_mask(targets)
-            for row, task in enumerate(batch["tasks"]):
-                for kind, mask in (("image", scored[row] & is_image[row]), ("text", scored[row] & ~is_image[row])):
-                    tallies[task, kind].nats += float(nats[row][mask].sum())
-                    tallies[task, kind].tokens += int(mask.sum())
+            for kind, mask in (("image", scored & is_image), ("text", scored & ~is_image)):
+                row_nats = torch.where(mask, nats, 0.0).sum(dim=1).tolist()  # one device sync per kind
+                row_tokens = mask.sum(dim=1).tolist()
+                for task, row_sum, row_count in zip(batch["tasks"], row_nats, row_tokens):
+                    tallies[task, kind].nats += row_sum
+                    tallies[task, kind].tokens += row_count
     finally:
         model.train(was_training)
     if not tallies:
@@ -173,12 +175,18 @@ def caption_nats(model: torch.nn.Module, tokenizer: UnifiedTokenizer, image_code
     if any(len(ids) == 0 for ids in text_ids):
         raise UserError("every caption needs at least one text token to be scored")
     grid = image_codes.shape[1]
+    longest_caption = max(len(ids) for ids in text_ids)
+    needed = sequences.max_length("image2text", longest_caption, grid)
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if positions is not None and needed > positions:
+        raise UserError(f"a caption of {longest_caption} tokens after a {grid}x{grid} image needs {needed} "
+                        f"positions, but the model has {positions}; shorten the captions")
     device = _model_device(model)
     was_training = model.training
     model.eval()
     scores = []
     try:
-        for start in range(0, len(text_ids), batch_size):
+        for start in tqdm(range(0, len(text_ids), batch_size), desc="caption loss", unit="batch"):
             built = [sequences.image2text(tokenizer, codes, grid, ids)
                      for codes, ids in zip(image_codes[start:start + batch_size], text_ids[start:start + batch_size])]
             longest = max(len(seq) for seq in built)

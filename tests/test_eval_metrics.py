@@ -388,6 +388,32 @@ def test_bits_per_token_separates_image_and_text_targets(tmp_path):
     assert result.image_tokens == 3 * GRID * GRID  # max_batches=1: the first batch of 3 rows only
 
 
+def test_bits_per_token_of_a_real_model_matches_its_mean_cross_entropy(tmp_path):
+    from eval_utils.bits_per_token import bits_per_token
+    from model.config import ModelConfig
+    from model.gpt import CogViewGPT
+
+    tokenizer = _tokenizer()
+    _, loader = _validation_loader(tmp_path, tokenizer)
+    torch.manual_seed(0)
+    model = CogViewGPT(ModelConfig(vocab_size=tokenizer.vocab_size, num_layers=1, hidden_size=16,
+                                   num_attention_heads=2, max_position_embeddings=32))
+    result = bits_per_token(model, loader, tokenizer)
+    assert model.training  # restored after the evaluation
+    model.eval()
+    nats, tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            logits = model(batch["input_ids"][:, :-1], batch["position_ids"][:, :-1])
+            targets = batch["input_ids"][:, 1:]
+            nats += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                                            ignore_index=tokenizer.pad_id, reduction="sum"))
+            tokens += int((targets != tokenizer.pad_id).sum())
+    assert result.image_tokens + result.text_tokens == tokens
+    assert result.bits == pytest.approx(nats / tokens / math.log(2), rel=1e-6)
+    assert 0 < result.image_bits < 2 * math.log2(tokenizer.vocab_size)
+
+
 class SeesFirstCode(torch.nn.Module):
     """Favours text piece number c (logit +10) where c is the first image code in the row."""
 
@@ -425,3 +451,10 @@ def test_caption_loss_alignment_known_answers():
     assert seeing.to_dict()["caption_loss_gap"] == pytest.approx(10.0, abs=1e-5)
     with pytest.raises(UserError, match="at least 2"):
         caption_loss_alignment(SeesFirstCode(tokenizer), tokenizer, codes[:1], captions[:1])
+    with pytest.raises(UserError, match="positions"):
+        from model.config import ModelConfig
+        from model.gpt import CogViewGPT
+
+        small = CogViewGPT(ModelConfig(vocab_size=tokenizer.vocab_size, num_layers=1, hidden_size=16,
+                                       num_attention_heads=2, max_position_embeddings=16))
+        caption_loss_alignment(small, tokenizer, codes, captions)
