@@ -157,7 +157,7 @@ def decode_batch(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec
                 break
             rows = keep.nonzero().flatten()
             rows = torch.cat([rows, rows + len(keep)]) if guided else rows
-            cache.select(rows.to(device))
+            cache = cache.select(rows.to(device))
             key_mask, next_position, tokens = key_mask[rows.to(device)], next_position[rows.to(device)], tokens[keep]
         feed = tokens.to(device)
         feed = torch.cat([feed, feed]) if guided else feed

@@ -1,0 +1,183 @@
+"""`Pipeline`: the Python API of every inference task, loaded once and called many times.
+
+    pipe = Pipeline.from_checkpoint("runs/gpt")            # tokenizer and VQ-VAE from its metadata
+    results = pipe.text2image(["a large red circle at the top left"], n=4, seed=0, cfg_scale=3.0)
+    results[0].images[0].save("circle.png")
+    captions = pipe.caption(results[0].images)
+    ranking = pipe.rerank("a large red circle at the top left", results[0].images)
+    big = pipe.super_resolve([results[0].images[ranking.order[0]]], "a large red circle at the top left")
+
+Images go in and come out as PIL images (tensors `[B, 3, H, W]` in [0, 1] are accepted too); every
+task also has a code-level twin in `generation.tasks` for callers that already hold VQ-VAE codes.
+`generate_samples.py` is a thin command line over this class.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from data_utils.images import pil_to_tensor, tensor_to_pil
+from data_utils.tokenizer import UnifiedTokenizer
+from generation import tasks
+from generation.sampling import SamplingSettings
+from generation.tasks import Geometry
+from utils.errors import UserError
+
+DEFAULT_MAX_BATCH_ROWS = 32
+DEFAULT_MAX_CAPTION_TOKENS = 32
+
+ImagesLike = Sequence[Image.Image] | torch.Tensor
+
+
+@dataclass
+class GeneratedImages:
+    """The images of one prompt, with what it takes to make each one again."""
+
+    prompt: str
+    images: list[Image.Image]
+    seeds: list[int]
+    codes: torch.Tensor                      # [n, grid, grid]
+    scores: torch.Tensor | None = None       # post-selection scores, when reranked
+
+
+@dataclass
+class Ranking:
+    """Post-selection of candidate images for one text: scores in input order, `order` best first."""
+
+    scores: torch.Tensor                     # [N], sum of caption log-probabilities; higher is better
+    order: list[int] = field(default_factory=list)
+
+
+class Pipeline:
+    """A loaded model (plus tokenizer and VQ-VAE) and every inference task over it.
+
+    `caption_model` scores post-selection (CogView used a separately fine-tuned captioner); it
+    defaults to `model`, which learned image-to-text by token order. `max_batch_rows` is the most
+    sequences one forward runs (guided sampling counts two per image); out-of-memory halves it.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: UnifiedTokenizer, vqvae: torch.nn.Module | None,
+                 geometry: Geometry, caption_model: torch.nn.Module | None = None,
+                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.vqvae = vqvae
+        self.geometry = geometry
+        self.caption_model = (caption_model or model).eval()
+        self.max_batch_rows = max_batch_rows
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, vqvae: str | os.PathLike | None = None,
+                        text_tokenizer: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None, caption_model: str | os.PathLike | None = None,
+                        max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS) -> "Pipeline":
+        """Load a checkpoint (any layout `model.checkpoint.load_model_for_inference` reads) with the
+        tokenizer and VQ-VAE its metadata names; `vqvae` / `text_tokenizer` override those paths."""
+        from generation.loading import load_components
+
+        parts = load_components(path, vqvae=vqvae, text_tokenizer=text_tokenizer, device=device, dtype=dtype,
+                                caption_model=caption_model)
+        return cls(parts.model, parts.tokenizer, parts.vqvae, parts.geometry, parts.caption_model, max_batch_rows)
+
+    # --- images <-> codes ---------------------------------------------------------------------------
+    def _require_vqvae(self) -> torch.nn.Module:
+        if self.vqvae is None:
+            raise UserError("this pipeline has no VQ-VAE; give one (--vqvae) to turn images into codes and back")
+        return self.vqvae
+
+    def image_size(self, grid: int) -> int:
+        return grid * self._require_vqvae().config.downsample
+
+    def encode_images(self, images: ImagesLike, grid: int | None = None) -> torch.Tensor:
+        """Images (resized to the model's image size, or to `grid` codes a side) -> codes `[N, g, g]`."""
+        from vqvae.api import img2code
+
+        grid = grid or self.geometry.image_grid
+        size = self.image_size(grid)
+        if isinstance(images, torch.Tensor):
+            batch = images.float()
+            if batch.shape[-2:] != (size, size):
+                batch = torch.nn.functional.interpolate(batch, size=(size, size), mode="bicubic",
+                                                        align_corners=False).clamp(0, 1)
+        else:
+            if not images:
+                raise UserError("no images given")
+            batch = torch.stack([pil_to_tensor(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+                                               if image.size != (size, size) else image) for image in images])
+        return img2code(self._require_vqvae(), batch)
+
+    def decode_codes(self, codes: torch.Tensor) -> list[Image.Image]:
+        from vqvae.api import code2img
+
+        return [tensor_to_pil(image) for image in code2img(self._require_vqvae(), codes)]
+
+    def _text_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode_text(text, self.geometry.text_max_tokens)
+
+    # --- tasks --------------------------------------------------------------------------------------
+    def text2image_codes(self, prompts: Sequence[str], n: int, seed: int, settings: SamplingSettings,
+                         negative_prompt: str | None = None) -> torch.Tensor:
+        """Code grids `[P, n, grid, grid]` for each prompt (image j of every prompt: seed `seed + j`)."""
+        negative = self._text_ids(negative_prompt) if negative_prompt else None
+        return tasks.generate_image_codes(self.model, self.tokenizer, self.geometry,
+                                          [self._text_ids(p) for p in prompts], n, seed, settings,
+                                          self.max_batch_rows, negative_ids=negative)
+
+    def text2image(self, prompts: str | Sequence[str], n: int = 4, seed: int = 0, cfg_scale: float = 1.0,
+                   negative_prompt: str | None = None, top_k: int = 200, top_p: float = 1.0,
+                   temperature: float = 1.0) -> list[GeneratedImages]:
+        """`n` images per prompt. Guidance (`cfg_scale != 1`) contrasts each prompt with the empty
+        prompt, or with `negative_prompt`; `cfg_scale = 1` is plain sampling."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
+        codes = self.text2image_codes(prompts, n, seed, settings, negative_prompt)
+        return [GeneratedImages(prompt, self.decode_codes(prompt_codes), [seed + j for j in range(n)], prompt_codes)
+                for prompt, prompt_codes in zip(prompts, codes)]
+
+    def caption(self, images: ImagesLike, seed: int = 0, max_tokens: int = DEFAULT_MAX_CAPTION_TOKENS,
+                top_k: int = 200, top_p: float = 1.0, temperature: float = 1.0) -> list[str]:
+        """A caption per image (image i samples with seed `seed + i`); `top_k=1` is greedy."""
+        settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)
+        return tasks.caption_codes(self.model, self.tokenizer, self.geometry, self.encode_images(images), seed,
+                                   settings, max_tokens, self.max_batch_rows)
+
+    def rerank_codes(self, text: str, codes: torch.Tensor) -> Ranking:
+        scores = tasks.caption_scores(self.caption_model, self.tokenizer, self.geometry, codes,
+                                      self._text_ids(text), self.max_batch_rows)
+        return Ranking(scores, sorted(range(len(scores)), key=lambda i: -float(scores[i])))
+
+    def rerank(self, text: str, images: ImagesLike) -> Ranking:
+        """Post-selection: how well each image explains `text` (see `tasks.caption_scores`)."""
+        return self.rerank_codes(text, self.encode_images(images))
+
+    def super_resolve_codes(self, codes: torch.Tensor, texts: Sequence[str], seed: int,
+                            settings: SamplingSettings) -> torch.Tensor:
+        return tasks.super_resolve_codes(self.model, self.tokenizer, self.geometry, codes,
+                                         [self._text_ids(t) for t in texts], seed, settings, self.max_batch_rows)
+
+    def super_resolve(self, images: ImagesLike, text: str | Sequence[str], seed: int = 0, top_k: int = 200,
+                      top_p: float = 1.0, temperature: float = 1.0) -> list[Image.Image]:
+        """Each image at twice its side, conditioned on its text (one text for all, or one each).
+
+        An image exactly at the trained low-resolution size takes one pass; any other is resized to
+        the model's image size and magnified with 9 overlapping windows (`tasks.magnify_windows`).
+        """
+        grid = self._input_grid_for_super_resolution(images)
+        codes = self.encode_images(images, grid)
+        texts = [text] * len(codes) if isinstance(text, str) else list(text)
+        if len(texts) != len(codes):
+            raise UserError(f"{len(codes)} images but {len(texts)} texts for super-resolution")
+        settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)
+        return self.decode_codes(self.super_resolve_codes(codes, texts, seed, settings))
+
+    def _input_grid_for_super_resolution(self, images: ImagesLike) -> int:
+        low = self.image_size(self.geometry.lowres_grid)
+        sizes = ({tuple(images.shape[-2:])} if isinstance(images, torch.Tensor)
+                 else {(image.height, image.width) for image in images})
+        if sizes == {(low, low)}:
+            return self.geometry.lowres_grid
+        return self.geometry.image_grid
