@@ -15,9 +15,11 @@ import argparse
 import multiprocessing
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -46,25 +48,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True,
                       help="'shapes', 'emoji', a folder of images + same-name .txt captions, or a .jsonl/.tsv list")
-    data.add_argument("--split", default="train", choices=("train", "val"))
+    data.add_argument("--split", default="train", choices=("train", "val"),
+                      help="default %(default)s; shapes splits by seed, emoji and files by a stable hash of caption or path")
     data.add_argument("--num-items", type=int, default=None,
-                      help="number of items (shapes: how many to draw; others: a cap; default: all / shapes 10000)")
-    data.add_argument("--image-size", type=int, default=64, help="side of the square images, in pixels")
-    data.add_argument("--language", default="en", choices=("en", "zh", "both"), help="caption language of shapes")
-    data.add_argument("--seed", type=int, default=0, help="seed of the shapes dataset")
+                      help="shapes: how many to draw (None: 10000 train, 500 val); others: a cap (None: all)")
+    data.add_argument("--image-size", type=int, default=64, help="side of the square images, in pixels (default %(default)s)")
+    data.add_argument("--language", default="en", choices=("en", "zh", "both"), help="caption language of shapes (default %(default)s)")
+    data.add_argument("--seed", type=int, default=0, help="seed of the shapes dataset (default %(default)s)")
     models = parser.add_argument_group("tokenizers")
     models.add_argument("--text-tokenizer", required=True, help="SentencePiece .model file")
     models.add_argument("--vqvae", required=True, help="VQ-VAE folder (train_vqvae.py) or CogView's .pt")
     rows = parser.add_argument_group("rows")
     rows.add_argument("--text-max-tokens", type=int, default=32,
-                      help="text budget per row; longer captions are truncated and counted")
+                      help="text budget per row; longer captions are truncated and counted (default %(default)s)")
     rows.add_argument("--with-lowres", action="store_true",
                       help="also store the codes of the image downscaled 2x (needed for super-resolution)")
     run = parser.add_argument_group("run")
     run.add_argument("--output", required=True, help="data folder to create (or to resume)")
-    run.add_argument("--workers", type=int, default=1, help="worker processes; 0 works in this process (debugging)")
-    run.add_argument("--chunk-size", type=int, default=256, help="items per chunk, and so rows per shard at most")
-    run.add_argument("--batch-size", type=int, default=32, help="images per VQ-VAE call")
+    run.add_argument("--workers", type=int, default=1, help="worker processes; 0 works in this process, for debugging (default %(default)s)")
+    run.add_argument("--chunk-size", type=int, default=256, help="items per chunk, and so rows per shard at most (default %(default)s)")
+    run.add_argument("--batch-size", type=int, default=32, help="images per VQ-VAE call (default %(default)s)")
     run.add_argument("--log-dir", default=None, help="TensorBoard folder for progress scalars (default: none)")
     args = parser.parse_args(argv)
     for name in ("num_items", "image_size", "text_max_tokens", "chunk_size", "batch_size"):
@@ -145,11 +148,16 @@ _worker: _WorkerState | None = None  # one per process, loaded once by `init_wor
 
 
 def init_worker(settings: EncodeSettings) -> None:
-    """Load the dataset, tokenizer and VQ-VAE once per process; one thread each, as workers run side by side."""
+    """Load the dataset, tokenizer and VQ-VAE once per process."""
     global _worker
-    torch.set_num_threads(1)
     tokenizer, vqvae = settings.load_models()
     _worker = _WorkerState(settings, settings.open_source(), tokenizer, vqvae, settings.row_format(tokenizer, vqvae))
+
+
+def init_pool_worker(settings: EncodeSettings) -> None:
+    """`init_worker` with one torch thread: the workers already run side by side, one per core."""
+    torch.set_num_threads(1)
+    init_worker(settings)
 
 
 def encode_images(vqvae: VQVAE, images: list[Image.Image], batch_size: int) -> np.ndarray:
@@ -202,15 +210,23 @@ def encode_chunk(chunk: int) -> ChunkResult:
 
 
 def run_chunks(settings: EncodeSettings, chunks: list[int], workers: int) -> Iterator[ChunkResult]:
-    """Results of `chunks` in the order they finish, from `workers` spawned processes (0: this process)."""
+    """Results of `chunks`, in chunk order, from `workers` spawned processes (0: this process)."""
     if workers == 0:
         init_worker(settings)
         yield from map(encode_chunk, chunks)
         return
-    # spawn: a fresh interpreter per worker, never a fork of a process holding torch threads.
+    if not chunks:
+        return
+    # spawn: a fresh interpreter per worker, never a fork of a process holding torch threads. Unlike
+    # multiprocessing.Pool, the executor reports a worker that died instead of waiting for it forever.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, max(len(chunks), 1)), initializer=init_worker, initargs=(settings,)) as pool:
-        yield from pool.imap_unordered(encode_chunk, chunks)
+    with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context, initializer=init_pool_worker,
+                             initargs=(settings,)) as pool:
+        try:
+            yield from pool.map(encode_chunk, chunks)
+        except BrokenProcessPool:
+            raise UserError("a worker process died (out of memory, or killed); finished shards are kept: "
+                            "run the same command again to resume") from None
 
 
 # ---------------------------------------------------------------- the manifest
