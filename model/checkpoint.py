@@ -150,10 +150,13 @@ def _torch_load(path: Path) -> Any:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        what = f"an object of type {found.group(1)}" if found else _first_line(err)
-        raise UserError(f"cannot read {path} safely: it holds {what}, which weights-only loading refuses; "
-                        f"re-save the weights alone") from None
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if unsafe:
+            raise UserError(f"cannot read {path} safely: it holds an object of type {unsafe.group(1)}, which "
+                            f"weights-only loading refuses; re-save the weights alone") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+        reason = detail.group(1).strip() if detail else _first_line(err)
+        raise UserError(f"cannot read {path} as a PyTorch checkpoint: {reason}") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise UserError(f"cannot read {path} as a PyTorch checkpoint: {_first_line(err)}") from None
 
