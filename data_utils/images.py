@@ -38,6 +38,16 @@ def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
     return images.detach().float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
+def flatten_to_rgb(image: Image.Image) -> Image.Image:
+    """RGB image; transparent pixels become white (a bare convert("RGB") shows their stored colour,
+    often black, which would teach the models black backgrounds)."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
     """Open an image as RGB, optionally resized to size x size; bad files raise a one-line `UserError`."""
     path = Path(path)
@@ -45,7 +55,7 @@ def load_image(path: str | os.PathLike, size: int | None = None) -> Image.Image:
         raise UserError(f"image not found: {path}")
     try:
         with Image.open(path) as handle:
-            image = handle.convert("RGB")
+            image = flatten_to_rgb(handle)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise UserError(f"cannot read image {path}: {err}") from None
     if size is not None and image.size != (size, size):

@@ -1,0 +1,134 @@
+"""The whole pipeline on the built-in `shapes` data, end to end, in one run folder.
+
+Example:
+    python scripts/quickstart.py                      # everything under runs/quickstart
+    python scripts/quickstart.py --run-dir runs/qs2 --train-minutes 3
+
+Stages: SentencePiece tokenizer -> VQ-VAE -> token shards (train / val) -> transformer with the task
+mixture -> text-to-image for English and Chinese prompts with post-selection, captions of held-out
+images, one super-resolution. Each stage is one of the repository's own command lines, run as a
+subprocess with its own progress bar. A stage whose outputs exist and whose command line is unchanged
+is reused, so re-running after an interruption (or after changing only a later stage) redoes only what
+is missing. At the end the paths of everything written are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from utils.errors import UserError, run_main  # noqa: E402
+from utils.files import atomic_write_json  # noqa: E402
+
+PROMPTS_EN = [
+    "a large red circle at the top left",
+    "a small blue square in the center",
+    "a large green triangle at the bottom right",
+    "a large yellow diamond at the top and a small purple circle at the bottom",
+]
+PROMPTS_ZH = [
+    "左上角有一个大的红色圆形",
+    "中间有一个小的蓝色正方形",
+    "右下角有一个大的绿色三角形",
+]
+
+
+@dataclass
+class Stage:
+    """One step of the pipeline: a command line and the files that prove it finished."""
+
+    name: str
+    argv: list[str]
+    outputs: list[Path]
+
+    def marker(self, run_dir: Path) -> Path:
+        return run_dir / ".stages" / f"{self.name}.json"
+
+    def is_done(self, run_dir: Path) -> bool:
+        marker = self.marker(run_dir)
+        if not marker.is_file() or not all(path.exists() for path in self.outputs):
+            return False
+        return json.loads(marker.read_text()).get("argv") == self.argv
+
+    def run(self, run_dir: Path) -> float:
+        print(f"\n=== {self.name}: {shlex.join(self.argv)}", flush=True)
+        start = time.time()
+        result = subprocess.run([sys.executable, *self.argv], cwd=ROOT)
+        if result.returncode != 0:
+            raise UserError(f"stage '{self.name}' failed (exit {result.returncode}); fix the error above "
+                            f"and re-run: finished stages are reused")
+        missing = [str(path) for path in self.outputs if not path.exists()]
+        if missing:
+            raise UserError(f"stage '{self.name}' finished without writing {', '.join(missing)}")
+        seconds = time.time() - start
+        atomic_write_json(self.marker(run_dir), {"argv": self.argv, "seconds": round(seconds, 1)})
+        return seconds
+
+
+def build_stages(args: argparse.Namespace) -> list[Stage]:
+    run = Path(args.run_dir)
+    tok, vq, data, gpt, out = run / "tokenizer", run / "vqvae", run / "data", run / "gpt", run / "samples"
+    sp_model = tok / "sp.model"
+    common_data = ["--dataset", "shapes", "--language", "both", "--image-size", str(args.image_size),
+                   "--text-tokenizer", str(sp_model), "--vqvae", str(vq), "--text-max-tokens", "32",
+                   "--with-lowres", "--workers", str(args.workers)]
+    return [
+        Stage("tokenizer", ["train_text_tokenizer.py", "--dataset", "shapes", "--language", "both",
+                            "--num-items", "10000", "--output", str(tok / "sp")], [sp_model]),
+        Stage("vqvae", ["train_vqvae.py", "--dataset", "shapes", "--image-size", str(args.image_size),
+                        "--time-budget-minutes", str(args.vqvae_minutes), "--output", str(vq),
+                        "--save-recon-grid", str(vq / "reconstructions.png")],
+              [vq / "model.safetensors", vq / "config.json"]),
+        Stage("data-train", ["preprocess_data.py", *common_data, "--split", "train",
+                             "--num-items", str(args.train_items), "--output", str(data / "train")],
+              [data / "train" / "manifest.json"]),
+        Stage("data-val", ["preprocess_data.py", *common_data, "--split", "val",
+                           "--num-items", "512", "--output", str(data / "val")],
+              [data / "val" / "manifest.json"]),
+        Stage("transformer", ["pretrain_gpt2.py", "--train-data", str(data / "train"),
+                              "--valid-data", str(data / "val"), "--save", str(gpt),
+                              "--tensorboard-dir", str(run / "tb" / "gpt"),
+                              *args.model_flags.split(), "--time-budget-minutes", str(args.train_minutes)],
+              [gpt / "latest_checkpointed_iteration.txt"]),
+        Stage("samples", ["generate_samples.py", "--load", str(gpt), "--generation-task", "text2image-full",
+                          "--input-source", str(run / "prompts.txt"), "--batch-size", "8",
+                          "--output-path", str(out / "text2image")],
+              [out / "text2image" / "manifest.jsonl"]),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", default="runs/quickstart", help="folder for every output of the run")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="preprocessing worker processes")
+    parser.add_argument("--train-items", type=int, default=20000, help="shapes items in the training shards")
+    parser.add_argument("--vqvae-minutes", type=float, default=2.5, help="VQ-VAE training budget")
+    parser.add_argument("--train-minutes", type=float, default=6.0, help="transformer training budget")
+    parser.add_argument("--model-flags", default="--num-layers 4 --hidden-size 256 --num-attention-heads 8",
+                        help="transformer size flags passed to pretrain_gpt2.py")
+    args = parser.parse_args()
+
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "prompts.txt").write_text("\n".join(PROMPTS_EN + PROMPTS_ZH) + "\n", encoding="utf-8")
+    start = time.time()
+    for stage in build_stages(args):
+        if stage.is_done(run_dir):
+            print(f"=== {stage.name}: reused ({stage.marker(run_dir)})")
+            continue
+        seconds = stage.run(run_dir)
+        print(f"=== {stage.name}: done in {seconds:.0f} s")
+    print(f"\nquick start finished in {time.time() - start:.0f} s; everything is under {run_dir}/")
+
+
+if __name__ == "__main__":
+    run_main(main)
