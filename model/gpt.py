@@ -247,8 +247,8 @@ class CogViewGPT(nn.Module):
         autocast dtype when running an fp32 model under autocast, to halve the cache)."""
         weight = self.word_embeddings.weight
         c = self.config
-        return KVCache(c.num_layers, batch_size, c.num_attention_heads, max_length, c.head_dim,
-                       dtype=dtype or weight.dtype, device=device or weight.device)
+        return KVCache.allocate(c.num_layers, batch_size, c.num_attention_heads, max_length, c.head_dim,
+                                dtype=dtype or weight.dtype, device=device or weight.device)
 
     def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Word plus position embeddings `[B, T, hidden]` (the input of layer 0)."""

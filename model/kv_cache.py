@@ -19,14 +19,20 @@ from utils.errors import UserError
 class KVCache:
     """Keys and values `[batch, heads, max_length, head_dim]` per layer, filled up to `length`."""
 
-    def __init__(self, num_layers: int, batch_size: int, num_heads: int, max_length: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], length: int = 0):
+        self.keys = keys
+        self.values = values
+        self.length = length
+
+    @classmethod
+    def allocate(cls, num_layers: int, batch_size: int, num_heads: int, max_length: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> "KVCache":
+        """An empty cache with room for `max_length` positions (use `CogViewGPT.new_kv_cache`)."""
         if batch_size < 1 or max_length < 1:
             raise UserError(f"a KV cache needs batch_size >= 1 and max_length >= 1, got {batch_size} and {max_length}")
         shape = (batch_size, num_heads, max_length, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.length = 0
+        return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)],
+                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)])
 
     @property
     def batch_size(self) -> int:
@@ -74,8 +80,5 @@ class KVCache:
         if int(index.min()) < 0 or int(index.max()) >= self.batch_size:
             raise UserError(f"KV cache select: row indices must lie in [0, {self.batch_size}), "
                             f"got [{int(index.min())}, {int(index.max())}]")
-        selected = KVCache.__new__(KVCache)
-        selected.keys = [k.index_select(0, index) for k in self.keys]
-        selected.values = [v.index_select(0, index) for v in self.values]
-        selected.length = self.length
-        return selected
+        return KVCache([k.index_select(0, index) for k in self.keys],
+                       [v.index_select(0, index) for v in self.values], self.length)
