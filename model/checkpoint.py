@@ -9,8 +9,8 @@ Layouts:
 - DeepSpeed / CogView: `{dir}/latest_checkpointed_iteration.txt` (CogView) or `{dir}/latest`
   (DeepSpeed) names the iteration folder; weights are under `module` in
   `{dir}/{iteration}/mp_rank_00_model_states.pt`; the iteration folder itself may also be given.
-`model_config.json` holds the `ModelConfig` fields plus free metadata (tokenizer, VQ-VAE, ...). When
-it is absent (CogView's released files) the sizes are inferred from the tensor shapes.
+`model_config.json` holds the `ModelConfig` fields plus free metadata (tokenizer, VQ-VAE, ...). Sizes
+it lacks (CogView's released files have no such file) are inferred from the tensor shapes.
 """
 from __future__ import annotations
 
@@ -256,8 +256,8 @@ def load_model_for_inference(path: str | os.PathLike, device: str | torch.device
     """Load any checkpoint layout (see the module docstring) into an eval-mode model.
 
     Returns the model on `device` in `dtype` and the metadata of `model_config.json` (everything but
-    the config fields; empty when the config was inferred). `num_attention_heads` is used only when
-    the sizes are inferred from the tensors.
+    the config fields; empty without such a file). `num_attention_heads` is used only when that file
+    does not give it (CogView's release: 64-wide heads otherwise).
     """
     path = Path(path)
     if not path.exists():
