@@ -77,8 +77,9 @@ class BitsPerToken:
 
     def format_table(self) -> str:
         lines = [f"{'task':<18}{'image bits':>12}{'tokens':>10}{'text bits':>12}{'tokens':>10}"]
-        rows = [*sorted(self.by_task.items()), ("all", {"image_bits": self.image_bits, "image_tokens": self.image_tokens,
-                                                       "text_bits": self.text_bits, "text_tokens": self.text_tokens})]
+        overall = {"image_bits": self.image_bits, "image_tokens": self.image_tokens,
+                   "text_bits": self.text_bits, "text_tokens": self.text_tokens}
+        rows = [*sorted(self.by_task.items()), ("all", overall)]
         for task, values in rows:
             lines.append(f"{task:<18}{values['image_bits']:>12.4f}{values['image_tokens']:>10d}"
                          f"{values['text_bits']:>12.4f}{values['text_tokens']:>10d}")

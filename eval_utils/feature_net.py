@@ -139,6 +139,8 @@ def train_feature_net(images: torch.Tensor, caption_tokens: Sequence[Sequence[in
             progress.set_postfix(loss=f"{loss.item():.4f}")
             board.scalars({"feature_net/loss": loss.item()}, step)
     board.close()
+    logger.info("self-FID feature network: %d caption tokens as labels, %d steps, last batch loss %.4f",
+                len(config.label_ids), steps, loss.item())
     return network.eval()
 
 

@@ -122,7 +122,7 @@ def test_inception_state_dict_layout_matches_the_fid_weights_file():
     assert sum(p.numel() for p in FIDInceptionV3().parameters()) == 23_850_960
 
 
-def test_inception_loads_a_state_dict_strictly_and_gives_pool_and_logits(tmp_path):
+def test_inception_loads_a_state_dict_strictly_and_gives_pool_and_logits(tmp_path, caplog):
     from eval_utils.inception import FIDInceptionV3, inception_features, load_inception
 
     generator = torch.Generator().manual_seed(0)
@@ -138,6 +138,7 @@ def test_inception_loads_a_state_dict_strictly_and_gives_pool_and_logits(tmp_pat
     torch.save(state, path)
     network = load_inception(path)
     assert torch.equal(network.fc.weight, state["fc.weight"])
+    assert "not the standard FID weights" in caplog.text  # right keys, other SHA-256
     images = torch.rand(2, 3, 64, 64, generator=generator)
     outputs = inception_features(network, images, batch_size=2)
     assert outputs.pool.shape == (2, 2048) and outputs.logits.shape == (2, 1008)
@@ -348,9 +349,9 @@ def _validation_loader(tmp_path, tokenizer, rows: int = 5, batch_size: int = 3):
                               rng.integers(0, CODEBOOK, size=(GRID, GRID)), None, tokenizer.pad_id)
               for _ in range(rows)]
     shard = write_shard(tmp_path, 0, np.stack(packed), np.arange(rows), row_format)
-    write_manifest(tmp_path, {"format_version": FORMAT_VERSION, **row_format.to_dict(), "complete": True,
-                              "tokenizer": {"fingerprint": tokenizer.fingerprint()}, "vqvae": {"fingerprint": None},
-                              "shards": [shard]})
+    write_manifest(tmp_path, {"format_version": FORMAT_VERSION, **row_format.to_dict(), "num_chunks": 1,
+                              "complete": True, "tokenizer": tokenizer.describe(),
+                              "vqvae": {"path": "vq", "fingerprint": "test-vq"}, "shards": [shard]})
     dataset = TaskSequenceDataset(ShardedRows(tmp_path, tokenizer), tokenizer,
                                   task_weights={"text2image": 1.0, "image2text": 1.0}, seed=0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size,
