@@ -134,7 +134,7 @@ class SelfAttention(nn.Module):
 
     def _attend_pb_relax_alpha(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                attn_mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
-        """The paper's PB-relax: softmax((Q / (alpha sqrt d)) K^T - max) * alpha).
+        """The paper's PB-relax: softmax(((Q / (alpha sqrt d)) K^T - max) * alpha).
 
         Equal to plain attention in exact arithmetic. The product is taken in the input dtype from
         queries shrunk by alpha * sqrt(d), so it stays far from fp16's limit; the shifted scores are
