@@ -29,7 +29,7 @@ from tqdm import tqdm
 from data_utils.image_sources import (EMPTY_CAPTION, CaptionedImage, CaptionedImageSource, SkippedItem, load_item,
                                       open_dataset, skip_report)
 from data_utils.images import pil_to_tensor
-from data_utils.shards import (FORMAT_VERSION, RowFormat, read_manifest, remove_unlisted_files, write_manifest,
+from data_utils.shards import (FORMAT_VERSION, MANIFEST_NAME, RowFormat, read_manifest, remove_unlisted_files, write_manifest,
                                write_shard)
 from data_utils.tokenizer import UnifiedTokenizer
 from utils.errors import UserError, run_main
@@ -125,6 +125,8 @@ class EncodeSettings:
 
 @dataclass
 class ChunkResult:
+    """What a worker sends back for one chunk: its rows and what it skipped and truncated."""
+
     chunk: int
     num_items: int
     rows: np.ndarray
@@ -266,7 +268,7 @@ def check_same_job(existing: dict[str, Any], expected: dict[str, Any], output: P
 
 def open_output(output: Path, expected: dict[str, Any]) -> dict[str, Any]:
     """The manifest to continue from: the existing one when resuming (strays removed), else a new one."""
-    if (output / "manifest.json").exists():
+    if (output / MANIFEST_NAME).exists():
         manifest = read_manifest(output)
         check_same_job(manifest, expected, output)
         removed = remove_unlisted_files(output, manifest)
@@ -275,7 +277,7 @@ def open_output(output: Path, expected: dict[str, Any]) -> dict[str, Any]:
         logger.info("resuming: %d of %d chunks already done", len(manifest["shards"]), manifest["num_chunks"])
         return manifest
     if output.exists() and any(output.iterdir()):
-        raise UserError(f"{output} is not empty and holds no manifest.json; give a fresh --output")
+        raise UserError(f"{output} is not empty and holds no {MANIFEST_NAME}; give a fresh --output")
     output.mkdir(parents=True, exist_ok=True)
     write_manifest(output, expected)
     return expected
@@ -321,8 +323,8 @@ def process(settings: EncodeSettings, output: Path, workers: int, log_dir: str |
     manifest = open_output(output, new_manifest(settings, tokenizer, vqvae, source, row_format))
     chunks = pending_chunks(manifest)
     board = TensorBoardLogger(log_dir)
-    started = time.monotonic()
-    with tqdm(total=len(source), initial=manifest["counts"]["items"], unit="item", desc="preprocess") as bar:
+    started, items_before = time.monotonic(), manifest["counts"]["items"]
+    with tqdm(total=len(source), initial=items_before, unit="item", desc="preprocess") as bar:
         for result in run_chunks(settings, chunks, workers):
             shard = write_shard(output, result.chunk, result.rows, result.source_indices, row_format)
             record_chunk(manifest, shard, result)
@@ -331,7 +333,7 @@ def process(settings: EncodeSettings, output: Path, workers: int, log_dir: str |
             bar.set_postfix(skipped=manifest["counts"]["skipped"])
             board.scalars({"preprocess/rows": manifest["counts"]["rows"],
                            "preprocess/skipped": manifest["counts"]["skipped"],
-                           "preprocess/items_per_second": bar.n / max(time.monotonic() - started, 1e-9)},
+                           "preprocess/items_per_second": (bar.n - items_before) / (time.monotonic() - started)},
                           step=manifest["counts"]["items"])
     board.close()
     if not chunks:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 _UINT16_VOCAB_LIMIT = 1 << 16
+MAX_OPEN_SHARDS = 1024
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,8 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
                         "re-run preprocess_data.py")
     try:
         RowFormat.from_dict(manifest)
+        str(manifest["tokenizer"]["fingerprint"]), str(manifest["vqvae"]["fingerprint"])
+        int(manifest["num_chunks"]), bool(manifest["complete"])
         for shard in manifest["shards"]:
             int(shard["rows"]), str(shard["file"]), int(shard["first_chunk"])
     except (KeyError, TypeError, ValueError) as err:
@@ -231,9 +235,9 @@ class ShardedRows:
         self.data_dir = Path(data_dir)
         self.manifest = read_manifest(self.data_dir)
         self.format = RowFormat.from_dict(self.manifest)
-        if not self.manifest.get("complete", False):
+        if not self.manifest["complete"]:
             raise UserError(f"data in {self.data_dir} is unfinished ({len(self.manifest['shards'])} of "
-                            f"{self.manifest.get('num_chunks', '?')} chunks); re-run preprocess_data.py with the "
+                            f"{self.manifest['num_chunks']} chunks); re-run preprocess_data.py with the "
                             "same arguments to finish it")
         _check_fingerprint(self.data_dir, "tokenized", "tokenizer", self.manifest["tokenizer"]["fingerprint"],
                            None if tokenizer is None else tokenizer.fingerprint())
@@ -242,7 +246,7 @@ class ShardedRows:
         for shard in self._shards:
             self._check_shard_files(shard)
         self._ends = np.cumsum([shard["rows"] for shard in self._shards], dtype=np.int64)
-        self._maps: dict[int, tuple[np.memmap, np.ndarray]] = {}
+        self._maps: OrderedDict[int, tuple[np.memmap, np.ndarray]] = OrderedDict()
 
     def _check_shard_files(self, shard: Mapping[str, Any]) -> None:
         path = self.data_dir / shard["file"]
@@ -257,7 +261,11 @@ class ShardedRows:
             raise UserError(f"index file {index_path} is missing; re-run preprocess_data.py")
 
     def _open(self, shard_number: int) -> tuple[np.memmap, np.ndarray]:
-        if shard_number not in self._maps:
+        """The rows and source indices of a shard, mapped on first use; the least recently used maps are
+        closed beyond `MAX_OPEN_SHARDS`, as a process may hold only so many (Linux: vm.max_map_count)."""
+        if shard_number in self._maps:
+            self._maps.move_to_end(shard_number)
+        else:
             shard = self._shards[shard_number]
             rows = np.memmap(self.data_dir / shard["file"], dtype=self.format.numpy_dtype, mode="r",
                              shape=(shard["rows"], self.format.row_length))
@@ -269,11 +277,13 @@ class ShardedRows:
                 raise UserError(f"index file of {shard['file']} holds {indices.shape} entries, expected "
                                 f"{shard['rows']}; re-run preprocess_data.py")
             self._maps[shard_number] = (rows, indices)
+            if len(self._maps) > MAX_OPEN_SHARDS:
+                self._maps.popitem(last=False)
         return self._maps[shard_number]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_maps"] = {}
+        state["_maps"] = OrderedDict()
         return state
 
     def __len__(self) -> int:

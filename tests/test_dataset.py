@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data_utils import sequences
+from data_utils import sequences, shards
 from data_utils.dataset import TaskSequenceDataset, collate_sequences, positions_needed, sequence_length
 from data_utils.image_sources import open_dataset
 from data_utils.shards import FORMAT_VERSION, RowFormat, ShardedRows, read_manifest, write_manifest, write_shard
@@ -70,10 +70,13 @@ def test_row_format_round_trips_through_its_dict():
     assert RowFormat.dtype_for_vocab(58_240) == "uint16" and RowFormat.dtype_for_vocab(70_000) == "int32"
 
 
-def test_rows_read_back_across_shards(data, tokenizer):
+@pytest.mark.parametrize("max_open_shards", [1, 1024])
+def test_rows_read_back_across_shards(data, tokenizer, monkeypatch, max_open_shards):
+    monkeypatch.setattr(shards, "MAX_OPEN_SHARDS", max_open_shards)
     rows = ShardedRows(data.folder, tokenizer, VQ_FINGERPRINT)
     assert len(rows) == 30
-    for i in range(30):
+    for i in [*range(30), 0, 29, 5]:  # back and forth over the shards
+        assert len(rows._maps) <= max_open_shards
         row = rows[i]
         assert row.text_ids.tolist() == data.texts[i]
         assert np.array_equal(row.image, data.images[i]) and np.array_equal(row.lowres, data.lows[i])
@@ -103,12 +106,21 @@ def test_rows_work_in_dataloader_workers(data, tokenizer):
     (lambda d: (d / "shard_00000.bin").write_bytes(b"\0" * 100), "has 100 bytes but the manifest says 12 rows"),
     (lambda d: write_manifest(d, {**read_manifest(d), "complete": False}), "unfinished"),
     (lambda d: write_manifest(d, {**read_manifest(d), "row_length": 7}), "is corrupt"),
+    (lambda d: write_manifest(d, {k: v for k, v in read_manifest(d).items() if k != "vqvae"}), "is corrupt"),
+    (lambda d: write_manifest(d, {**read_manifest(d), "format_version": 99}), "format version 99"),
 ])
 def test_reader_refuses_damaged_folders(data, damage, message):
     damage(data.folder)
     with pytest.raises(UserError, match=message) as error:
         ShardedRows(data.folder)
     assert "\n" not in str(error.value)
+
+
+def test_reader_refuses_a_damaged_index_file(data):
+    np.save(data.folder / "shard_00002.idx.npy", np.arange(5))
+    rows = ShardedRows(data.folder)
+    with pytest.raises(UserError, match="index file of shard_00002.bin holds"):
+        rows[20]
 
 
 def test_reader_refuses_other_tokenizer_and_vqvae(data, tokenizer):
