@@ -29,8 +29,8 @@ from tqdm import tqdm
 from data_utils.image_sources import (EMPTY_CAPTION, CaptionedImage, CaptionedImageSource, SkippedItem, load_item,
                                       open_dataset, skip_report)
 from data_utils.images import pil_to_tensor
-from data_utils.shards import (FORMAT_VERSION, MANIFEST_NAME, RowFormat, read_manifest, remove_unlisted_files, write_manifest,
-                               write_shard)
+from data_utils.shards import (FORMAT_VERSION, MANIFEST_NAME, RowFormat, read_manifest, remove_unlisted_files,
+                               write_manifest, write_shard)
 from data_utils.tokenizer import UnifiedTokenizer
 from utils.errors import UserError, run_main
 from utils.files import atomic_write_text
@@ -49,11 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--dataset", required=True,
                       help="'shapes', 'emoji', a folder of images + same-name .txt captions, or a .jsonl/.tsv list")
     data.add_argument("--split", default="train", choices=("train", "val"),
-                      help="default %(default)s; shapes splits by seed, emoji and files by a stable hash of caption or path")
+                      help="default %(default)s; shapes splits by seed, emoji and files by a stable hash "
+                           "of caption or path")
     data.add_argument("--num-items", type=int, default=None,
                       help="shapes: how many to draw (None: 10000 train, 500 val); others: a cap (None: all)")
-    data.add_argument("--image-size", type=int, default=64, help="side of the square images, in pixels (default %(default)s)")
-    data.add_argument("--language", default="en", choices=("en", "zh", "both"), help="caption language of shapes (default %(default)s)")
+    data.add_argument("--image-size", type=int, default=64,
+                      help="side of the square images, in pixels (default %(default)s)")
+    data.add_argument("--language", default="en", choices=("en", "zh", "both"),
+                      help="caption language of shapes (default %(default)s)")
     data.add_argument("--seed", type=int, default=0, help="seed of the shapes dataset (default %(default)s)")
     models = parser.add_argument_group("tokenizers")
     models.add_argument("--text-tokenizer", required=True, help="SentencePiece .model file")
@@ -65,8 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="also store the codes of the image downscaled 2x (needed for super-resolution)")
     run = parser.add_argument_group("run")
     run.add_argument("--output", required=True, help="data folder to create (or to resume)")
-    run.add_argument("--workers", type=int, default=1, help="worker processes; 0 works in this process, for debugging (default %(default)s)")
-    run.add_argument("--chunk-size", type=int, default=256, help="items per chunk, and so rows per shard at most (default %(default)s)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="worker processes; 0 works in this process, for debugging (default %(default)s)")
+    run.add_argument("--chunk-size", type=int, default=256,
+                     help="items per chunk, and so rows per shard at most (default %(default)s)")
     run.add_argument("--batch-size", type=int, default=32, help="images per VQ-VAE call (default %(default)s)")
     run.add_argument("--log-dir", default=None, help="TensorBoard folder for progress scalars (default: none)")
     args = parser.parse_args(argv)
@@ -108,8 +113,9 @@ class EncodeSettings:
         """The row layout, after checking that the image size suits the VQ-VAE and has a grid token."""
         factor = vqvae.config.downsample * (2 if self.with_lowres else 1)
         if self.image_size % factor:
-            raise UserError(f"--image-size {self.image_size} must be a multiple of {factor} (the VQ-VAE downsamples "
-                            f"{vqvae.config.downsample}x{', and --with-lowres halves the image' if self.with_lowres else ''})")
+            why = f"the VQ-VAE downsamples {vqvae.config.downsample}x" + (
+                ", and --with-lowres halves the image" if self.with_lowres else "")
+            raise UserError(f"--image-size {self.image_size} must be a multiple of {factor} ({why})")
         grid = self.image_size // vqvae.config.downsample
         tokenizer.grid_token(grid)
         if self.with_lowres:

@@ -272,7 +272,8 @@ class ShardedRows:
             try:
                 indices = np.load(self.data_dir / index_name(shard["file"]), mmap_mode="r")
             except ValueError as err:
-                raise UserError(f"index file of {shard['file']} is corrupt ({err}); re-run preprocess_data.py") from None
+                raise UserError(f"index file of {shard['file']} is corrupt ({err}); "
+                                "re-run preprocess_data.py") from None
             if indices.shape != (shard["rows"],):
                 raise UserError(f"index file of {shard['file']} holds {indices.shape} entries, expected "
                                 f"{shard['rows']}; re-run preprocess_data.py")

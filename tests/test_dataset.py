@@ -36,7 +36,8 @@ def tokenizer(tmp_path_factory):
 def make_data(folder: Path, tokenizer: UnifiedTokenizer, lowres: bool, num_rows: int = 30,
               shard_rows: tuple[int, ...] = (12, 0, 18)) -> SimpleNamespace:
     """Rows of shapes captions (the last one filling the text budget) with random codes, in uneven shards."""
-    row_format = RowFormat(TEXT_MAX, GRID, GRID // 2 if lowres else None, RowFormat.dtype_for_vocab(tokenizer.vocab_size))
+    row_format = RowFormat(TEXT_MAX, GRID, GRID // 2 if lowres else None,
+                           RowFormat.dtype_for_vocab(tokenizer.vocab_size))
     source = open_dataset("shapes", num_items=num_rows)
     rng = np.random.default_rng(0)
     texts = [tokenizer.encode_text(source.caption(i), TEXT_MAX) for i in range(num_rows)]
