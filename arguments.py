@@ -1,0 +1,239 @@
+"""The one command line: argument groups for the model, the data, training and DeepSpeed.
+
+Flag names follow CogView's where they mean the same thing. Each group is added by its own function so
+that scripts compose the groups they need (`pretrain_gpt2.py` takes all of these; generation adds its
+own group). `parse_training_args` also records which flags were given explicitly (`args.given_flags`):
+a resumed run takes its model from the checkpoint and refuses a given model flag that contradicts it,
+and a `--deepspeed_config` file is only filled in, never silently overridden, by given flags.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Mapping, Sequence
+
+from data_utils.sequences import TASKS
+from model.config import LAYERNORM_ORDERS, ModelConfig
+from training.lr_schedule import DECAY_STYLES
+from utils.errors import UserError
+
+# Model flags and the `ModelConfig` fields they set (same names); a checkpoint's config wins over them.
+MODEL_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings", "layernorm_order",
+               "pb_relax", "pb_relax_alpha", "hidden_dropout", "attention_dropout")
+
+
+# ---------------------------------------------------------------- value types (argparse reports the errors)
+
+def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 1)
+non_negative_int = _number(int, 0)
+positive_float = _number(float, 0.0, low_open=True)
+non_negative_float = _number(float, 0.0)
+fraction = _number(float, 0.0, 1.0)
+
+
+def dropout_probability(text: str) -> float:
+    value = fraction(text)
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"must be < 1, got {value}")
+    return value
+
+
+def task_mix(text: str) -> dict[str, float]:
+    """`text2image=0.7,image2text=0.2,super_resolution=0.1` -> weights (normalised by the dataset)."""
+    weights: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.strip().partition("=")
+        if not sep or name not in TASKS:
+            raise argparse.ArgumentTypeError(f"expected TASK=WEIGHT with TASK in {', '.join(TASKS)}, "
+                                             f"got {item!r}")
+        if name in weights:
+            raise argparse.ArgumentTypeError(f"task {name} is given twice")
+        weights[name] = non_negative_float(value)
+    if not any(weight > 0 for weight in weights.values()):
+        raise argparse.ArgumentTypeError("at least one task needs a positive weight")
+    return weights
+
+
+# ---------------------------------------------------------------- groups
+
+def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("model", "transformer sizes; when resuming (--load) they come from the "
+                                      "checkpoint's model_config.json and a flag that contradicts it is an error")
+    group.add_argument("--num-layers", type=positive_int, default=12, help="transformer layers (default: %(default)s)")
+    group.add_argument("--hidden-size", type=positive_int, default=768, help="hidden width (default: %(default)s)")
+    group.add_argument("--num-attention-heads", type=positive_int, default=12,
+                       help="attention heads; must divide --hidden-size (default: %(default)s)")
+    group.add_argument("--max-position-embeddings", type=positive_int, default=None,
+                       help="learned positions (default: the most the training data's tasks need)")
+    group.add_argument("--layernorm-order", choices=LAYERNORM_ORDERS, default="sandwich",
+                       help="'sandwich': CogView's Sandwich-LN; 'pre': GPT-2's pre-LN (default: %(default)s)")
+    group.add_argument("--pb-relax", action="store_true",
+                       help="PB-relax as in CogView's released code (LayerNorm inputs scaled by max|x|/8)")
+    group.add_argument("--pb-relax-alpha", type=positive_float, default=None,
+                       help="PB-relax attention as in CogView's paper with this alpha (the paper: 32)")
+    group.add_argument("--hidden-dropout", type=dropout_probability, default=0.1,
+                       help="dropout on embeddings and residual branches (default: %(default)s)")
+    group.add_argument("--attention-dropout", type=dropout_probability, default=0.1,
+                       help="dropout on attention probabilities (default: %(default)s)")
+    group.add_argument("--checkpoint-activations", action="store_true",
+                       help="recompute each layer's activations in the backward pass (less memory, ~30%% slower)")
+    return parser
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("data", "folders written by preprocess_data.py")
+    group.add_argument("--train-data", required=True, metavar="DIR", help="training data folder")
+    group.add_argument("--valid-data", metavar="DIR",
+                       help="validation data folder; its loss is measured every --eval-interval steps")
+    group.add_argument("--task-mix", type=task_mix, default={"text2image": 1.0}, metavar="TASK=W,...",
+                       help="sampling weights of the tasks, e.g. text2image=0.7,image2text=0.2,"
+                            "super_resolution=0.1 (default: text2image=1)")
+    group.add_argument("--txt-loss-scale", type=non_negative_float, default=1.0,
+                       help="loss weight of targets that are not image codes (text and command tokens) "
+                            "relative to image codes (default: %(default)s)")
+    group.add_argument("--cfg-drop-prob", type=fraction, default=0.1,
+                       help="probability that a text-to-image sample drops its text, which trains the "
+                            "unconditional model classifier-free guidance needs (default: %(default)s)")
+    group.add_argument("--num-workers", type=non_negative_int, default=2,
+                       help="DataLoader worker processes per rank; 0 loads in the training process "
+                            "(default: %(default)s)")
+    return parser
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("training")
+    group.add_argument("--train-iters", type=positive_int, required=True,
+                       help="optimizer steps of the whole run (a resumed run continues up to this number)")
+    group.add_argument("--batch-size", type=positive_int, default=4,
+                       help="micro-batch per GPU (or per process on CPU) (default: %(default)s); the global "
+                            "batch is batch-size x gradient-accumulation-steps x processes")
+    group.add_argument("--gradient-accumulation-steps", type=positive_int, default=1,
+                       help="micro-batches summed before each optimizer step (default: %(default)s)")
+    group.add_argument("--lr", type=positive_float, default=3e-4, help="peak learning rate (default: %(default)s)")
+    group.add_argument("--min-lr-ratio", type=fraction, default=0.1,
+                       help="the decay ends at this fraction of --lr (default: %(default)s)")
+    group.add_argument("--warmup", type=fraction, default=0.01,
+                       help="fraction of --train-iters with a linear warm-up from 0, as in CogView "
+                            "(default: %(default)s)")
+    group.add_argument("--lr-decay-style", choices=DECAY_STYLES, default="cosine",
+                       help="decay after the warm-up (default: %(default)s)")
+    group.add_argument("--weight-decay", type=non_negative_float, default=0.01,
+                       help="AdamW weight decay, not applied to LayerNorm parameters and biases "
+                            "(default: %(default)s)")
+    group.add_argument("--clip-grad", type=non_negative_float, default=1.0,
+                       help="clip the global gradient norm to this; 0 turns clipping off (default: %(default)s)")
+    group.add_argument("--seed", type=int, default=1234,
+                       help="seed of the initial weights, dropout and data order (default: %(default)s)")
+    group.add_argument("--save", metavar="DIR", help="checkpoint folder (CogView's layout)")
+    group.add_argument("--load", metavar="DIR",
+                       help="resume from the newest checkpoint in this folder (usually the same as --save)")
+    group.add_argument("--save-interval", type=positive_int, default=1000,
+                       help="steps between checkpoints; one is also written at the end (default: %(default)s)")
+    group.add_argument("--eval-interval", type=positive_int, default=1000,
+                       help="steps between validation runs (default: %(default)s)")
+    group.add_argument("--eval-iters", type=positive_int, default=10,
+                       help="micro-batches per task and process in each validation run (default: %(default)s)")
+    group.add_argument("--log-interval", type=positive_int, default=10,
+                       help="steps between log lines and TensorBoard points (default: %(default)s)")
+    group.add_argument("--tensorboard-dir", metavar="DIR",
+                       help="TensorBoard folder (default: SAVE/tensorboard when --save is given)")
+    precision = group.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true",
+                           help="fp16 with DeepSpeed's dynamic loss scaling and fp32 master weights")
+    precision.add_argument("--bf16", action="store_true", help="bf16 with fp32 master weights")
+    group.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=1,
+                       help="DeepSpeed ZeRO stage: 1 partitions optimizer states, 2 also gradients, 3 also "
+                            "weights (default: %(default)s, CogView's)")
+    return parser
+
+
+def add_deepspeed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """DeepSpeed's own flag names; training always runs on DeepSpeed, so there is no `--deepspeed` switch."""
+    group = parser.add_argument_group("DeepSpeed")
+    group.add_argument("--deepspeed_config", metavar="FILE",
+                       help="DeepSpeed JSON config; training flags fill in what it leaves out and may not "
+                            "contradict it (examples: scripts/ds_config_zero*.json)")
+    group.add_argument("--local_rank", type=int, default=None,
+                       help="set by the deepspeed launcher; not for manual use")
+    return parser
+
+
+# ---------------------------------------------------------------- parsing
+
+def build_training_parser(description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for add_group in (add_model_args, add_data_args, add_training_args, add_deepspeed_args):
+        add_group(parser)
+    return parser
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> frozenset[str]:
+    """Destinations of the flags that `argv` sets explicitly, even to their default value.
+
+    Parses again with every default replaced by a marker object: whatever still holds the marker
+    was not on the command line. (The marker is not a string, so argparse never converts it.)
+    """
+    not_given = object()
+    dests = list(vars(parser.parse_args(argv)))
+    saved = {dest: parser.get_default(dest) for dest in dests}
+    parser.set_defaults(**dict.fromkeys(dests, not_given))
+    try:
+        probe = vars(parser.parse_args(argv))
+    finally:
+        parser.set_defaults(**saved)
+    return frozenset(dest for dest, value in probe.items() if value is not not_given)
+
+
+def check_training_args(args: argparse.Namespace) -> None:
+    """Combinations argparse cannot see: flags that would do nothing are refused, not ignored."""
+    given = args.given_flags
+    if args.save is None and "save_interval" in given:
+        raise UserError("--save-interval needs --save")
+    if args.valid_data is None:
+        for dest in ("eval_interval", "eval_iters"):
+            if dest in given:
+                raise UserError(f"--{dest.replace('_', '-')} needs --valid-data")
+
+
+def parse_training_args(argv: Sequence[str] | None = None, description: str | None = None) -> argparse.Namespace:
+    """Parse, note the explicitly given flags, fill derived defaults and refuse flags that would do nothing."""
+    parser = build_training_parser(description)
+    args = parser.parse_args(argv)
+    args.given_flags = given_flags(parser, argv)
+    if args.tensorboard_dir is None and args.save is not None:
+        args.tensorboard_dir = f"{args.save}/tensorboard"
+    check_training_args(args)
+    return args
+
+
+# ---------------------------------------------------------------- model config <-> flags
+
+def model_config_from_args(args: argparse.Namespace, vocab_size: int, max_positions: int) -> ModelConfig:
+    """A new model's config; `max_positions` fills --max-position-embeddings when it is not given."""
+    values: dict[str, Any] = {flag: getattr(args, flag) for flag in MODEL_FLAGS}
+    if values["max_position_embeddings"] is None:
+        values["max_position_embeddings"] = max_positions
+    return ModelConfig(vocab_size=vocab_size, **values)
+
+
+def check_flags_match_config(args: argparse.Namespace, config: Mapping[str, Any], source: str) -> None:
+    """Refuse a given model flag that contradicts the config of the checkpoint being resumed."""
+    for flag in MODEL_FLAGS:
+        if flag in args.given_flags and getattr(args, flag) != config.get(flag):
+            raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)} contradicts the checkpoint in "
+                            f"{source} ({flag}={config.get(flag)}); drop the flag to resume, or start a new run")

@@ -1,0 +1,93 @@
+"""The DeepSpeed config of a run: built from the training flags, or a `--deepspeed_config` file that
+the flags fill in.
+
+A file wins where it speaks; a flag given on the command line that says otherwise is an error (one
+line naming both), never silently dropped. Sections we must own are refused: the optimizer is a torch
+AdamW with our parameter groups (nothing to compile, same code on CPUs) and the lr schedule is ours
+(`training.lr_schedule`), both handed to `deepspeed.initialize`.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from fp16 import precision_config, precision_of_config
+from utils.errors import UserError
+from utils.files import read_json
+
+# (path in the DeepSpeed config, flag destination): the settings both may give.
+_SHARED_SETTINGS = (
+    (("train_micro_batch_size_per_gpu",), "batch_size"),
+    (("gradient_accumulation_steps",), "gradient_accumulation_steps"),
+    (("gradient_clipping",), "clip_grad"),
+    (("zero_optimization", "stage"), "zero_stage"),
+)
+_OWNED_SECTIONS = {"optimizer": "the optimizer is torch AdamW built from --lr and --weight-decay",
+                   "scheduler": "the lr schedule is set by --lr, --warmup, --lr-decay-style and --min-lr-ratio"}
+
+
+def flag_precision(args: argparse.Namespace) -> str:
+    return "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+
+
+def _flag_name(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _get(config: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(config, dict) or key not in config:
+            return None
+        config = config[key]
+    return config
+
+
+def _set(config: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        config = config.setdefault(key, {})
+    config[path[-1]] = value
+
+
+def build_deepspeed_config(args: argparse.Namespace, world_size: int) -> dict[str, Any]:
+    """The config for `deepspeed.initialize`; also writes the file's values back into `args`
+    (batch size, accumulation, clipping, ZeRO stage, precision) so the rest of the run uses them."""
+    config: dict[str, Any] = {}
+    source = args.deepspeed_config
+    if source is not None:
+        config = read_json(source)
+        if not isinstance(config, dict):
+            raise UserError(f"{source} must hold a JSON object")
+        for section, reason in _OWNED_SECTIONS.items():
+            if section in config:
+                raise UserError(f"{source} has a '{section}' section; remove it: {reason}")
+    for path, dest in _SHARED_SETTINGS:
+        in_file = _get(config, path)
+        if in_file is None:
+            _set(config, path, getattr(args, dest))
+        elif dest in args.given_flags and in_file != getattr(args, dest):
+            raise UserError(f"{_flag_name(dest)} {getattr(args, dest)} contradicts {'.'.join(path)}={in_file} "
+                            f"in {source}; drop one of them")
+        else:
+            setattr(args, dest, in_file)
+    _merge_precision(config, args, source)
+    global_batch = args.batch_size * args.gradient_accumulation_steps * world_size
+    if config.get("train_batch_size", global_batch) != global_batch:
+        raise UserError(f"train_batch_size={config['train_batch_size']} in {source} is not micro-batch "
+                        f"{args.batch_size} x accumulation {args.gradient_accumulation_steps} x {world_size} "
+                        f"processes = {global_batch}")
+    config["train_batch_size"] = global_batch
+    return config
+
+
+def _merge_precision(config: dict[str, Any], args: argparse.Namespace, source: str | None) -> None:
+    try:
+        in_file = precision_of_config(config)
+    except ValueError as err:
+        raise UserError(f"{source}: {err}") from None
+    wanted = flag_precision(args)
+    if in_file == "fp32":
+        config.update(precision_config(wanted))
+    elif wanted != "fp32" and wanted != in_file:
+        raise UserError(f"--{wanted} contradicts the {in_file} section of {source}; drop one of them")
+    else:
+        args.fp16, args.bf16 = in_file == "fp16", in_file == "bf16"
