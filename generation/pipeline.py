@@ -45,6 +45,15 @@ class GeneratedImages:
 
 
 @dataclass
+class SelectedImage:
+    """Text -> candidates -> post-selection -> super-resolution of the best candidate."""
+
+    candidates: GeneratedImages              # with `scores` filled in
+    best: int                                # index of the chosen candidate
+    upscaled: Image.Image                    # the best candidate at twice its side
+
+
+@dataclass
 class Ranking:
     """Post-selection of candidate images for one text: scores in input order, `order` best first."""
 
@@ -173,6 +182,26 @@ class Pipeline:
             raise UserError(f"{len(codes)} images but {len(texts)} texts for super-resolution")
         settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)
         return self.decode_codes(self.super_resolve_codes(codes, texts, seed, settings))
+
+    def text2image_select_upscale(self, prompts: str | Sequence[str], n: int = 8, seed: int = 0,
+                                  cfg_scale: float = 1.0, negative_prompt: str | None = None, top_k: int = 200,
+                                  top_p: float = 1.0, temperature: float = 1.0) -> list[SelectedImage]:
+        """CogView's full recipe in one call: `n` candidates per prompt, ranked by post-selection, and
+        the best one magnified to twice its side (sampled with the same settings, without guidance;
+        the best candidate j, seed `seed + j`, magnifies with that seed)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
+        all_codes = self.text2image_codes(prompts, n, seed, settings, negative_prompt)
+        results = []
+        for prompt, codes in zip(prompts, all_codes):
+            ranking = self.rerank_codes(prompt, codes)
+            best = ranking.order[0]
+            upscaled = self.super_resolve_codes(codes[best:best + 1], [prompt], seed + best,
+                                                SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p))
+            candidates = GeneratedImages(prompt, self.decode_codes(codes), [seed + j for j in range(n)], codes,
+                                         ranking.scores)
+            results.append(SelectedImage(candidates, best, self.decode_codes(upscaled)[0]))
+        return results
 
     def _input_grid_for_super_resolution(self, images: ImagesLike) -> int:
         low = self.image_size(self.geometry.lowres_grid)

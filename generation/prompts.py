@@ -85,11 +85,15 @@ def collect_prompts(prompt_texts: Sequence[str] | None, input_source: str | None
 def interactive_prompts(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stderr) -> Iterator[Prompt]:
     """Prompts typed at a terminal, one per line, until end of input (Ctrl-D); blank lines are ignored.
 
-    Refuses a stdin that is not a terminal: a pipe or batch job should pass --input-source instead,
-    and silently waiting on it would hang.
+    Refuses at once (not at the first read) a stdin that is not a terminal: a pipe or batch job
+    should pass --input-source instead, and silently waiting on it would hang.
     """
     if not stdin.isatty():
         raise UserError("no prompt: give --prompt TEXT or --input-source FILE (stdin is not a terminal)")
+    return _typed_prompts(stdin, stdout)
+
+
+def _typed_prompts(stdin: TextIO, stdout: TextIO) -> Iterator[Prompt]:
     count = 0
     while True:
         stdout.write("prompt (Ctrl-D to quit)> ")

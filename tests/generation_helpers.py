@@ -113,3 +113,33 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+CAPTIONS = ["a large red circle at the top left", "a small blue square in the center",
+            "a large green triangle at the bottom right", "a small yellow diamond at the top",
+            "左上角有一个大的红色圆形", "中间有一个小的蓝色正方形"]
+
+
+def write_tiny_checkpoint(folder, grid: int = 8, max_positions: int = 112):
+    """A complete generation checkpoint on disk: SentencePiece model, untrained VQ-VAE (8x, so a
+    `grid * 8` px image), random transformer exported with the metadata training records."""
+    from pathlib import Path
+
+    from data_utils.text_tokenizer import TextTokenizer, train_sentencepiece
+    from model.checkpoint import save_exported
+    from vqvae.api import save_vqvae, vqvae_fingerprint
+    from vqvae.config import VQVAEConfig
+    from vqvae.model import VQVAE
+
+    folder = Path(folder)
+    sp_model = train_sentencepiece(CAPTIONS * 20, folder / "tok" / "sp", vocab_size=300)
+    torch.manual_seed(0)
+    vqvae = VQVAE(VQVAEConfig(codebook_size=16, embed_dim=8, hidden_channels=16, num_res_blocks=0)).eval()
+    save_vqvae(vqvae, folder / "vqvae")
+    tok = UnifiedTokenizer(TextTokenizer(sp_model), 16)
+    model = tiny_model(tok, max_positions=max_positions)
+    metadata = {"tokenizer": tok.describe(),
+                "vqvae": {"path": str(folder / "vqvae"), "fingerprint": vqvae_fingerprint(vqvae)},
+                "data": {"image_grid": grid, "text_max_tokens": 16, "lowres_grid": grid // 2}}
+    save_exported(model, folder / "gpt", extra=metadata)
+    return folder / "gpt"

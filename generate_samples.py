@@ -1,0 +1,239 @@
+"""Every inference task of a trained model, batched: text-to-image, captions, post-selection, super-resolution.
+
+Examples:
+    python generate_samples.py --load runs/gpt --prompt "a large red circle at the top left" --batch-size 8
+    python generate_samples.py --load runs/gpt --input-source prompts.txt --cfg-scale 3 --output-path samples
+    python generate_samples.py --load runs/gpt --generation-task image2text --input-images photos/
+    python generate_samples.py --load runs/gpt --generation-task post-selection
+        --prompt "左上角有一个大的红色圆形" --input-images candidates/
+    python generate_samples.py --load runs/gpt --generation-task super-resolution
+        --prompt "a small blue square in the center" --input-images samples/0000_000.png
+    python generate_samples.py --load runs/gpt --generation-task text2image-full --prompt "..." --batch-size 16
+
+Outputs go to --output-path: one PNG per image with the prompt, seed and sampling settings in its
+metadata, a grid per prompt, and manifest.jsonl with one record per image, caption or score (see
+docs/generation.md). The tokenizer and VQ-VAE come from the checkpoint's metadata.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from PIL import Image
+
+from data_utils.images import load_image
+from generation.arguments import add_generation_args
+from generation.loading import DTYPES
+from generation.outputs import Manifest, make_grid, save_png
+from generation.pipeline import Pipeline
+from generation.prompts import Prompt, collect_prompts, interactive_prompts
+from generation.sampling import SamplingSettings
+from utils.errors import UserError, run_main
+from utils.logging import TensorBoardLogger, get_logger
+
+logger = get_logger("generate_samples")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def image_paths(entries: list[str] | None, task: str) -> list[Path]:
+    """The files named, and the images inside the folders named (sorted)."""
+    if not entries:
+        raise UserError(f"--generation-task {task} needs --input-images (files or folders)")
+    paths: list[Path] = []
+    for entry in map(Path, entries):
+        if entry.is_dir():
+            found = sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"folder {entry} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths += found
+        elif entry.is_file():
+            paths.append(entry)
+        else:
+            raise UserError(f"input image not found: {entry}")
+    return paths
+
+
+def one_prompt(args: argparse.Namespace, task: str) -> str:
+    """The single text that post-selection and super-resolution condition on."""
+    prompts = collect_prompts(args.prompt, args.input_source)
+    if not prompts or len(prompts) != 1:
+        raise UserError(f"--generation-task {task} needs exactly one text: give one --prompt")
+    return prompts[0].text
+
+
+def prompt_groups(prompts: Iterable[Prompt], size: int) -> Iterator[list[Prompt]]:
+    group: list[Prompt] = []
+    for prompt in prompts:
+        group.append(prompt)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+class Run:
+    """One invocation: the loaded pipeline, the settings, and where everything is written."""
+
+    def __init__(self, args: argparse.Namespace, pipe: Pipeline):
+        self.args, self.pipe = args, pipe
+        self.settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                         cfg_scale=args.cfg_scale)
+        self.out = Path(args.output_path)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.manifest = Manifest(self.out)
+        self.tensorboard = TensorBoardLogger(args.tensorboard_dir)
+        self.step = 0
+
+    def metadata(self, **fields: Any) -> dict[str, Any]:
+        """What goes into every PNG and manifest record: the task, the checkpoint and all settings."""
+        return {"task": self.args.generation_task, "checkpoint": str(self.args.load), **fields,
+                **self.settings.to_dict()}
+
+    def save_image(self, name: str, image, **fields: Any) -> dict[str, Any]:
+        record = self.metadata(file=name, **fields)
+        save_png(self.out / name, image, record)
+        return record
+
+    def log_throughput(self, images: int, tokens: int, seconds: float, grid=None) -> None:
+        self.tensorboard.scalars({"generation/images_per_s": images / seconds,
+                                  "generation/tokens_per_s": tokens / seconds}, self.step)
+        if grid is not None:
+            import numpy as np
+            import torch
+
+            self.tensorboard.image("generation/grid", torch.from_numpy(np.array(grid)).permute(2, 0, 1), self.step)
+        self.step += 1
+
+    # --- tasks ------------------------------------------------------------------------------------
+    def group_size(self, prompts: Iterable[Prompt]) -> int:
+        """Prompts per call: enough to fill one forward (many short prompts share a batch); typed
+        prompts go one at a time."""
+        if not isinstance(prompts, list):
+            return 1
+        rows_per_image = 2 if self.settings.uses_guidance else 1
+        return max(1, self.args.max_inference_batch_size // (self.args.batch_size * rows_per_image))
+
+    def text2image(self, prompts: Iterable[Prompt]) -> None:
+        n, grid = self.args.batch_size, self.pipe.geometry.image_grid
+        for group in prompt_groups(prompts, self.group_size(prompts)):
+            start = time.time()
+            results = self.pipe.text2image([p.text for p in group], n=n, seed=self.args.seed,
+                                           negative_prompt=self.args.negative_prompt, **self.settings.to_dict())
+            for prompt, result in zip(group, results):
+                for j, (image, seed) in enumerate(zip(result.images, result.seeds)):
+                    self.manifest.add(self.save_image(f"{prompt.id}_{j:03d}.png", image, prompt_id=prompt.id,
+                                                      prompt=prompt.text, negative_prompt=self.args.negative_prompt,
+                                                      seed=seed, index=j))
+                grid_image = make_grid(result.images)
+                save_png(self.out / f"{prompt.id}_grid.png", grid_image,
+                         self.metadata(prompt=prompt.text, negative_prompt=self.args.negative_prompt,
+                                       seeds=result.seeds))
+                print(f"{prompt.id}\t{self.out / f'{prompt.id}_grid.png'}\t{prompt.text}", flush=True)
+            self.manifest.flush()
+            self.log_throughput(len(group) * n, len(group) * n * grid * grid, time.time() - start, grid_image)
+
+    def text2image_full(self, prompts: Iterable[Prompt]) -> None:
+        n = self.args.batch_size
+        for group in prompt_groups(prompts, self.group_size(prompts)):
+            start = time.time()
+            results = self.pipe.text2image_select_upscale([p.text for p in group], n=n, seed=self.args.seed,
+                                                          negative_prompt=self.args.negative_prompt,
+                                                          **self.settings.to_dict())
+            for prompt, result in zip(group, results):
+                candidates = result.candidates
+                rank_of = {index: rank for rank, index in enumerate(
+                    sorted(range(n), key=lambda i: -float(candidates.scores[i])))}
+                for j, (image, seed) in enumerate(zip(candidates.images, candidates.seeds)):
+                    self.manifest.add(self.save_image(
+                        f"{prompt.id}_{j:03d}.png", image, prompt_id=prompt.id, prompt=prompt.text,
+                        negative_prompt=self.args.negative_prompt, seed=seed, index=j,
+                        score=float(candidates.scores[j]), rank=rank_of[j]))
+                save_png(self.out / f"{prompt.id}_grid.png", make_grid(candidates.images),
+                         self.metadata(prompt=prompt.text, seeds=candidates.seeds))
+                best_name = f"{prompt.id}_best_sr.png"
+                self.manifest.add(self.save_image(best_name, result.upscaled, prompt_id=prompt.id, prompt=prompt.text,
+                                                  seed=candidates.seeds[result.best], source=f"{prompt.id}_{result.best:03d}.png",
+                                                  score=float(candidates.scores[result.best])))
+                print(f"{prompt.id}\t{self.out / best_name}\t{prompt.text}", flush=True)
+            self.manifest.flush()
+            self.log_throughput(len(group) * n, 0, time.time() - start)
+
+    def image2text(self, paths: list[Path], images: list[Image.Image]) -> None:
+        max_tokens = self.args.max_caption_tokens or self.pipe.geometry.text_max_tokens
+        captions = self.pipe.caption(images, seed=self.args.seed, max_tokens=max_tokens, top_k=self.args.top_k,
+                                     top_p=self.args.top_p, temperature=self.args.temperature)
+        for i, (path, caption) in enumerate(zip(paths, captions)):
+            self.manifest.add(self.metadata(input=str(path), caption=caption, seed=self.args.seed + i))
+            print(f"{path}\t{caption}", flush=True)
+        self.manifest.flush()
+
+    def post_selection(self, text: str, paths: list[Path], images: list[Image.Image]) -> None:
+        ranking = self.pipe.rerank(text, images)
+        for rank, index in enumerate(ranking.order):
+            score = float(ranking.scores[index])
+            self.manifest.add({"task": "post-selection", "checkpoint": str(self.args.load), "prompt": text,
+                               "input": str(paths[index]), "score": score, "rank": rank})
+            print(f"{rank}\t{score:.4f}\t{paths[index]}", flush=True)
+        self.manifest.flush()
+
+    def super_resolution(self, text: str, paths: list[Path], images: list[Image.Image]) -> None:
+        upscaled = self.pipe.super_resolve(images, text, seed=self.args.seed,
+                                           top_k=self.args.top_k, top_p=self.args.top_p,
+                                           temperature=self.args.temperature)
+        for i, (path, image) in enumerate(zip(paths, upscaled)):
+            name = f"{path.stem}_sr.png"
+            self.manifest.add(self.save_image(name, image, prompt=text, seed=self.args.seed + i, input=str(path)))
+            print(f"{path}\t{self.out / name}", flush=True)
+        self.manifest.flush()
+
+
+TEXT_TASKS = ("text2image", "text2image-full")
+# Flags that only some tasks read; given to any other task they would do nothing, so they are refused.
+TASK_FLAGS = {"negative_prompt": TEXT_TASKS, "cfg_scale": TEXT_TASKS, "batch_size": TEXT_TASKS,
+              "input_images": ("image2text", "post-selection", "super-resolution"),
+              "caption_model": ("post-selection", "text2image-full"), "max_caption_tokens": ("image2text",)}
+
+
+def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    task = args.generation_task
+    for dest, tasks in TASK_FLAGS.items():
+        if getattr(args, dest) != parser.get_default(dest) and task not in tasks:
+            raise UserError(f"--{dest.replace('_', '-')} is not used by --generation-task {task} "
+                            f"(only by {', '.join(tasks)})")
+    if args.negative_prompt is not None and args.cfg_scale == 1.0:
+        raise UserError("--negative-prompt needs --cfg-scale other than 1 (at 1 the unconditional branch is not used)")
+    if task == "image2text" and (args.prompt or args.input_source):
+        raise UserError("image2text writes captions; it takes --input-images, not prompts")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    args = add_generation_args(parser).parse_args(argv)
+    check_flags(args, parser)
+    SamplingSettings(args.temperature, args.top_k, args.top_p, args.cfg_scale)
+    # Every input is checked before the model loads, so a typo costs no loading time.
+    task = args.generation_task
+    if task in TEXT_TASKS:
+        prompts = collect_prompts(args.prompt, args.input_source)
+        inputs: tuple = (interactive_prompts() if prompts is None else prompts,)
+    else:
+        text = () if task == "image2text" else (one_prompt(args, task),)
+        paths = image_paths(args.input_images, task)
+        inputs = (*text, paths, [load_image(path) for path in paths])
+    pipe = Pipeline.from_checkpoint(args.load, vqvae=args.vqvae, text_tokenizer=args.text_tokenizer,
+                                    device=args.device, dtype=DTYPES[args.dtype], caption_model=args.caption_model,
+                                    max_batch_rows=args.max_inference_batch_size)
+    run = Run(args, pipe)
+    try:
+        {"text2image": run.text2image, "text2image-full": run.text2image_full, "image2text": run.image2text,
+         "post-selection": run.post_selection, "super-resolution": run.super_resolution}[task](*inputs)
+    finally:
+        run.tensorboard.close()
+    logger.info("wrote %s", run.manifest.path)
+
+
+if __name__ == "__main__":
+    run_main(main)

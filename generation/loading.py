@@ -1,0 +1,155 @@
+"""Loading a checkpoint for generation: the model, and the tokenizer and VQ-VAE it was trained with.
+
+The checkpoint's `model_config.json` metadata names them (written by training and export):
+
+    "tokenizer": {"path": ..., "fingerprint": ..., ...}   the text tokenizer's .model file
+    "vqvae":     {"path": ..., "fingerprint": ...}        the VQ-VAE folder
+    "data":      {"image_grid": 8, "text_max_tokens": 32, "lowres_grid": 4}   sizes trained on
+
+`--text-tokenizer` / `--vqvae` replace the recorded paths (a moved run, CogView's release), but the
+files must still be the ones the model was trained with: a fingerprint that differs from the
+recorded one is refused with one line, as is a vocabulary that does not fit the model. A relative
+recorded path is looked up from the working directory, then from the checkpoint folder.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from data_utils.tokenizer import GRID_TOKENS, UnifiedTokenizer
+from generation.tasks import Geometry
+from utils.errors import UserError
+from utils.logging import get_logger
+
+logger = get_logger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Components:
+    model: torch.nn.Module
+    tokenizer: UnifiedTokenizer
+    vqvae: torch.nn.Module
+    geometry: Geometry
+    caption_model: torch.nn.Module | None
+    metadata: dict[str, Any]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`None` picks the GPU when there is one; a GPU asked for on a machine without one is an error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for a GPU, but torch sees none; use --device cpu")
+    return device
+
+
+def _recorded_path(metadata: Mapping[str, Any], key: str, checkpoint: Path) -> Path | None:
+    entry = metadata.get(key)
+    path = entry.get("path") if isinstance(entry, Mapping) else None
+    if not path:
+        return None
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    base = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    for folder in (base, *base.parents[:2]):
+        if (folder / path).exists():
+            return folder / path
+    return path
+
+
+def _recorded_fingerprint(metadata: Mapping[str, Any], key: str) -> str | None:
+    entry = metadata.get(key)
+    return entry.get("fingerprint") if isinstance(entry, Mapping) else None
+
+
+def _need_path(given: str | os.PathLike | None, recorded: Path | None, what: str, flag: str, checkpoint: Path) -> Path:
+    path = Path(given) if given else recorded
+    if path is None:
+        raise UserError(f"the checkpoint {checkpoint} does not record its {what}; give it with {flag}")
+    if not path.exists():
+        source = "given" if given else f"recorded in {checkpoint}'s model_config.json"
+        raise UserError(f"{what} not found: {path} ({source}); give the right one with {flag}")
+    return path
+
+
+def geometry_from(metadata: Mapping[str, Any], max_positions: int) -> Geometry:
+    """The trained sizes from the metadata; a checkpoint without them (CogView's release) gets the
+    largest grid whose text-to-image sequence fits its positions, and the rest of them for text."""
+    data = metadata.get("data")
+    if isinstance(data, Mapping) and "image_grid" in data and "text_max_tokens" in data:
+        return Geometry(int(data["image_grid"]), int(data["text_max_tokens"]), max_positions)
+    fitting = [g for g in GRID_TOKENS if g * g + 5 < max_positions and g >= 8]
+    if not fitting:
+        raise UserError(f"a model with {max_positions} positions fits no image grid; is this a generation checkpoint?")
+    grid = max(fitting)
+    geometry = Geometry(grid, max_positions - grid * grid - 5, max_positions)
+    logger.warning("the checkpoint records no data sizes; assuming a %dx%d code grid and %d text tokens",
+                   grid, grid, geometry.text_max_tokens)
+    return geometry
+
+
+def _load_model(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, dict[str, Any]]:
+    from model.checkpoint import load_model_for_inference
+
+    return load_model_for_inference(path, device=device, dtype=dtype)
+
+
+def load_components(checkpoint: str | os.PathLike, vqvae: str | os.PathLike | None = None,
+                    text_tokenizer: str | os.PathLike | None = None, device: str | torch.device | None = None,
+                    dtype: torch.dtype | None = None, caption_model: str | os.PathLike | None = None) -> Components:
+    """Everything generation needs, checked against each other (see the module docstring)."""
+    from data_utils.text_tokenizer import TextTokenizer
+    from vqvae.api import load_vqvae, vqvae_fingerprint
+
+    checkpoint = Path(checkpoint)
+    device = resolve_device(device)
+    model, metadata = _load_model(checkpoint, device, dtype or torch.float32)
+
+    vqvae_path = _need_path(vqvae, _recorded_path(metadata, "vqvae", checkpoint), "VQ-VAE", "--vqvae", checkpoint)
+    vq = load_vqvae(vqvae_path, device=device)
+    recorded = _recorded_fingerprint(metadata, "vqvae")
+    if recorded is not None and vqvae_fingerprint(vq) != recorded:
+        raise UserError(f"VQ-VAE {vqvae_path} (fingerprint {vqvae_fingerprint(vq)}) is not the one {checkpoint} was "
+                        f"trained with (fingerprint {recorded}); give the right one with --vqvae")
+
+    tok_path = _need_path(text_tokenizer, _recorded_path(metadata, "tokenizer", checkpoint), "text tokenizer",
+                          "--text-tokenizer", checkpoint)
+    tokenizer = UnifiedTokenizer(TextTokenizer(tok_path), vq.config.codebook_size)
+    recorded = _recorded_fingerprint(metadata, "tokenizer")
+    if recorded is not None and tokenizer.fingerprint() != recorded:
+        raise UserError(f"text tokenizer {tok_path} with the VQ-VAE's {vq.config.codebook_size} codes "
+                        f"(fingerprint {tokenizer.fingerprint()}) is not what {checkpoint} was trained with "
+                        f"(fingerprint {recorded}); give the right one with --text-tokenizer / --vqvae")
+    _check_vocab(model, tokenizer, checkpoint)
+    geometry = geometry_from(metadata, model.config.max_position_embeddings)
+
+    captioner = None
+    if caption_model is not None:
+        captioner, caption_metadata = _load_model(Path(caption_model), device, dtype or torch.float32)
+        _check_vocab(captioner, tokenizer, Path(caption_model))
+        recorded = _recorded_fingerprint(caption_metadata, "tokenizer")
+        if recorded is not None and recorded != tokenizer.fingerprint():
+            raise UserError(f"--caption-model {caption_model} was trained with another tokenizer "
+                            f"(fingerprint {recorded}, ours {tokenizer.fingerprint()})")
+        caption_grid = geometry_from(caption_metadata, captioner.config.max_position_embeddings).image_grid
+        if caption_grid != geometry.image_grid:
+            raise UserError(f"--caption-model {caption_model} reads {caption_grid}x{caption_grid} code grids, "
+                            f"the model makes {geometry.image_grid}x{geometry.image_grid}")
+    return Components(model, tokenizer, vq, geometry, captioner, metadata)
+
+
+def _check_vocab(model: torch.nn.Module, tokenizer: UnifiedTokenizer, source: Path) -> None:
+    if model.config.vocab_size != tokenizer.vocab_size:
+        raise UserError(f"{source} has a vocabulary of {model.config.vocab_size} ids but the tokenizer and VQ-VAE "
+                        f"make {tokenizer.vocab_size}; give the ones it was trained with (--text-tokenizer, --vqvae)")

@@ -1,0 +1,143 @@
+"""generate_samples.py end to end on a tiny checkpoint: files, metadata, manifest, and one-line errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import generate_samples
+from generation.outputs import read_manifest, read_png_metadata
+from tests.generation_helpers import one_thread, write_tiny_checkpoint
+from utils.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    with one_thread():
+        return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+def start_cli(*argv) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, str(ROOT / "generate_samples.py"), *map(str, argv)], cwd=ROOT, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_main(*argv):
+    with one_thread():
+        generate_samples.main([str(a) for a in argv])
+
+
+def test_text2image_writes_pngs_with_metadata_grids_and_a_manifest(checkpoint, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("red\ta large red circle at the top left\n\n左上角有一个大的红色圆形\n", encoding="utf-8")
+    out = tmp_path / "out"
+    run_main("--load", checkpoint, "--input-source", prompts, "--batch-size", 3, "--seed", 10, "--cfg-scale", 2,
+             "--negative-prompt", "a small blue square", "--top-p", 0.9, "--output-path", out, "--device", "cpu")
+    for prompt_id, text in (("red", "a large red circle at the top left"), ("0001", "左上角有一个大的红色圆形")):
+        for j in range(3):
+            path = out / f"{prompt_id}_{j:03d}.png"
+            with Image.open(path) as image:
+                assert image.size == (64, 64)
+            meta = read_png_metadata(path)
+            assert (meta["prompt"], meta["seed"], meta["cfg_scale"], meta["top_p"]) == (text, 10 + j, 2.0, 0.9)
+            assert meta["negative_prompt"] == "a small blue square" and meta["top_k"] == 200
+        assert (out / f"{prompt_id}_grid.png").is_file()
+    records = read_manifest(out)
+    assert len(records) == 6 and {r["prompt"] for r in records} == {"a large red circle at the top left",
+                                                                   "左上角有一个大的红色圆形"}
+    assert all(json.loads(json.dumps(r)) == r for r in records)
+
+
+def test_image_tasks_and_the_full_pipeline(checkpoint, tmp_path):
+    images = tmp_path / "images"
+    run_main("--load", checkpoint, "--prompt", "a small blue square in the center", "--batch-size", 2,
+             "--output-path", images, "--device", "cpu")
+    inputs = sorted(images.glob("0000_0*.png"))
+    assert len(inputs) == 2
+
+    captions = tmp_path / "captions"
+    run_main("--load", checkpoint, "--generation-task", "image2text", "--input-images", images,
+             "--max-caption-tokens", 5, "--output-path", captions, "--device", "cpu")
+    records = read_manifest(captions)
+    assert len(records) == 3 and all(isinstance(r["caption"], str) for r in records)  # 2 images + the grid
+
+    ranked = tmp_path / "ranked"
+    run_main("--load", checkpoint, "--generation-task", "post-selection", "--prompt", "a small blue square",
+             "--input-images", *inputs, "--caption-model", checkpoint, "--output-path", ranked, "--device", "cpu")
+    records = read_manifest(ranked)
+    assert [r["rank"] for r in records] == [0, 1] and records[0]["score"] >= records[1]["score"]
+
+    upscaled = tmp_path / "sr"
+    run_main("--load", checkpoint, "--generation-task", "super-resolution", "--prompt", "a small blue square",
+             "--input-images", inputs[0], "--output-path", upscaled, "--device", "cpu")
+    with Image.open(upscaled / f"{inputs[0].stem}_sr.png") as image:
+        assert image.size == (128, 128)
+
+    full = tmp_path / "full"
+    run_main("--load", checkpoint, "--generation-task", "text2image-full", "--prompt", "a red circle",
+             "--batch-size", 2, "--output-path", full, "--device", "cpu")
+    records = read_manifest(full)
+    best = [r for r in records if r["file"] == "0000_best_sr.png"]
+    assert len(best) == 1 and sorted(r["rank"] for r in records if "rank" in r) == [0, 1]
+    assert read_png_metadata(full / "0000_best_sr.png")["prompt"] == "a red circle"
+
+
+def test_flags_that_would_do_nothing_are_refused(checkpoint, tmp_path):
+    with pytest.raises(UserError, match="--negative-prompt needs --cfg-scale"):
+        run_main("--load", checkpoint, "--prompt", "x", "--negative-prompt", "y")
+    with pytest.raises(UserError, match="--input-images is not used"):
+        run_main("--load", checkpoint, "--prompt", "x", "--input-images", tmp_path)
+    with pytest.raises(UserError, match="exactly one text"):
+        run_main("--load", checkpoint, "--generation-task", "post-selection", "--input-images", tmp_path)
+
+
+BAD_INPUTS = {
+    "empty prompt": lambda ckpt, tmp: ["--load", ckpt, "--prompt", "   "],
+    "empty prompt in a file": lambda ckpt, tmp: ["--load", ckpt, "--input-source", tmp / "prompts.txt"],
+    "missing prompt file": lambda ckpt, tmp: ["--load", ckpt, "--input-source", tmp / "nope.txt"],
+    "missing image": lambda ckpt, tmp: ["--load", ckpt, "--generation-task", "image2text", "--input-images",
+                                        tmp / "nope.png"],
+    "corrupt image": lambda ckpt, tmp: ["--load", ckpt, "--generation-task", "image2text", "--input-images",
+                                        tmp / "corrupt.png"],
+    "missing checkpoint": lambda ckpt, tmp: ["--load", tmp / "no_such_run", "--prompt", "a red circle"],
+    "wrong VQ-VAE for the checkpoint": lambda ckpt, tmp: ["--load", ckpt, "--prompt", "a red circle",
+                                                          "--vqvae", tmp / "other_vqvae"],
+    "bad top-p": lambda ckpt, tmp: ["--load", ckpt, "--prompt", "a red circle", "--top-p", "1.5"],
+}
+
+
+@pytest.fixture
+def bad_files(checkpoint, tmp_path):
+    from vqvae.api import load_vqvae, save_vqvae
+
+    (tmp_path / "prompts.txt").write_text("a red circle\nid7\t \n", encoding="utf-8")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG not really")
+    other = load_vqvae(checkpoint.parent / "vqvae")
+    with torch.no_grad():
+        other.quantize_t.embed.add_(1.0)
+    save_vqvae(other, tmp_path / "other_vqvae")
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_inputs_are_one_line_user_errors(checkpoint, bad_files, case):
+    with pytest.raises(UserError) as error:
+        run_main(*BAD_INPUTS[case](checkpoint, bad_files), "--output-path", bad_files / "out")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("argv", [["--load", "no_such_run", "--prompt", "a red circle"],
+                                  ["--load", "no_such_run"]])  # no prompt, and stdin is not a terminal
+def test_the_command_line_exits_2_with_one_error_line(tmp_path, argv):
+    process = start_cli(*argv, "--output-path", tmp_path / "out")
+    _, stderr = process.communicate(timeout=180)
+    lines = stderr.strip().splitlines()
+    assert process.returncode == 2, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
