@@ -101,7 +101,7 @@ def _multi_hot(caption_tokens: Sequence[Sequence[int]], label_ids: Sequence[int]
     return targets
 
 
-def train_feature_net(images: torch.Tensor, caption_tokens: Sequence[Sequence[int]], steps: int = 2000,
+def train_feature_net(images: torch.Tensor, caption_tokens: Sequence[Sequence[int]], steps: int = 1000,
                       batch_size: int = 64, lr: float = 1e-3, max_labels: int = 1024, image_size: int = 64,
                       widths: Sequence[int] = (32, 64, 128, 256), seed: int = 0,
                       log_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FeatureNet:
