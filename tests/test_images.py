@@ -11,7 +11,7 @@ def test_pil_tensor_round_trip():
     image = Image.new("RGB", (5, 3), (10, 200, 30))
     tensor = pil_to_tensor(image)
     assert tensor.shape == (3, 3, 5) and tensor.dtype == torch.float32
-    assert list(tensor_to_pil(tensor).getdata()) == list(image.getdata())
+    assert tensor_to_pil(tensor).tobytes() == image.tobytes()
 
 
 def test_transparent_pixels_load_as_white(tmp_path):
