@@ -23,9 +23,8 @@ from typing import Any, Iterable, Iterator
 
 from PIL import Image
 
+from arguments import add_generation_args
 from data_utils.images import load_image
-from generation.arguments import add_generation_args
-from generation.loading import DTYPES
 from generation.outputs import Manifest, make_grid, save_png
 from generation.pipeline import Pipeline
 from generation.prompts import Prompt, collect_prompts, interactive_prompts
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         paths = image_paths(args.input_images, task)
         inputs = (*text, paths, [load_image(path) for path in paths])
     pipe = Pipeline.from_checkpoint(args.load, vqvae=args.vqvae, text_tokenizer=args.text_tokenizer,
-                                    device=args.device, dtype=DTYPES[args.dtype], caption_model=args.caption_model,
+                                    device=args.device, precision=args.precision, caption_model=args.caption_model,
                                     max_batch_rows=args.max_inference_batch_size)
     run = Run(args, pipe)
     try:

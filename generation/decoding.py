@@ -109,7 +109,10 @@ def decode_batch(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec
     settings = spec.settings
 
     prompt_len = ids.shape[1]
-    cache = model.new_kv_cache(len(prompts), prompt_len + spec.steps)
+    # Under autocast the keys and values come out in the autocast dtype: store them so (half the memory).
+    autocast = torch.is_autocast_enabled(device.type)
+    cache = model.new_kv_cache(len(prompts), prompt_len + spec.steps,
+                               dtype=torch.get_autocast_dtype(device.type) if autocast else None)
     key_mask = torch.ones((len(prompts), prompt_len + spec.steps), dtype=torch.bool, device=device)
     key_mask[:, :prompt_len] = real
     next_position = positions[:, -1] + 1                       # [rows]

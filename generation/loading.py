@@ -27,9 +27,6 @@ from utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 @dataclass
 class Components:
     model: torch.nn.Module
@@ -99,22 +96,23 @@ def geometry_from(metadata: Mapping[str, Any], max_positions: int) -> Geometry:
     return geometry
 
 
-def _load_model(path: Path, device: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """fp32 weights: lower precision is applied by autocast while running (`fp16.inference_autocast`)."""
     from model.checkpoint import load_model_for_inference
 
-    return load_model_for_inference(path, device=device, dtype=dtype)
+    return load_model_for_inference(path, device=device)
 
 
 def load_components(checkpoint: str | os.PathLike, vqvae: str | os.PathLike | None = None,
                     text_tokenizer: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None, caption_model: str | os.PathLike | None = None) -> Components:
+                    caption_model: str | os.PathLike | None = None) -> Components:
     """Everything generation needs, checked against each other (see the module docstring)."""
     from data_utils.text_tokenizer import TextTokenizer
     from vqvae.api import load_vqvae, vqvae_fingerprint
 
     checkpoint = Path(checkpoint)
     device = resolve_device(device)
-    model, metadata = _load_model(checkpoint, device, dtype or torch.float32)
+    model, metadata = _load_model(checkpoint, device)
 
     vqvae_path = _need_path(vqvae, _recorded_path(metadata, "vqvae", checkpoint), "VQ-VAE", "--vqvae", checkpoint)
     vq = load_vqvae(vqvae_path, device=device)
@@ -136,7 +134,7 @@ def load_components(checkpoint: str | os.PathLike, vqvae: str | os.PathLike | No
 
     captioner = None
     if caption_model is not None:
-        captioner, caption_metadata = _load_model(Path(caption_model), device, dtype or torch.float32)
+        captioner, caption_metadata = _load_model(Path(caption_model), device)
         _check_vocab(captioner, tokenizer, Path(caption_model))
         recorded = _recorded_fingerprint(caption_metadata, "tokenizer")
         if recorded is not None and recorded != tokenizer.fingerprint():

@@ -22,6 +22,7 @@ from PIL import Image
 
 from data_utils.images import pil_to_tensor, tensor_to_pil
 from data_utils.tokenizer import UnifiedTokenizer
+from fp16 import PRECISIONS, inference_autocast
 from generation import tasks
 from generation.sampling import SamplingSettings
 from generation.tasks import Geometry
@@ -71,7 +72,10 @@ class Pipeline:
 
     def __init__(self, model: torch.nn.Module, tokenizer: UnifiedTokenizer, vqvae: torch.nn.Module | None,
                  geometry: Geometry, caption_model: torch.nn.Module | None = None,
-                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS):
+                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, precision: str = "fp32"):
+        if precision not in PRECISIONS:
+            raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        self.precision = precision
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.vqvae = vqvae
@@ -81,16 +85,23 @@ class Pipeline:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, vqvae: str | os.PathLike | None = None,
-                        text_tokenizer: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None, caption_model: str | os.PathLike | None = None,
+                        text_tokenizer: str | os.PathLike | None = None, device: str | torch.device | None = "cpu",
+                        precision: str = "fp32", caption_model: str | os.PathLike | None = None,
                         max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS) -> "Pipeline":
         """Load a checkpoint (any layout `model.checkpoint.load_model_for_inference` reads) with the
-        tokenizer and VQ-VAE its metadata names; `vqvae` / `text_tokenizer` override those paths."""
+        tokenizer and VQ-VAE its metadata names; `vqvae` / `text_tokenizer` override those paths.
+        `device=None` takes the GPU when there is one. `precision` ("fp32", "bf16", "fp16") is the
+        transformer's compute precision: fp32 weights under autocast, as training's checkpoints hold."""
         from generation.loading import load_components
 
-        parts = load_components(path, vqvae=vqvae, text_tokenizer=text_tokenizer, device=device, dtype=dtype,
+        parts = load_components(path, vqvae=vqvae, text_tokenizer=text_tokenizer, device=device,
                                 caption_model=caption_model)
-        return cls(parts.model, parts.tokenizer, parts.vqvae, parts.geometry, parts.caption_model, max_batch_rows)
+        return cls(parts.model, parts.tokenizer, parts.vqvae, parts.geometry, parts.caption_model, max_batch_rows,
+                   precision)
+
+    def _autocast(self):
+        """The transformer runs in `self.precision`; the VQ-VAE always in fp32 (outside this)."""
+        return inference_autocast(next(self.model.parameters()).device, self.precision)
 
     # --- images <-> codes ---------------------------------------------------------------------------
     def _require_vqvae(self) -> torch.nn.Module:
@@ -132,9 +143,10 @@ class Pipeline:
                          negative_prompt: str | None = None) -> torch.Tensor:
         """Code grids `[P, n, grid, grid]` for each prompt (image j of every prompt: seed `seed + j`)."""
         negative = self._text_ids(negative_prompt) if negative_prompt else None
-        return tasks.generate_image_codes(self.model, self.tokenizer, self.geometry,
-                                          [self._text_ids(p) for p in prompts], n, seed, settings,
-                                          self.max_batch_rows, negative_ids=negative)
+        with self._autocast():
+            return tasks.generate_image_codes(self.model, self.tokenizer, self.geometry,
+                                              [self._text_ids(p) for p in prompts], n, seed, settings,
+                                              self.max_batch_rows, negative_ids=negative)
 
     def text2image(self, prompts: str | Sequence[str], n: int = 4, seed: int = 0, cfg_scale: float = 1.0,
                    negative_prompt: str | None = None, top_k: int = 200, top_p: float = 1.0,
@@ -151,12 +163,15 @@ class Pipeline:
                 top_k: int = 200, top_p: float = 1.0, temperature: float = 1.0) -> list[str]:
         """A caption per image (image i samples with seed `seed + i`); `top_k=1` is greedy."""
         settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)
-        return tasks.caption_codes(self.model, self.tokenizer, self.geometry, self.encode_images(images), seed,
-                                   settings, max_tokens, self.max_batch_rows)
+        codes = self.encode_images(images)
+        with self._autocast():
+            return tasks.caption_codes(self.model, self.tokenizer, self.geometry, codes, seed, settings, max_tokens,
+                                       self.max_batch_rows)
 
     def rerank_codes(self, text: str, codes: torch.Tensor) -> Ranking:
-        scores = tasks.caption_scores(self.caption_model, self.tokenizer, self.geometry, codes,
-                                      self._text_ids(text), self.max_batch_rows)
+        with self._autocast():
+            scores = tasks.caption_scores(self.caption_model, self.tokenizer, self.geometry, codes,
+                                          self._text_ids(text), self.max_batch_rows)
         return Ranking(scores, sorted(range(len(scores)), key=lambda i: -float(scores[i])))
 
     def rerank(self, text: str, images: ImagesLike) -> Ranking:
@@ -165,8 +180,9 @@ class Pipeline:
 
     def super_resolve_codes(self, codes: torch.Tensor, texts: Sequence[str], seed: int,
                             settings: SamplingSettings) -> torch.Tensor:
-        return tasks.super_resolve_codes(self.model, self.tokenizer, self.geometry, codes,
-                                         [self._text_ids(t) for t in texts], seed, settings, self.max_batch_rows)
+        with self._autocast():
+            return tasks.super_resolve_codes(self.model, self.tokenizer, self.geometry, codes,
+                                             [self._text_ids(t) for t in texts], seed, settings, self.max_batch_rows)
 
     def super_resolve(self, images: ImagesLike, text: str | Sequence[str], seed: int = 0, top_k: int = 200,
                       top_p: float = 1.0, temperature: float = 1.0) -> list[Image.Image]:

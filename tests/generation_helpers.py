@@ -80,8 +80,8 @@ class OutOfMemoryAbove(torch.nn.Module):
         self.inner, self.limit, self.error = model, limit, error
         self.batch_sizes: list[int] = []
 
-    def new_kv_cache(self, batch_size: int, max_length: int):
-        return self.inner.new_kv_cache(batch_size, max_length)
+    def new_kv_cache(self, batch_size: int, max_length: int, dtype=None):
+        return self.inner.new_kv_cache(batch_size, max_length, dtype=dtype)
 
     def forward(self, input_ids, position_ids, key_padding_mask=None, kv_cache=None):
         self.batch_sizes.append(input_ids.shape[0])
@@ -97,8 +97,8 @@ class BiasedLogits(torch.nn.Module):
         super().__init__()
         self.inner, self.bias = model, bias
 
-    def new_kv_cache(self, batch_size: int, max_length: int):
-        return self.inner.new_kv_cache(batch_size, max_length)
+    def new_kv_cache(self, batch_size: int, max_length: int, dtype=None):
+        return self.inner.new_kv_cache(batch_size, max_length, dtype=dtype)
 
     def forward(self, input_ids, position_ids, key_padding_mask=None, kv_cache=None):
         return self.inner(input_ids, position_ids, key_padding_mask=key_padding_mask, kv_cache=kv_cache) + self.bias

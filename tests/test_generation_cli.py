@@ -141,3 +141,9 @@ def test_the_command_line_exits_2_with_one_error_line(tmp_path, argv):
     lines = stderr.strip().splitlines()
     assert process.returncode == 2, stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+
+
+def test_bf16_precision_runs_on_cpu(checkpoint, tmp_path):
+    run_main("--load", checkpoint, "--prompt", "a red circle", "--batch-size", 1, "--precision", "bf16",
+             "--output-path", tmp_path, "--device", "cpu")
+    assert read_png_metadata(tmp_path / "0000_000.png")["prompt"] == "a red circle"
