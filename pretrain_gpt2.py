@@ -174,10 +174,14 @@ def evaluate(engine, data: TrainingData, config: ModelConfig, args: argparse.Nam
     return results
 
 
-def grad_norm(engine) -> float | None:
-    """The global gradient norm of the last step, where DeepSpeed computed one."""
-    norm = engine.get_global_grad_norm()
-    return None if norm is None else float(norm)
+def plain_grad_norm(engine) -> float | None:
+    """The global gradient norm, read before the optimizer step, for the one configuration in which
+    DeepSpeed keeps it to itself: ZeRO stage 0 in fp32, where the torch optimizer runs unwrapped and
+    the (already all-reduced) gradients sit on the parameters. None for every other configuration."""
+    if engine.zero_optimization_stage() > 0 or engine.fp16_enabled() or engine.bfloat16_enabled():
+        return None
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else None
 
 
 # ---------------------------------------------------------------- the run
@@ -237,6 +241,8 @@ def train(args: argparse.Namespace, engine, data: TrainingData, config: ModelCon
             for _ in range(args.gradient_accumulation_steps):
                 loss, batch_sums = forward_loss(engine, next(batches), config, data, args.txt_loss_scale)
                 engine.backward(loss)
+                if engine.is_gradient_accumulation_boundary():
+                    norm = plain_grad_norm(engine)
                 engine.step()
                 sums += batch_sums
             data_position += positions.global_batch
@@ -247,11 +253,12 @@ def train(args: argparse.Namespace, engine, data: TrainingData, config: ModelCon
                 values.update(throughput(float(totals[_TOKENS]), float(totals[_FLOPS]),
                                          time.perf_counter() - interval_start, peak_flops, world))
                 values["lr"] = lr
-                norm = grad_norm(engine)
+                if engine.get_global_grad_norm() is not None:
+                    norm = float(engine.get_global_grad_norm())
                 if norm is not None:
                     values["grad_norm"] = norm
                 if engine.fp16_enabled():
-                    values["loss_scale"] = engine.optimizer.cur_scale
+                    values["loss_scale"] = engine.optimizer.loss_scale
                 reporter.train(iteration, args.train_iters, values)
                 sums.zero_()
                 interval_start = time.perf_counter()

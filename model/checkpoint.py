@@ -32,6 +32,8 @@ from utils.files import atomic_save_safetensors, atomic_write_json, read_json
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 MODEL_STATES_FILE = "mp_rank_00_model_states.pt"
+# ZeRO stage 3 writes one model-states file per rank (placeholders only) instead of MODEL_STATES_FILE.
+ZERO3_MODEL_STATES_GLOB = "zero_pp_rank_*_mp_rank_00_model_states.pt"
 # Files naming the newest iteration folder: CogView's (and ours), then DeepSpeed's own.
 LATEST_FILES = ("latest_checkpointed_iteration.txt", "latest")
 _CONFIG_FIELDS = frozenset(f.name for f in fields(ModelConfig))
@@ -171,12 +173,42 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"cannot read {path} as safetensors: {_first_line(err)}") from None
 
 
+def _is_zero3_dir(folder: Path) -> bool:
+    return not (folder / MODEL_STATES_FILE).is_file() and any(folder.glob(ZERO3_MODEL_STATES_GLOB))
+
+
+def read_zero3_state_dict(iteration_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The fp32 weights of a ZeRO stage 3 iteration folder, gathered from every rank's partitions.
+
+    Stage 3 splits each weight across the ranks' optimizer-state files; DeepSpeed's own `zero_to_fp32`
+    reassembles them (any number of ranks, no GPU, no process group), so such a folder loads for
+    inference directly, without a conversion step. Its progress messages go to stdout; they are
+    dropped here.
+    """
+    import contextlib
+    import io
+
+    from mpu import prepare_accelerator_env
+
+    iteration_dir = Path(iteration_dir)
+    prepare_accelerator_env()  # before DeepSpeed's first import: no GPU probing on CPU machines
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return get_fp32_state_dict_from_zero_checkpoint(str(iteration_dir.parent), tag=iteration_dir.name)
+    except (ValueError, KeyError, OSError, RuntimeError, TypeError) as err:
+        raise UserError(f"cannot gather the ZeRO stage 3 weights of {iteration_dir}: {_first_line(err)}") from None
+
+
 def _read_deepspeed_state_dict(iteration_dir: Path) -> dict[str, torch.Tensor]:
     """The full model weights of one DeepSpeed iteration folder (`module` of the model states).
 
-    ZeRO stages 0-2 store the whole module there; stage 3 stores empty placeholders and the weights
-    in the partitioned optimizer files, which this function would have to gather.
+    ZeRO stages 0-2 store the whole module there; stage 3 stores the weights partitioned across the
+    ranks' files, which `read_zero3_state_dict` gathers.
     """
+    if _is_zero3_dir(iteration_dir):
+        return read_zero3_state_dict(iteration_dir)
     path = iteration_dir / MODEL_STATES_FILE
     if not path.is_file():
         raise UserError(f"checkpoint folder {iteration_dir} has no {MODEL_STATES_FILE}")
@@ -204,7 +236,7 @@ def _normalise_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 
 def _deepspeed_iteration_dir(folder: Path) -> Path:
     """The iteration folder of a DeepSpeed save folder, or `folder` itself if it is one."""
-    if (folder / MODEL_STATES_FILE).is_file():
+    if (folder / MODEL_STATES_FILE).is_file() or _is_zero3_dir(folder):
         return folder
     for name in LATEST_FILES:
         latest = folder / name

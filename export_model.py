@@ -1,0 +1,58 @@
+"""Export a training checkpoint as one `model.safetensors` + `model_config.json`.
+
+Example:
+    python export_model.py --load runs/gpt --output runs/gpt-export
+    python export_model.py --load runs/gpt --iteration 20000 --output runs/gpt-20k
+
+Works for every checkpoint `pretrain_gpt2.py` writes, whatever its ZeRO stage: stage 3 weights are
+gathered from all ranks' shards with DeepSpeed's own `zero_to_fp32`. The weights are written in fp32
+and `model_config.json` keeps the tokenizer and VQ-VAE that the training data recorded, so
+`generate_samples.py --model runs/gpt-export` needs nothing else. (Generation also loads the training
+folder directly; exporting gives one self-contained, pickle-free file to share.)
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from model.checkpoint import load_model_for_inference, save_exported
+from training.checkpointing import read_tracker
+from utils.errors import UserError, run_main
+from utils.logging import get_logger
+
+logger = get_logger("export_model")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--load", required=True, metavar="DIR", help="checkpoint folder of pretrain_gpt2.py (--save)")
+    parser.add_argument("--iteration", type=int, default=None,
+                        help="iteration to export (default: the newest, from latest_checkpointed_iteration.txt)")
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for model.safetensors + model_config.json")
+    return parser.parse_args(argv)
+
+
+def checkpoint_folder(load: Path, iteration: int | None) -> Path:
+    if iteration is None:
+        iteration = read_tracker(load)
+        if iteration is None:
+            raise UserError(f"no checkpoint in {load} (no latest_checkpointed_iteration.txt); give --iteration "
+                            f"or the folder of a training run")
+    folder = load / str(iteration)
+    if not folder.is_dir():
+        found = sorted((p.name for p in load.iterdir() if p.name.isdigit()), key=int) if load.is_dir() else []
+        raise UserError(f"no iteration {iteration} in {load}; it holds {', '.join(found) or 'none'}")
+    return folder
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    folder = checkpoint_folder(Path(args.load), args.iteration)
+    model, metadata = load_model_for_inference(folder)
+    save_exported(model, args.output, metadata)
+    logger.info("exported %s (%s parameters) to %s", folder, f"{model.num_parameters():,}", args.output)
+
+
+if __name__ == "__main__":
+    run_main(main)
