@@ -7,7 +7,7 @@ Example:
 Works for every checkpoint `pretrain_gpt2.py` writes, whatever its ZeRO stage: stage 3 weights are
 gathered from all ranks' shards with DeepSpeed's own `zero_to_fp32`. The weights are written in fp32
 and `model_config.json` keeps the tokenizer and VQ-VAE that the training data recorded, so
-`generate_samples.py --model runs/gpt-export` needs nothing else. (Generation also loads the training
+`generate_samples.py --load runs/gpt-export` needs nothing else. (Generation also loads the training
 folder directly; exporting gives one self-contained, pickle-free file to share.)
 """
 from __future__ import annotations
