@@ -96,9 +96,11 @@ class Run:
         save_png(self.out / name, image, record)
         return record
 
-    def log_throughput(self, images: int, tokens: int, seconds: float, grid=None) -> None:
-        self.tensorboard.scalars({"generation/images_per_s": images / seconds,
-                                  "generation/tokens_per_s": tokens / seconds}, self.step)
+    def log_throughput(self, images: int, seconds: float, tokens: int | None = None, grid=None) -> None:
+        values = {"generation/images_per_s": images / seconds}
+        if tokens is not None:
+            values["generation/tokens_per_s"] = tokens / seconds
+        self.tensorboard.scalars(values, self.step)
         if grid is not None:
             import numpy as np
             import torch
@@ -132,7 +134,7 @@ class Run:
                                        seeds=result.seeds))
                 print(f"{prompt.id}\t{self.out / f'{prompt.id}_grid.png'}\t{prompt.text}", flush=True)
             self.manifest.flush()
-            self.log_throughput(len(group) * n, len(group) * n * grid * grid, time.time() - start, grid_image)
+            self.log_throughput(len(group) * n, time.time() - start, len(group) * n * grid * grid, grid_image)
 
     def text2image_full(self, prompts: Iterable[Prompt]) -> None:
         n = self.args.batch_size
@@ -158,7 +160,7 @@ class Run:
                                                   score=float(candidates.scores[result.best])))
                 print(f"{prompt.id}\t{self.out / best_name}\t{prompt.text}", flush=True)
             self.manifest.flush()
-            self.log_throughput(len(group) * n, 0, time.time() - start)
+            self.log_throughput(len(group) * n, time.time() - start)
 
     def image2text(self, paths: list[Path], images: list[Image.Image]) -> None:
         max_tokens = self.args.max_caption_tokens or self.pipe.geometry.text_max_tokens

@@ -60,7 +60,7 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
 
 
-def _left_pad(prompts: Sequence[TokenSequence], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def left_pad(prompts: Sequence[TokenSequence], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prompts as `[B, L]` ids, positions and a real-token mask, each right-aligned (left padding).
 
     Padding takes position 0; it is never attended to, so its position does not matter.
@@ -77,7 +77,7 @@ def _left_pad(prompts: Sequence[TokenSequence], pad_id: int, device) -> tuple[to
     return ids.to(device), positions.to(device), real.to(device)
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -91,12 +91,12 @@ def decode_batch(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec
     tokens every live row has fixed in advance (fed in a single forward). A row that samples
     `stop_id` leaves the batch (its cache rows are dropped with `KVCache.select`).
     """
-    device = _model_device(model)
+    device = model_device(model)
     guided = spec.settings.uses_guidance
     if guided and any(r.uncond_prompt is None for r in requests):
         raise ValueError("guidance needs an unconditional prompt in every request")
     prompts = [r.prompt for r in requests] + ([r.uncond_prompt for r in requests] if guided else [])
-    ids, positions, real = _left_pad(prompts, spec.pad_id, device)
+    ids, positions, real = left_pad(prompts, spec.pad_id, device)
     num = len(requests)
     forced = torch.full((num, spec.steps), SAMPLE, dtype=torch.long)
     for row, request in enumerate(requests):
@@ -120,10 +120,12 @@ def decode_batch(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec
     produced = torch.zeros(num, dtype=torch.long)               # tokens written per request
     live = torch.arange(num)                                    # requests still in the batch, in row order
 
+    padded = not bool(real.all())  # without padding the model needs no mask (a faster attention kernel)
+
     def forward(tokens: torch.Tensor, step_positions: torch.Tensor) -> torch.Tensor:
         """Feed `[rows, T]` tokens; the next-token logits `[rows, V]` after the last of them."""
         end = cache.length + tokens.shape[1]
-        logits = model(tokens, step_positions, key_padding_mask=key_mask[:, :end], kv_cache=cache)
+        logits = model(tokens, step_positions, key_padding_mask=key_mask[:, :end] if padded else None, kv_cache=cache)
         return logits[:, -1].float()
 
     logits = forward(ids, positions)

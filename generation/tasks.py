@@ -17,7 +17,7 @@ import torch
 
 from data_utils.sequences import TokenSequence, image2text, super_resolution, text2image
 from data_utils.tokenizer import UnifiedTokenizer
-from generation.decoding import DecodeRequest, DecodeSpec, SAMPLE, _left_pad, _model_device, decode, map_in_batches
+from generation.decoding import SAMPLE, DecodeRequest, DecodeSpec, decode, map_in_batches, model_device
 from generation.sampling import SamplingSettings, allowed_mask
 from utils.errors import UserError
 
@@ -118,14 +118,16 @@ def caption_scores(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Geom
         raise UserError("post-selection needs a non-empty text to score the images against")
     sequences = [image2text(tok, image_codes, grid, text_ids) for image_codes in codes]
     check_fits(sequences[0], 0, geometry, "post-selection")
-    allowed = caption_ids_mask(tok).to(_model_device(model))
+    allowed = caption_ids_mask(tok).to(model_device(model))
     text_start = grid * grid + 4  # index of the first text token: G [BOI1] codes [EOI1] [ROI1]
     num_text = len(text_ids)
 
     def run(chunk: list[int]) -> list[torch.Tensor]:
-        ids, positions, real = _left_pad([sequences[i] for i in chunk], tok.pad_id, _model_device(model))
-        logits = model(ids, positions, key_padding_mask=real).float()
-        # All sequences have the same length, so the text sits at the same columns in every row.
+        # All sequences have the same length: no padding, and the text at the same columns in every row.
+        device = model_device(model)
+        ids = torch.tensor([sequences[i].ids for i in chunk], device=device)
+        positions = torch.tensor([sequences[i].position_ids for i in chunk], device=device)
+        logits = model(ids, positions).float()
         predicting = logits[:, text_start - 1:text_start - 1 + num_text]
         log_probs = torch.log_softmax(predicting.masked_fill(~allowed, float("-inf")), dim=-1)
         targets = ids[:, text_start:text_start + num_text]

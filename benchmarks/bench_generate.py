@@ -1,0 +1,258 @@
+"""Text-to-image sampling speed: our KV cache against CogView's hidden-state cache and no cache at all.
+
+Example:
+    python benchmarks/bench_generate.py                       # 64 and 1024 image tokens, batch 1, 8, 32
+    python benchmarks/bench_generate.py --quick               # 64 image tokens, batch 1 and 8
+    python benchmarks/bench_generate.py --device cuda --max-run-seconds 600
+
+One randomly initialised model (4 layers, hidden 256, 1089 positions by default: CogView's shape at a
+small width) samples `grid x grid` image tokens after a 16-token prompt in three ways:
+  ours     `generation.decoding`: preallocated keys and values, one prefill, then one token per step.
+  cogview  CogView's scheme: keep every layer's input hidden states; each step runs the new token
+           through each layer with those states as memory, recomputing LayerNorm and the key/value
+           projections of the whole prefix (`TransformerLayer(memory=...)`), then appends its state.
+  nocache  a full forward over the whole sequence at every step.
+All three sample with the same filter and seeds, so a full run also checks that they agree token for
+token. A run whose estimated time exceeds --max-run-seconds is not run to the end: its time is
+extrapolated from steps timed at evenly spaced positions (a step's cost depends only on its position),
+and the table marks it `estimated`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from data_utils.sequences import text2image  # noqa: E402
+from data_utils.tokenizer import UnifiedTokenizer  # noqa: E402
+from generation.sampling import SamplingSettings, filter_logits, make_generators, mask_disallowed, sample_rows  # noqa: E402
+from generation.tasks import Geometry, generate_image_codes, image_ids_mask  # noqa: E402
+from model import CogViewGPT, ModelConfig  # noqa: E402
+from utils.errors import run_main  # noqa: E402
+
+PROMPT_TOKENS = 16
+METHODS = ("ours", "cogview", "nocache")
+
+
+class SyntheticText:
+    """A text tokenizer of a given size whose every prompt is the same 16 pieces (speed needs no words)."""
+
+    fingerprint = "synthetic"
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return [(7 * i) % self.vocab_size for i in range(PROMPT_TOKENS)]
+
+    def decode(self, ids) -> str:
+        return ""
+
+
+@dataclass
+class Result:
+    grid: int
+    batch: int
+    method: str
+    seconds: float
+    estimated: bool
+    tokens: torch.Tensor | None = None
+
+
+# --- the two baselines, built from the model's own layers ---------------------------------------------
+def _sample(logits: torch.Tensor, allowed: torch.Tensor, settings: SamplingSettings, generators) -> torch.Tensor:
+    filtered = filter_logits(mask_disallowed(logits.float(), allowed), settings.temperature, settings.top_k,
+                             settings.top_p)
+    return sample_rows(filtered, generators).to(logits.device)
+
+
+class HiddenStateCache:
+    """CogView's decoding: per-layer input hidden states are the cache; K and V are recomputed."""
+
+    def __init__(self, model: CogViewGPT):
+        self.model = model
+
+    def prefill(self, ids: torch.Tensor, positions: torch.Tensor):
+        x = self.model.embed(ids, positions)
+        memories = []
+        for layer in self.model.transformer.layers:
+            memories.append(x)
+            x = layer(x, None)  # a square causal attention
+        return self.model.logits(x[:, -1:])[:, -1], memories
+
+    def step(self, memories, token: torch.Tensor, position: torch.Tensor):
+        x = self.model.embed(token, position)
+        grown = []
+        for layer, memory in zip(self.model.transformer.layers, memories):
+            grown.append(torch.cat([memory, x], dim=1))
+            x = layer(x, None, memory=memory)  # one query sees the whole prefix and itself
+        return self.model.logits(x)[:, -1], grown
+
+
+class NoCache:
+    """A full forward over the whole sequence at every step."""
+
+    def __init__(self, model: CogViewGPT):
+        self.model = model
+
+    def prefill(self, ids: torch.Tensor, positions: torch.Tensor):
+        return self.model(ids, positions)[:, -1], (ids, positions)
+
+    def step(self, state, token: torch.Tensor, position: torch.Tensor):
+        ids, positions = torch.cat([state[0], token], 1), torch.cat([state[1], position], 1)
+        return self.model(ids, positions)[:, -1], (ids, positions)
+
+
+class KVCacheSteps:
+    """Our cache driven step by step (only for the per-step timings of estimated runs)."""
+
+    def __init__(self, model: CogViewGPT):
+        self.model = model
+
+    def prefill(self, ids: torch.Tensor, positions: torch.Tensor, room: int = 1):
+        cache = self.model.new_kv_cache(ids.shape[0], ids.shape[1] + room)
+        return self.model(ids, positions, kv_cache=cache)[:, -1], cache
+
+    def step(self, cache, token: torch.Tensor, position: torch.Tensor):
+        return self.model(token, position, kv_cache=cache)[:, -1], cache
+
+
+def run_baseline(runner, prompt_ids: torch.Tensor, steps: int, allowed, settings, seeds) -> torch.Tensor:
+    generators = make_generators(seeds)
+    positions = torch.arange(prompt_ids.shape[1], device=prompt_ids.device).expand_as(prompt_ids)
+    logits, state = runner.prefill(prompt_ids, positions)
+    out = []
+    for t in range(steps):
+        token = _sample(logits, allowed, settings, generators).unsqueeze(1)
+        out.append(token)
+        if t + 1 < steps:
+            logits, state = runner.step(state, token, positions[:, -1:] + t + 1)
+    return torch.cat(out, 1).cpu()
+
+
+# --- timing -----------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device) -> tuple[float, object]:
+    _sync(device)
+    start = time.perf_counter()
+    value = fn()
+    _sync(device)
+    return time.perf_counter() - start, value
+
+
+def estimate_seconds(model: CogViewGPT, method: str, batch: int, prompt_len: int, steps: int, vocab: int,
+                     device: torch.device, samples: int) -> float:
+    """Prefill + sum of per-step costs, interpolated between steps timed at `samples` positions, plus
+    the sampling cost of a `[batch, vocab]` step."""
+    runner = {"ours": KVCacheSteps, "cogview": HiddenStateCache, "nocache": NoCache}[method](model)
+    generator = torch.Generator().manual_seed(0)
+
+    def random_ids(length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.randint(0, vocab, (batch, length), generator=generator).to(device)
+        return ids, torch.arange(length, device=device).expand(batch, length)
+
+    prefill_seconds, _ = timed(lambda: runner.prefill(*random_ids(prompt_len)), device)
+    at = np.unique(np.linspace(0, steps - 1, samples).round().astype(int))
+    costs = []
+    for t in at:
+        _, state = runner.prefill(*random_ids(prompt_len + int(t)))
+        token, position = random_ids(1)[0], torch.full((batch, 1), prompt_len + int(t), device=device)
+        seconds, _ = timed(lambda: runner.step(state, token, position), device)
+        costs.append(seconds)
+    logits = torch.randn(batch, vocab, device=device)
+    allowed = torch.ones(vocab, dtype=torch.bool, device=device)
+    generators = make_generators(range(batch))
+    sample_seconds, _ = timed(lambda: _sample(logits, allowed, SamplingSettings(), generators), device)
+    per_step = np.interp(np.arange(steps), at, costs)
+    return prefill_seconds + float(per_step.sum()) + steps * sample_seconds
+
+
+def benchmark(args: argparse.Namespace) -> list[Result]:
+    device = torch.device(args.device)
+    tok = UnifiedTokenizer(SyntheticText(args.text_vocab), args.codebook_size)
+    config = ModelConfig(vocab_size=tok.vocab_size, num_layers=args.layers, hidden_size=args.hidden,
+                         num_attention_heads=args.heads, max_position_embeddings=args.positions,
+                         hidden_dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    model = CogViewGPT(config).to(device).eval()
+    settings = SamplingSettings(top_k=args.top_k)
+    results = []
+    for grid in args.grids:
+        geometry = Geometry(grid, PROMPT_TOKENS, args.positions)
+        text_ids = tok.encode_text("x")
+        prompt = text2image(tok, text_ids, grid)
+        steps = grid * grid
+        for batch in args.batches:
+            prompt_ids = torch.tensor([prompt.ids] * batch, device=device)
+            allowed = image_ids_mask(tok).to(device)
+            for method in METHODS:
+                with torch.inference_mode():
+                    estimate = estimate_seconds(model, method, batch, len(prompt), steps, tok.vocab_size, device,
+                                                args.sampled_steps)
+                    if estimate > args.max_run_seconds:
+                        results.append(Result(grid, batch, method, estimate, True))
+                    elif method == "ours":
+                        seconds, codes = timed(lambda: generate_image_codes(
+                            model, tok, geometry, [text_ids], batch, 0, settings, batch), device)
+                        results.append(Result(grid, batch, method, seconds, False, codes.view(batch, -1)))
+                    else:
+                        runner = HiddenStateCache(model) if method == "cogview" else NoCache(model)
+                        seconds, codes = timed(lambda: run_baseline(runner, prompt_ids, steps, allowed, settings,
+                                                                    range(batch)), device)
+                        results.append(Result(grid, batch, method, seconds, False, codes))
+                print(_row(results[-1], results), flush=True)
+    return results
+
+
+def _row(result: Result, results: list[Result]) -> str:
+    ours = next(r for r in results if (r.grid, r.batch, r.method) == (result.grid, result.batch, "ours"))
+    tokens = result.batch * result.grid ** 2
+    same = ""
+    if result.method != "ours" and result.tokens is not None and ours.tokens is not None:
+        same = "yes" if torch.equal(result.tokens, ours.tokens) else "NO"
+    return (f"| {result.grid ** 2:5d} | {result.batch:5d} | {result.method:8s} | {result.seconds:10.2f} | "
+            f"{result.batch / result.seconds:9.3f} | {tokens / result.seconds:9.1f} | "
+            f"{result.seconds / ours.seconds:8.1f}x | {'estimated' if result.estimated else 'measured':9s} | {same:4s} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="64 image tokens at batch 1 and 8 only")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--positions", type=int, default=1089, help="position embeddings (CogView's 1089)")
+    parser.add_argument("--codebook-size", type=int, default=512, help="image codes (our default VQ-VAE)")
+    parser.add_argument("--text-vocab", type=int, default=1000, help="text pieces")
+    parser.add_argument("--top-k", type=int, default=200)
+    parser.add_argument("--max-run-seconds", type=float, default=60.0,
+                        help="runs estimated to take longer are extrapolated, not run (default: %(default)s)")
+    parser.add_argument("--sampled-steps", type=int, default=6,
+                        help="positions timed for an estimate (default: %(default)s)")
+    args = parser.parse_args()
+    args.grids, args.batches = ((8,), (1, 8)) if args.quick else ((8, 32), (1, 8, 32))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"model: {args.layers} layers, hidden {args.hidden}, {args.heads} heads, {args.positions} positions; "
+          f"device {args.device}, {torch.get_num_threads()} CPU threads; prompt {PROMPT_TOKENS} text tokens; "
+          f"top-k {args.top_k}")
+    print("| image tokens | batch | method | seconds | images/s | tokens/s | time vs ours | how | same tokens |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    benchmark(args)
+
+
+if __name__ == "__main__":
+    run_main(main)
