@@ -4,7 +4,8 @@ Examples:
     python evaluate.py --load runs/gpt --dataset shapes --num-prompts 200 --output-json runs/eval.json
     python evaluate.py --load runs/gpt --sections t2i,fid --cfg-scale 1 3 5 --candidates 8 --post-select \\
         --feature-net runs/selffid --output-json runs/eval_cfg.json
-    python evaluate.py --load runs/gpt --valid-data runs/data/val --sections bpt,caption-loss --output-json runs/bpt.json
+    python evaluate.py --load runs/gpt --valid-data runs/data/val --sections bpt,caption-loss \\
+        --output-json runs/bpt.json
     python evaluate.py --load runs/gpt --sections fid --train-feature-net runs/selffid --output-json runs/fid.json
 
 Sections (--sections, comma-separated; by default every one the dataset and the inputs given allow):
@@ -454,7 +455,8 @@ def flat_scalars(results: dict[str, Any], prefix: str) -> dict[str, float]:
 
 # ---------------------------------------------------------------- main
 
-def load_fid_networks(args: argparse.Namespace, device: torch.device) -> tuple[FIDInceptionV3 | None, FeatureNet | None]:
+def load_fid_networks(args: argparse.Namespace,
+                      device: torch.device) -> tuple[FIDInceptionV3 | None, FeatureNet | None]:
     """Called before the model loads, so a wrong path costs nothing."""
     inception = load_inception(args.inception_weights, device) if args.inception_weights else None
     feature_net = load_feature_net(args.feature_net, device) if args.feature_net else None
