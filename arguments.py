@@ -183,8 +183,8 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
     group = parser.add_argument_group("generation")
     group.add_argument("--load", required=True, metavar="PATH",
-                       help="checkpoint: a DeepSpeed save folder or one of its iteration folders, an exported "
-                            "model.safetensors folder, or CogView's released layout (docs/checkpoints.md)")
+                       help="checkpoint: a DeepSpeed save folder (any ZeRO stage) or one of its iteration folders, "
+                            "an exported model.safetensors folder, or CogView's released layout")
     group.add_argument("--generation-task", choices=GENERATION_TASKS, default="text2image",
                        help="text2image: images for each prompt; image2text: a caption per input image; "
                             "post-selection: rank --input-images by how well they explain --prompt; "

@@ -147,3 +147,51 @@ def test_bf16_precision_runs_on_cpu(checkpoint, tmp_path):
     run_main("--load", checkpoint, "--prompt", "a red circle", "--batch-size", 1, "--precision", "bf16",
              "--output-path", tmp_path, "--device", "cpu")
     assert read_png_metadata(tmp_path / "0000_000.png")["prompt"] == "a red circle"
+
+
+def test_a_deepspeed_save_folder_loads_like_an_export(checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    save = tmp_path / "run"
+    (save / "100").mkdir(parents=True)
+    (save / "latest_checkpointed_iteration.txt").write_text("100")
+    torch.save({"module": load_file(checkpoint / "model.safetensors")}, save / "100" / "mp_rank_00_model_states.pt")
+    (save / "100" / "model_config.json").write_text((checkpoint / "model_config.json").read_text())
+    run_main("--load", save, "--prompt", "a red circle", "--batch-size", 1, "--seed", 4, "--output-path", tmp_path / "a")
+    run_main("--load", checkpoint, "--prompt", "a red circle", "--batch-size", 1, "--seed", 4, "--output-path", tmp_path / "b")
+    with Image.open(tmp_path / "a" / "0000_000.png") as a, Image.open(tmp_path / "b" / "0000_000.png") as b:
+        assert a.tobytes() == b.tobytes()
+
+
+def test_prompt_sources():
+    import io
+
+    from generation.prompts import collect_prompts, interactive_prompts
+
+    assert [(p.id, p.text) for p in collect_prompts(["a", " b "], None)] == [("0000", "a"), ("0001", "b")]
+    with pytest.raises(UserError, match="not both"):
+        collect_prompts(["a"], "file.txt")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    typed = list(interactive_prompts(Terminal("a red circle\n\n左上角有一个大的红色圆形\n"), io.StringIO()))
+    assert [(p.id, p.text) for p in typed] == [("0000", "a red circle"), ("0001", "左上角有一个大的红色圆形")]
+    with pytest.raises(UserError, match="not a terminal"):
+        interactive_prompts(io.StringIO("a\n"), io.StringIO())
+
+
+def test_prompt_files(tmp_path):
+    from generation.prompts import read_prompt_file
+
+    path = tmp_path / "p.txt"
+    path.write_text("\ufeffcat/1\ta red circle\n\n  \nsecond prompt\nx y\t中间有一个小的蓝色正方形\n", encoding="utf-8")
+    assert [(p.id, p.text) for p in read_prompt_file(path)] == [
+        ("cat_1", "a red circle"), ("0001", "second prompt"), ("x_y", "中间有一个小的蓝色正方形")]
+    path.write_text("a\tone\na\ttwo\n", encoding="utf-8")
+    with pytest.raises(UserError, match="appears twice"):
+        read_prompt_file(path)
+    path.write_bytes(b"\xff\xfe bad")
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_prompt_file(path)
