@@ -213,7 +213,8 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                                "(default: %(default)s)")
     sampling.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
     sampling.add_argument("--top-k", type=int, default=200, help="0 turns it off (default: %(default)s)")
-    sampling.add_argument("--top-p", type=float, default=1.0, help="nucleus mass; 1 turns it off (default: %(default)s)")
+    sampling.add_argument("--top-p", type=float, default=1.0,
+                          help="nucleus mass; 1 turns it off (default: %(default)s)")
     sampling.add_argument("--cfg-scale", type=float, default=1.0,
                           help="classifier-free guidance for text2image: uncond + s * (cond - uncond) on "
                                "log-probabilities; 1 is no guidance (default: %(default)s)")

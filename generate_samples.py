@@ -155,9 +155,10 @@ class Run:
                 save_png(self.out / f"{prompt.id}_grid.png", make_grid(candidates.images),
                          self.metadata(prompt=prompt.text, seeds=candidates.seeds))
                 best_name = f"{prompt.id}_best_sr.png"
-                self.manifest.add(self.save_image(best_name, result.upscaled, prompt_id=prompt.id, prompt=prompt.text,
-                                                  seed=candidates.seeds[result.best], source=f"{prompt.id}_{result.best:03d}.png",
-                                                  score=float(candidates.scores[result.best])))
+                self.manifest.add(self.save_image(
+                    best_name, result.upscaled, prompt_id=prompt.id, prompt=prompt.text,
+                    seed=candidates.seeds[result.best], source=f"{prompt.id}_{result.best:03d}.png",
+                    score=float(candidates.scores[result.best])))
                 print(f"{prompt.id}\t{self.out / best_name}\t{prompt.text}", flush=True)
             self.manifest.flush()
             self.log_throughput(len(group) * n, time.time() - start)

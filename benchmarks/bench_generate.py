@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_utils.sequences import text2image  # noqa: E402
 from data_utils.tokenizer import UnifiedTokenizer  # noqa: E402
-from generation.sampling import SamplingSettings, filter_logits, make_generators, mask_disallowed, sample_rows  # noqa: E402
+from generation.sampling import (SamplingSettings, filter_logits, make_generators, mask_disallowed,  # noqa: E402
+                                 sample_rows)
 from generation.tasks import Geometry, generate_image_codes, image_ids_mask  # noqa: E402
 from model import CogViewGPT, ModelConfig  # noqa: E402
 from utils.errors import run_main  # noqa: E402
@@ -223,7 +224,8 @@ def _row(result: Result, results: list[Result]) -> str:
         same = "yes" if torch.equal(result.tokens, ours.tokens) else "NO"
     return (f"| {result.grid ** 2:5d} | {result.batch:5d} | {result.method:8s} | {result.seconds:10.2f} | "
             f"{result.batch / result.seconds:9.3f} | {tokens / result.seconds:9.1f} | "
-            f"{result.seconds / ours.seconds:8.1f}x | {'estimated' if result.estimated else 'measured':9s} | {same:4s} |")
+            f"{result.seconds / ours.seconds:8.1f}x | {'estimated' if result.estimated else 'measured':9s} | "
+            f"{same:4s} |")
 
 
 def main() -> None:

@@ -20,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from data_utils.sequences import TokenSequence
-from generation.sampling import SamplingSettings, cfg_combine, filter_logits, make_generators, mask_disallowed, sample_rows
+from generation.sampling import (SamplingSettings, cfg_combine, filter_logits, make_generators, mask_disallowed,
+                                 sample_rows)
 from utils.errors import UserError
 from utils.logging import get_logger
 
@@ -81,6 +82,21 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _next_tokens(logits: torch.Tensor, fixed: torch.Tensor, generators: Sequence[torch.Generator],
+                 allowed: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+    """One step's tokens `[live]` (CPU): the fixed ones where `fixed` holds a token, else drawn from
+    `logits` (`[live]` rows, followed by their unconditional twins when guided). A row with a fixed
+    token draws nothing, so its generator stays where it would be without the others."""
+    live = len(fixed)
+    cond = logits[:live]
+    guided = cfg_combine(cond, logits[live:], settings.cfg_scale) if settings.uses_guidance else cond
+    filtered = filter_logits(mask_disallowed(guided, allowed), settings.temperature, settings.top_k, settings.top_p)
+    tokens = fixed.clone()
+    sampling = (fixed == SAMPLE).nonzero().flatten().tolist()
+    tokens[sampling] = sample_rows(filtered[sampling], [generators[i] for i in sampling]).cpu()
+    return tokens
+
+
 @torch.inference_mode()
 def decode_batch(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec: DecodeSpec,
                  on_tokens: Callable[[int], None] = lambda n: None) -> list[torch.Tensor]:
@@ -106,7 +122,6 @@ def decode_batch(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec
             forced[row] = request.forced
     generators = make_generators([r.seed for r in requests])
     allowed = spec.allowed.to(device)
-    settings = spec.settings
 
     prompt_len = ids.shape[1]
     # Under autocast the keys and values come out in the autocast dtype: store them so (half the memory).
@@ -139,14 +154,8 @@ def decode_batch(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec
             tokens = live_forced[:, :run]
         else:
             run = 1
-            cond = logits[:len(live)]
-            guided_logits = cfg_combine(cond, logits[len(live):], settings.cfg_scale) if guided else cond
-            filtered = filter_logits(mask_disallowed(guided_logits, allowed), settings.temperature,
-                                     settings.top_k, settings.top_p)
-            tokens = live_forced[:, :1].clone()
-            sampling = (tokens[:, 0] == SAMPLE).nonzero().flatten().tolist()
-            drawn = sample_rows(filtered[sampling], [generators[int(live[i])] for i in sampling])
-            tokens[sampling, 0] = drawn.cpu()
+            tokens = _next_tokens(logits, live_forced[:, 0], [generators[i] for i in live.tolist()], allowed,
+                                  spec.settings).unsqueeze(1)
         out[live, step:step + run] = tokens
         produced[live] = step + run
         on_tokens(run * len(live))

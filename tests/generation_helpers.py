@@ -8,7 +8,8 @@ import torch
 
 from data_utils.sequences import TokenSequence
 from data_utils.tokenizer import UnifiedTokenizer
-from generation.sampling import SamplingSettings, cfg_combine, filter_logits, make_generators, mask_disallowed, sample_rows
+from generation.sampling import (SamplingSettings, cfg_combine, filter_logits, make_generators, mask_disallowed,
+                                 sample_rows)
 from generation.tasks import Geometry
 from model import CogViewGPT, ModelConfig
 

@@ -157,8 +157,8 @@ def test_a_deepspeed_save_folder_loads_like_an_export(checkpoint, tmp_path):
     (save / "latest_checkpointed_iteration.txt").write_text("100")
     torch.save({"module": load_file(checkpoint / "model.safetensors")}, save / "100" / "mp_rank_00_model_states.pt")
     (save / "100" / "model_config.json").write_text((checkpoint / "model_config.json").read_text())
-    run_main("--load", save, "--prompt", "a red circle", "--batch-size", 1, "--seed", 4, "--output-path", tmp_path / "a")
-    run_main("--load", checkpoint, "--prompt", "a red circle", "--batch-size", 1, "--seed", 4, "--output-path", tmp_path / "b")
+    for load, out in ((save, "a"), (checkpoint, "b")):
+        run_main("--load", load, "--prompt", "a red circle", "--batch-size", 1, "--seed", 4, "--output-path", tmp_path / out)
     with Image.open(tmp_path / "a" / "0000_000.png") as a, Image.open(tmp_path / "b" / "0000_000.png") as b:
         assert a.tobytes() == b.tobytes()
 

@@ -103,8 +103,8 @@ def test_captions_stop_at_sep_independently_and_match_the_reference(setup):
     biased = BiasedLogits(model, sep_bias)
     codes = torch.randint(0, tok.codebook_size, (6, 8, 8), generator=torch.Generator().manual_seed(0))
     requests = [DecodeRequest(image2text(tok, c, 8), seed=10 + i) for i, c in enumerate(codes)]
-    spec = DecodeSpec(steps=10, allowed=tasks.caption_ids_mask(tok), settings=SamplingSettings(top_k=0, temperature=4.0),
-                      stop_id=tok["[SEP]"], pad_id=tok.pad_id)
+    spec = DecodeSpec(steps=10, allowed=tasks.caption_ids_mask(tok),
+                      settings=SamplingSettings(top_k=0, temperature=4.0), stop_id=tok["[SEP]"], pad_id=tok.pad_id)
     outputs = decode(biased, requests, spec, 8)
     lengths = {len(o) for o in outputs}
     assert len(lengths) > 1, "the test needs rows that finish at different steps"
