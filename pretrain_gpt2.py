@@ -135,17 +135,44 @@ def build_engine(args: argparse.Namespace, config: ModelConfig):
 
 # ---------------------------------------------------------------- steps
 
-def forward_loss(engine, batch: Mapping[str, Any], config: ModelConfig, data: TrainingData,
+def forward_loss(engine, batch: Mapping[str, Any], config: ModelConfig, pad_id: int, codebook_size: int,
                  txt_loss_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The micro-batch loss and its detached sums (loss parts, tokens, model FLOPs)."""
     ids = batch["input_ids"].to(engine.device, non_blocking=True)
     positions = batch["position_ids"].to(engine.device, non_blocking=True)
     logits = engine(ids[:, :-1], positions[:, :-1])
-    parts = next_token_loss(logits, ids[:, 1:], data.tokenizer.pad_id, data.tokenizer.codebook_size, txt_loss_scale)
+    parts = next_token_loss(logits, ids[:, 1:], pad_id, codebook_size, txt_loss_scale)
     batch_size, length = ids[:, :-1].shape
     counts = torch.tensor([batch_size * length, flops_per_token(config, length) * batch_size * length],
                           dtype=torch.float64, device=parts.sums.device)
     return parts.loss, torch.cat([parts.sums, counts])
+
+
+def plain_grad_norm(engine) -> float | None:
+    """The global gradient norm, read before the optimizer step, for the one configuration in which
+    DeepSpeed keeps it to itself: ZeRO stage 0 in fp32, where the torch optimizer runs unwrapped and
+    the (already all-reduced) gradients sit on the parameters. None for every other configuration."""
+    if engine.zero_optimization_stage() > 0 or engine.fp16_enabled() or engine.bfloat16_enabled():
+        return None
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else None
+
+
+def micro_step(engine, batch: Mapping[str, Any], config: ModelConfig, pad_id: int, codebook_size: int,
+               txt_loss_scale: float) -> tuple[torch.Tensor, float | None]:
+    """Forward, backward and `engine.step()` (an optimizer step at accumulation boundaries).
+
+    Returns the detached sums of `forward_loss` and, after an optimizer step, the global gradient
+    norm (before clipping) where it is known.
+    """
+    loss, sums = forward_loss(engine, batch, config, pad_id, codebook_size, txt_loss_scale)
+    engine.backward(loss)
+    boundary = engine.is_gradient_accumulation_boundary()
+    norm = plain_grad_norm(engine) if boundary else None
+    engine.step()
+    if boundary and norm is None and engine.get_global_grad_norm() is not None:
+        norm = float(engine.get_global_grad_norm())
+    return sums, norm
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -165,23 +192,14 @@ def evaluate(engine, data: TrainingData, config: ModelConfig, args: argparse.Nam
         sums = torch.zeros_like(total)
         for batch in validation_batches(dataset, args.batch_size, args.eval_iters, mpu.get_world_size(),
                                         mpu.get_rank(), data.tokenizer.pad_id):
-            sums += forward_loss(engine, batch, config, data, args.txt_loss_scale)[1]
+            sums += forward_loss(engine, batch, config, data.tokenizer.pad_id, data.tokenizer.codebook_size,
+                                 args.txt_loss_scale)[1]
         sums = all_reduce_sum(sums)
         total += sums
         results.update({f"{task}/{name}": value for name, value in summarize(sums[:len(SUM_FIELDS)]).items()})
     results.update(summarize(total[:len(SUM_FIELDS)]))
     engine.train()
     return results
-
-
-def plain_grad_norm(engine) -> float | None:
-    """The global gradient norm, read before the optimizer step, for the one configuration in which
-    DeepSpeed keeps it to itself: ZeRO stage 0 in fp32, where the torch optimizer runs unwrapped and
-    the (already all-reduced) gradients sit on the parameters. None for every other configuration."""
-    if engine.zero_optimization_stage() > 0 or engine.fp16_enabled() or engine.bfloat16_enabled():
-        return None
-    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads)) if grads else None
 
 
 # ---------------------------------------------------------------- the run
@@ -234,16 +252,16 @@ def train(args: argparse.Namespace, engine, data: TrainingData, config: ModelCon
                     str(dtype).removeprefix("torch."), peak_flops)
     reporter = Reporter(args, start_iteration)
     sums = torch.zeros(len(SUM_FIELDS) + 2, dtype=torch.float64, device=engine.device)
+    norm: float | None = None
     interval_start = time.perf_counter()
     with logging_redirect_tqdm() if mpu.is_main_process() else nullcontext():
         for iteration in range(start_iteration + 1, args.train_iters + 1):
             lr = engine.get_lr()[0]  # the lr of this step (the scheduler moves on inside engine.step)
             for _ in range(args.gradient_accumulation_steps):
-                loss, batch_sums = forward_loss(engine, next(batches), config, data, args.txt_loss_scale)
-                engine.backward(loss)
-                if engine.is_gradient_accumulation_boundary():
-                    norm = plain_grad_norm(engine)
-                engine.step()
+                batch_sums, step_norm = micro_step(engine, next(batches), config, data.tokenizer.pad_id,
+                                                   data.tokenizer.codebook_size, args.txt_loss_scale)
+                if step_norm is not None:
+                    norm = step_norm
                 sums += batch_sums
             data_position += positions.global_batch
             reporter.bar.update()
@@ -253,8 +271,6 @@ def train(args: argparse.Namespace, engine, data: TrainingData, config: ModelCon
                 values.update(throughput(float(totals[_TOKENS]), float(totals[_FLOPS]),
                                          time.perf_counter() - interval_start, peak_flops, world))
                 values["lr"] = lr
-                if engine.get_global_grad_norm() is not None:
-                    norm = float(engine.get_global_grad_norm())
                 if norm is not None:
                     values["grad_norm"] = norm
                 if engine.fp16_enabled():
