@@ -300,17 +300,29 @@ def save(args: argparse.Namespace, engine, config: ModelConfig, data: TrainingDa
         logger.info("saved checkpoint %s", folder)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_training_args(argv, __doc__)
-    mpu.init_distributed(args.local_rank)
+def checked_resume_iteration(args: argparse.Namespace) -> int | None:
+    """The iteration `--load` resumes (None for a new run); refuses a `--save` folder whose checkpoints
+    this run would overwrite."""
     resume_iteration = None
     if args.load is not None:
         resume_iteration = checkpointing.read_tracker(args.load)
         if resume_iteration is None:
             raise UserError(f"no checkpoint to resume in {args.load} (no {checkpointing.TRACKER_FILE}); "
                             f"drop --load to start a new run")
+    if args.save is not None:
+        saved = checkpointing.read_tracker(args.save)
+        if saved is not None and (args.load is None or Path(args.load).resolve() != Path(args.save).resolve()):
+            raise UserError(f"--save {args.save} already holds checkpoints (newest: iteration {saved}); continue "
+                            f"that run with --load {args.save}, or choose an empty --save folder")
+    return resume_iteration
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_training_args(argv, __doc__)
+    resume_iteration = checked_resume_iteration(args)
     data = load_data(args)
     config = resolve_model_config(args, data, resume_iteration)
+    mpu.init_distributed(args.local_rank)
     if args.save and mpu.is_main_process():
         checkpointing.remove_stale_temporaries(args.save)
     engine = build_engine(args, config)

@@ -219,3 +219,24 @@ def test_matmul_probe_counts_flops():
     assert math.isfinite(rate) and rate > 1e6
     values = throughput(tokens=1000, flops=4e9, seconds=2.0, peak_flops=1e9, devices=2)
     assert values == {"tokens_per_second": 500.0, "mfu": 1.0}
+
+
+def test_runs_never_overwrite_or_invent_checkpoints(tmp_path):
+    from pretrain_gpt2 import checked_resume_iteration
+
+    save = tmp_path / "save"
+    assert checked_resume_iteration(parse_training_args(REQUIRED + ["--save", str(save)])) is None
+    with pytest.raises(UserError, match=f"no checkpoint to resume in {save}"):
+        checked_resume_iteration(parse_training_args(REQUIRED + ["--load", str(save)]))
+    (save / "4").mkdir(parents=True)
+    (save / TRACKER_FILE).write_text("4\n")
+    assert checked_resume_iteration(parse_training_args(REQUIRED + ["--save", str(save), "--load", str(save)])) == 4
+    with pytest.raises(UserError, match=f"--save {save} already holds checkpoints \\(newest: iteration 4\\)"):
+        checked_resume_iteration(parse_training_args(REQUIRED + ["--save", str(save)]))
+    other = tmp_path / "other"
+    (other / "2").mkdir(parents=True)
+    (other / TRACKER_FILE).write_text("2\n")
+    with pytest.raises(UserError, match="already holds checkpoints"):  # resuming another run into this folder
+        checked_resume_iteration(parse_training_args(REQUIRED + ["--save", str(save), "--load", str(other)]))
+    assert checked_resume_iteration(parse_training_args(REQUIRED + ["--save", str(tmp_path / "new"),
+                                                                    "--load", str(other)])) == 2
