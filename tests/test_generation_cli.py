@@ -195,3 +195,14 @@ def test_prompt_files(tmp_path):
     path.write_bytes(b"\xff\xfe bad")
     with pytest.raises(UserError, match="not UTF-8"):
         read_prompt_file(path)
+
+
+def test_geometry_comes_from_the_metadata_or_from_the_position_table():
+    from generation.loading import geometry_from
+
+    recorded = geometry_from({"data": {"image_grid": 8, "text_max_tokens": 32, "lowres_grid": 4}}, 101)
+    assert (recorded.image_grid, recorded.text_max_tokens, recorded.max_positions) == (8, 32, 101)
+    cogview = geometry_from({}, 1089)  # CogView's release records nothing: 32x32 codes fit its 1089 positions
+    assert (cogview.image_grid, cogview.text_max_tokens) == (32, 1089 - 1024 - 5)
+    with pytest.raises(UserError, match="fits no image grid"):
+        geometry_from({}, 40)
