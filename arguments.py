@@ -29,7 +29,8 @@ def _number(kind: type, low: float | None = None, high: float | None = None, low
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
         if low is not None and (value < low or (low_open and value == low)):
             raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {value}")
         if high is not None and value > high:

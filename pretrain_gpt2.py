@@ -115,21 +115,21 @@ def dropout_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank, 0xD509]).generate_state(1)[0])
 
 
-def build_engine(args: argparse.Namespace, config: ModelConfig):
-    """The model (initialised from `--seed` on every rank), AdamW and our lr schedule inside DeepSpeed."""
+def build_engine(args: argparse.Namespace, config: ModelConfig, ds_config: dict[str, Any]):
+    """The model (initialised from `--seed` on every rank), AdamW and our lr schedule inside DeepSpeed.
+
+    Under ZeRO-3 the output projection reads the word embedding outside the embedding module's own
+    forward; DeepSpeed detects such parameters and keeps them gathered (the tests compare ZeRO-3 with
+    ZeRO-0 step by step).
+    """
     torch.manual_seed(args.seed)
     model = CogViewGPT(config)
     model.checkpoint_activations = args.checkpoint_activations
-    ds_config = build_deepspeed_config(args, mpu.get_world_size())
     schedule = LRSchedule(lr=args.lr, total_steps=args.train_iters, warmup_fraction=args.warmup,
                           min_lr_ratio=args.min_lr_ratio, decay_style=args.lr_decay_style)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, args.lr, args.weight_decay),
                                            lr_scheduler=lambda optimizer: WarmupDecayScheduler(optimizer, schedule),
                                            config=ds_config)
-    if engine.zero_optimization_stage() == 3:
-        # The output projection reads the word embedding outside the embedding module's forward; ZeRO-3
-        # must keep that weight gathered until the logits are computed.
-        deepspeed.zero.register_external_parameter(engine.module, engine.module.word_embeddings.weight)
     return engine
 
 
@@ -238,56 +238,71 @@ class Reporter:
         self.tensorboard.close()
 
 
+class Interval:
+    """Loss sums, tokens and model FLOPs since the last log line, and the time they took."""
+
+    def __init__(self, device: torch.device, peak_flops: float):
+        self.peak_flops = peak_flops
+        self.sums = torch.zeros(len(SUM_FIELDS) + 2, dtype=torch.float64, device=device)
+        self.start = time.perf_counter()
+
+    def add(self, sums: torch.Tensor) -> None:
+        self.sums += sums
+
+    def pause(self) -> None:
+        """Leave the time since the last step (validation, a checkpoint write) out of tokens/s and MFU."""
+        self.sums[_TOKENS:] = 0
+        self.start = time.perf_counter()
+
+    def report(self) -> dict[str, float]:
+        """Means over all ranks, tokens/s and MFU; starts the next interval (a collective)."""
+        totals = all_reduce_sum(self.sums)
+        values = summarize(totals[:len(SUM_FIELDS)])
+        values.update(throughput(float(totals[_TOKENS]), float(totals[_FLOPS]), time.perf_counter() - self.start,
+                                 self.peak_flops, mpu.get_world_size()))
+        self.sums.zero_()
+        self.start = time.perf_counter()
+        return values
+
+
 def train(args: argparse.Namespace, engine, data: TrainingData, config: ModelConfig, start_iteration: int,
           data_position: int) -> None:
-    world, rank = mpu.get_world_size(), mpu.get_rank()
-    positions = MicroBatchPositions(data_position, args.batch_size, args.gradient_accumulation_steps, world, rank)
+    positions = MicroBatchPositions(data_position, args.batch_size, args.gradient_accumulation_steps,
+                                    mpu.get_world_size(), mpu.get_rank())
     batches: Iterator[Mapping[str, Any]] = iter(train_loader(data.train, positions, data.tokenizer.pad_id,
                                                              args.num_workers))
     dtype = torch_dtype(flag_precision(args))
-    peak_flops = measure_matmul_flops(engine.device, dtype)
+    interval = Interval(engine.device, measure_matmul_flops(engine.device, dtype))
     if mpu.is_main_process():
         logger.info("model: %s parameters | global batch %d | matmul rate of this %s in %s: %.3g FLOP/s",
                     f"{engine.module.num_parameters():,}", positions.global_batch, engine.device.type,
-                    str(dtype).removeprefix("torch."), peak_flops)
+                    str(dtype).removeprefix("torch."), interval.peak_flops)
     reporter = Reporter(args, start_iteration)
-    sums = torch.zeros(len(SUM_FIELDS) + 2, dtype=torch.float64, device=engine.device)
     norm: float | None = None
-    interval_start = time.perf_counter()
     with logging_redirect_tqdm() if mpu.is_main_process() else nullcontext():
         for iteration in range(start_iteration + 1, args.train_iters + 1):
             lr = engine.get_lr()[0]  # the lr of this step (the scheduler moves on inside engine.step)
             for _ in range(args.gradient_accumulation_steps):
-                batch_sums, step_norm = micro_step(engine, next(batches), config, data.tokenizer.pad_id,
-                                                   data.tokenizer.codebook_size, args.txt_loss_scale)
-                if step_norm is not None:
-                    norm = step_norm
-                sums += batch_sums
+                sums, step_norm = micro_step(engine, next(batches), config, data.tokenizer.pad_id,
+                                             data.tokenizer.codebook_size, args.txt_loss_scale)
+                interval.add(sums)
+                norm = step_norm if step_norm is not None else norm
             data_position += positions.global_batch
             reporter.bar.update()
-            if iteration % args.log_interval == 0 or iteration == args.train_iters:
-                totals = all_reduce_sum(sums)
-                values = summarize(totals[:len(SUM_FIELDS)])
-                values.update(throughput(float(totals[_TOKENS]), float(totals[_FLOPS]),
-                                         time.perf_counter() - interval_start, peak_flops, world))
-                values["lr"] = lr
+            last = iteration == args.train_iters
+            if iteration % args.log_interval == 0 or last:
+                values = {**interval.report(), "lr": lr}
                 if norm is not None:
                     values["grad_norm"] = norm
                 if engine.fp16_enabled():
                     values["loss_scale"] = engine.optimizer.loss_scale
                 reporter.train(iteration, args.train_iters, values)
-                sums.zero_()
-                interval_start = time.perf_counter()
-            paused = False
-            if data.valid and (iteration % args.eval_interval == 0 or iteration == args.train_iters):
+            if data.valid and (iteration % args.eval_interval == 0 or last):
                 reporter.valid(iteration, evaluate(engine, data, config, args))
-                paused = True
-            if args.save and (iteration % args.save_interval == 0 or iteration == args.train_iters):
+                interval.pause()
+            if args.save and (iteration % args.save_interval == 0 or last):
                 save(args, engine, config, data, iteration, data_position)
-                paused = True
-            if paused:  # keep validation and checkpoint time out of tokens/s and MFU
-                sums[_TOKENS:] = 0
-                interval_start = time.perf_counter()
+                interval.pause()
     reporter.close()
 
 
@@ -323,9 +338,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = load_data(args)
     config = resolve_model_config(args, data, resume_iteration)
     mpu.init_distributed(args.local_rank)
+    ds_config = build_deepspeed_config(args, mpu.get_world_size())  # may adopt a config file's batch/precision
     if args.save and mpu.is_main_process():
         checkpointing.remove_stale_temporaries(args.save)
-    engine = build_engine(args, config)
+    engine = build_engine(args, config, ds_config)
     torch.manual_seed(dropout_seed(args.seed, mpu.get_rank()))
     start_iteration, data_position = 0, 0
     if resume_iteration is not None:

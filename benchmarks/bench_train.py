@@ -165,13 +165,16 @@ def _measure(row: str, args: argparse.Namespace, results) -> None:
 
 
 def _ours(args: argparse.Namespace, config, batch):
+    import mpu
     from arguments import parse_training_args
     from pretrain_gpt2 import build_engine, micro_step
+    from training.ds_config import build_deepspeed_config
 
     flags = ["--train-data", "(random ids)", "--train-iters", str(args.steps + args.warmup_steps),
              "--batch-size", str(args.batch_size), "--num-layers", str(args.num_layers),
              "--hidden-size", str(args.hidden_size), "--num-attention-heads", str(args.num_attention_heads)]
-    engine = build_engine(parse_training_args(flags + (["--bf16"] if args.precision == "bf16" else [])), config)
+    training_args = parse_training_args(flags + (["--bf16"] if args.precision == "bf16" else []))
+    engine = build_engine(training_args, config, build_deepspeed_config(training_args, mpu.get_world_size()))
     return lambda: micro_step(engine, batch, config, PAD_ID, args.codebook_size, txt_loss_scale=1.0)
 
 
