@@ -29,7 +29,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--load", required=True, metavar="DIR", help="checkpoint folder of pretrain_gpt2.py (--save)")
     parser.add_argument("--iteration", type=int, default=None,
                         help="iteration to export (default: the newest, from latest_checkpointed_iteration.txt)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder for model.safetensors + model_config.json")
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="folder for model.safetensors + model_config.json")
     return parser.parse_args(argv)
 
 

@@ -100,7 +100,8 @@ def resolve_model_config(args: argparse.Namespace, data: TrainingData, resume_it
         trained_with = metadata.get("tokenizer", {}).get("fingerprint")
         if trained_with != data.tokenizer.fingerprint():
             raise UserError(f"the checkpoint in {source} was trained with tokenizer {trained_with} but "
-                            f"{args.train_data} uses {data.tokenizer.fingerprint()}; resume on data of the same tokenizer")
+                            f"{args.train_data} uses {data.tokenizer.fingerprint()}; resume on data of the same "
+                            f"tokenizer")
     if config.vocab_size != data.tokenizer.vocab_size:
         raise UserError(f"the model has {config.vocab_size} token ids but the data's tokenizer has "
                         f"{data.tokenizer.vocab_size}")

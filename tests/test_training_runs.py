@@ -28,7 +28,7 @@ from data_utils.shards import FORMAT_VERSION, RowFormat, ShardedRows, write_mani
 from data_utils.text_tokenizer import train_sentencepiece
 from data_utils.tokenizer import UnifiedTokenizer
 from model.checkpoint import load_model_for_inference
-from training.checkpointing import DEEPSPEED_LATEST_FILE, KILL_AT_ENV, TEMP_PREFIX, TRACKER_FILE, read_tracker
+from training.checkpointing import DEEPSPEED_LATEST_FILE, KILL_AT_ENV, TEMP_PREFIX, read_tracker
 from training.data import validation_batches
 from training.loss import SUM_FIELDS, next_token_loss, summarize
 
@@ -160,8 +160,8 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(data, uninterrupt
 
 CURVE_ITERS = 40
 CURVE_FLAGS = ("--task-mix", "text2image=0.5,image2text=0.5", "--cfg-drop-prob", "0", "--hidden-dropout", "0",
-               "--attention-dropout", "0", "--lr", "1e-2", "--lr-decay-style", "constant", "--warmup", "0.1", "--batch-size", "2",
-               "--num-workers", "0")
+               "--attention-dropout", "0", "--lr", "1e-2", "--lr-decay-style", "constant", "--warmup", "0.1",
+               "--batch-size", "2", "--num-workers", "0")
 
 
 @pytest.fixture(scope="module")
