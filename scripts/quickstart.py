@@ -2,7 +2,7 @@
 
 Example:
     python scripts/quickstart.py                      # everything under runs/quickstart
-    python scripts/quickstart.py --run-dir runs/qs2 --train-minutes 3
+    python scripts/quickstart.py --run-dir runs/qs2 --train-iters 100
 
 Stages: SentencePiece tokenizer -> VQ-VAE -> token shards (train / val) -> transformer with the task
 mixture -> text-to-image for English and Chinese prompts with post-selection, captions of held-out
@@ -95,14 +95,69 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
               [data / "val" / "manifest.json"]),
         Stage("transformer", ["pretrain_gpt2.py", "--train-data", str(data / "train"),
                               "--valid-data", str(data / "val"), "--save", str(gpt),
-                              "--tensorboard-dir", str(run / "tb" / "gpt"),
-                              *args.model_flags.split(), "--time-budget-minutes", str(args.train_minutes)],
+                              "--tensorboard-dir", str(run / "tb" / "gpt"), *args.model_flags.split(),
+                              "--task-mix", "text2image=0.7,image2text=0.2,super_resolution=0.1",
+                              "--train-iters", str(args.train_iters), "--batch-size", "32", "--lr", "1e-3",
+                              "--warmup", "0.05", "--hidden-dropout", "0", "--attention-dropout", "0",
+                              "--save-interval", "100", "--eval-interval", "100", "--eval-iters", "2",
+                              "--log-interval", "20", "--num-workers", "1"],
               [gpt / "latest_checkpointed_iteration.txt"]),
-        Stage("samples", ["generate_samples.py", "--load", str(gpt), "--generation-task", "text2image-full",
-                          "--input-source", str(run / "prompts.txt"), "--batch-size", "8",
-                          "--output-path", str(out / "text2image")],
+        Stage("text2image", ["generate_samples.py", "--load", str(gpt), "--generation-task", "text2image-full",
+                             "--input-source", str(run / "prompts.txt"), "--batch-size", "8", "--cfg-scale", "2",
+                             "--output-path", str(out / "text2image")],
               [out / "text2image" / "manifest.jsonl"]),
+        Stage("captions", ["generate_samples.py", "--load", str(gpt), "--generation-task", "image2text",
+                           "--input-images", *(str(p) for p in held_out_images(run)),
+                           "--output-path", str(out / "captions")],
+              [out / "captions" / "manifest.jsonl"]),
+        Stage("super-resolution", ["generate_samples.py", "--load", str(gpt), "--generation-task",
+                                   "super-resolution", "--prompt", held_out_captions(run)[0],
+                                   "--input-images", str(held_out_images(run)[0]),
+                                   "--output-path", str(out / "super_resolution")],
+              [out / "super_resolution" / "manifest.jsonl"]),
     ]
+
+
+def write_held_out_inputs(run_dir: Path, count: int, size: int) -> None:
+    """Held-out shapes images (and their true captions) for the captioning and super-resolution stages."""
+    from data_utils.image_sources import open_dataset
+
+    folder = run_dir / "inputs"
+    folder.mkdir(parents=True, exist_ok=True)
+    source = open_dataset("shapes", split="val", size=size, language="en", num_items=count)
+    captions = []
+    for index in range(count):
+        item = source.item(index)
+        item.image.save(folder / f"heldout_{index}.png")
+        captions.append(item.caption)
+    (folder / "captions.txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
+
+
+def held_out_images(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "inputs").glob("heldout_*.png"))
+
+
+def held_out_captions(run_dir: Path) -> list[str]:
+    return (run_dir / "inputs" / "captions.txt").read_text(encoding="utf-8").splitlines()
+
+
+def overview_grid(run_dir: Path) -> Path:
+    """One picture of the run: each prompt's grid of candidates, one row per prompt."""
+    from PIL import Image
+
+    grids = sorted((run_dir / "samples" / "text2image").glob("*_grid.png"))
+    if not grids:
+        raise UserError(f"no sample grids under {run_dir / 'samples' / 'text2image'}")
+    images = [Image.open(path).convert("RGB") for path in grids]
+    width = max(image.width for image in images)
+    canvas = Image.new("RGB", (width, sum(image.height + 4 for image in images)), (255, 255, 255))
+    top = 0
+    for image in images:
+        canvas.paste(image, (0, top))
+        top += image.height + 4
+    path = run_dir / "overview.png"
+    canvas.save(path)
+    return path
 
 
 def main() -> None:
@@ -112,7 +167,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="preprocessing worker processes")
     parser.add_argument("--train-items", type=int, default=20000, help="shapes items in the training shards")
     parser.add_argument("--vqvae-minutes", type=float, default=2.5, help="VQ-VAE training budget")
-    parser.add_argument("--train-minutes", type=float, default=6.0, help="transformer training budget")
+    parser.add_argument("--train-iters", type=int, default=300, help="transformer optimizer steps (batch 32)")
     parser.add_argument("--model-flags", default="--num-layers 4 --hidden-size 256 --num-attention-heads 8",
                         help="transformer size flags passed to pretrain_gpt2.py")
     args = parser.parse_args()
@@ -120,6 +175,7 @@ def main() -> None:
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "prompts.txt").write_text("\n".join(PROMPTS_EN + PROMPTS_ZH) + "\n", encoding="utf-8")
+    write_held_out_inputs(run_dir, count=4, size=args.image_size)
     start = time.time()
     for stage in build_stages(args):
         if stage.is_done(run_dir):
@@ -127,7 +183,16 @@ def main() -> None:
             continue
         seconds = stage.run(run_dir)
         print(f"=== {stage.name}: done in {seconds:.0f} s")
+    overview = overview_grid(run_dir)
     print(f"\nquick start finished in {time.time() - start:.0f} s; everything is under {run_dir}/")
+    for label, path in [("text tokenizer", run_dir / "tokenizer" / "sp.model"), ("VQ-VAE", run_dir / "vqvae"),
+                        ("token shards", run_dir / "data"), ("transformer checkpoints", run_dir / "gpt"),
+                        ("text-to-image + post-selection + SR", run_dir / "samples" / "text2image"),
+                        ("captions of held-out images", run_dir / "samples" / "captions"),
+                        ("super-resolution", run_dir / "samples" / "super_resolution"),
+                        ("overview grid", overview),
+                        ("TensorBoard logs", f"{run_dir / 'tb'} and {run_dir / 'vqvae' / 'tb'}")]:
+        print(f"  {label:<38}{path}")
 
 
 if __name__ == "__main__":
