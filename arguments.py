@@ -76,21 +76,23 @@ def task_mix(text: str) -> dict[str, float]:
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("model", "transformer sizes; when resuming (--load) they come from the "
                                       "checkpoint's model_config.json and a flag that contradicts it is an error")
-    group.add_argument("--num-layers", type=positive_int, default=12, help="transformer layers (default: %(default)s)")
-    group.add_argument("--hidden-size", type=positive_int, default=768, help="hidden width (default: %(default)s)")
-    group.add_argument("--num-attention-heads", type=positive_int, default=12,
+    group.add_argument("--num-layers", metavar="N", type=positive_int, default=12,
+                       help="transformer layers (default: %(default)s)")
+    group.add_argument("--hidden-size", metavar="N", type=positive_int, default=768,
+                       help="hidden width (default: %(default)s)")
+    group.add_argument("--num-attention-heads", metavar="N", type=positive_int, default=12,
                        help="attention heads; must divide --hidden-size (default: %(default)s)")
-    group.add_argument("--max-position-embeddings", type=positive_int, default=None,
+    group.add_argument("--max-position-embeddings", metavar="N", type=positive_int, default=None,
                        help="learned positions (default: the most the training data's tasks need)")
     group.add_argument("--layernorm-order", choices=LAYERNORM_ORDERS, default="sandwich",
                        help="'sandwich': CogView's Sandwich-LN; 'pre': GPT-2's pre-LN (default: %(default)s)")
     group.add_argument("--pb-relax", action="store_true",
                        help="PB-relax as in CogView's released code (LayerNorm inputs scaled by max|x|/8)")
-    group.add_argument("--pb-relax-alpha", type=positive_float, default=None,
+    group.add_argument("--pb-relax-alpha", metavar="ALPHA", type=positive_float, default=None,
                        help="PB-relax attention as in CogView's paper with this alpha (the paper: 32)")
-    group.add_argument("--hidden-dropout", type=dropout_probability, default=0.1,
+    group.add_argument("--hidden-dropout", metavar="P", type=dropout_probability, default=0.1,
                        help="dropout on embeddings and residual branches (default: %(default)s)")
-    group.add_argument("--attention-dropout", type=dropout_probability, default=0.1,
+    group.add_argument("--attention-dropout", metavar="P", type=dropout_probability, default=0.1,
                        help="dropout on attention probabilities (default: %(default)s)")
     group.add_argument("--checkpoint-activations", action="store_true",
                        help="recompute each layer's activations in the backward pass (less memory, ~30%% slower)")
@@ -105,13 +107,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--task-mix", type=task_mix, default={"text2image": 1.0}, metavar="TASK=W,...",
                        help="sampling weights of the tasks, e.g. text2image=0.7,image2text=0.2,"
                             "super_resolution=0.1 (default: text2image=1)")
-    group.add_argument("--txt-loss-scale", type=non_negative_float, default=1.0,
+    group.add_argument("--txt-loss-scale", metavar="S", type=non_negative_float, default=1.0,
                        help="loss weight of targets that are not image codes (text and command tokens) "
                             "relative to image codes (default: %(default)s)")
-    group.add_argument("--cfg-drop-prob", type=fraction, default=0.1,
+    group.add_argument("--cfg-drop-prob", metavar="P", type=fraction, default=0.1,
                        help="probability that a text-to-image sample drops its text, which trains the "
                             "unconditional model classifier-free guidance needs (default: %(default)s)")
-    group.add_argument("--num-workers", type=non_negative_int, default=2,
+    group.add_argument("--num-workers", metavar="N", type=non_negative_int, default=2,
                        help="DataLoader worker processes per rank; 0 loads in the training process "
                             "(default: %(default)s)")
     return parser
@@ -119,38 +121,39 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("training")
-    group.add_argument("--train-iters", type=positive_int, required=True,
+    group.add_argument("--train-iters", metavar="N", type=positive_int, required=True,
                        help="optimizer steps of the whole run (a resumed run continues up to this number)")
-    group.add_argument("--batch-size", type=positive_int, default=4,
+    group.add_argument("--batch-size", metavar="N", type=positive_int, default=4,
                        help="micro-batch per GPU (or per process on CPU) (default: %(default)s); the global "
                             "batch is batch-size x gradient-accumulation-steps x processes")
-    group.add_argument("--gradient-accumulation-steps", type=positive_int, default=1,
+    group.add_argument("--gradient-accumulation-steps", metavar="N", type=positive_int, default=1,
                        help="micro-batches summed before each optimizer step (default: %(default)s)")
-    group.add_argument("--lr", type=positive_float, default=3e-4, help="peak learning rate (default: %(default)s)")
-    group.add_argument("--min-lr-ratio", type=fraction, default=0.1,
+    group.add_argument("--lr", metavar="LR", type=positive_float, default=3e-4,
+                       help="peak learning rate (default: %(default)s)")
+    group.add_argument("--min-lr-ratio", metavar="R", type=fraction, default=0.1,
                        help="the decay ends at this fraction of --lr (default: %(default)s)")
-    group.add_argument("--warmup", type=fraction, default=0.01,
+    group.add_argument("--warmup", metavar="FRACTION", type=fraction, default=0.01,
                        help="fraction of --train-iters with a linear warm-up from 0, as in CogView "
                             "(default: %(default)s)")
     group.add_argument("--lr-decay-style", choices=DECAY_STYLES, default="cosine",
                        help="decay after the warm-up (default: %(default)s)")
-    group.add_argument("--weight-decay", type=non_negative_float, default=0.01,
+    group.add_argument("--weight-decay", metavar="WD", type=non_negative_float, default=0.01,
                        help="AdamW weight decay, not applied to LayerNorm parameters and biases "
                             "(default: %(default)s)")
-    group.add_argument("--clip-grad", type=non_negative_float, default=1.0,
+    group.add_argument("--clip-grad", metavar="NORM", type=non_negative_float, default=1.0,
                        help="clip the global gradient norm to this; 0 turns clipping off (default: %(default)s)")
-    group.add_argument("--seed", type=int, default=1234,
+    group.add_argument("--seed", metavar="N", type=int, default=1234,
                        help="seed of the initial weights, dropout and data order (default: %(default)s)")
     group.add_argument("--save", metavar="DIR", help="checkpoint folder (CogView's layout)")
     group.add_argument("--load", metavar="DIR",
                        help="resume from the newest checkpoint in this folder (usually the same as --save)")
-    group.add_argument("--save-interval", type=positive_int, default=1000,
+    group.add_argument("--save-interval", metavar="N", type=positive_int, default=1000,
                        help="steps between checkpoints; one is also written at the end (default: %(default)s)")
-    group.add_argument("--eval-interval", type=positive_int, default=1000,
+    group.add_argument("--eval-interval", metavar="N", type=positive_int, default=1000,
                        help="steps between validation runs (default: %(default)s)")
-    group.add_argument("--eval-iters", type=positive_int, default=10,
+    group.add_argument("--eval-iters", metavar="N", type=positive_int, default=10,
                        help="micro-batches per task and process in each validation run (default: %(default)s)")
-    group.add_argument("--log-interval", type=positive_int, default=10,
+    group.add_argument("--log-interval", metavar="N", type=positive_int, default=10,
                        help="steps between log lines and TensorBoard points (default: %(default)s)")
     group.add_argument("--tensorboard-dir", metavar="DIR",
                        help="TensorBoard folder (default: SAVE/tensorboard when --save is given)")
@@ -170,7 +173,7 @@ def add_deepspeed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     group.add_argument("--deepspeed_config", metavar="FILE",
                        help="DeepSpeed JSON config; training flags fill in what it leaves out and may not "
                             "contradict it (examples: scripts/ds_config_zero*.json)")
-    group.add_argument("--local_rank", type=int, default=None,
+    group.add_argument("--local_rank", metavar="N", type=int, default=None,
                        help="set by the deepspeed launcher; not for manual use")
     return parser
 
