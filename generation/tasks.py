@@ -139,8 +139,8 @@ def caption_scores(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Geom
 # --- super-resolution -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Window:
-    """One high-resolution window of the magnification: `[POS{index}]`, its top-left corner in the
-    target grid, and the matching corner of its low-resolution crop in the source grid."""
+    """One high-resolution window of the magnification: its index (raster order, also its seed offset),
+    its top-left corner in the target grid, and the matching corner of its low-resolution crop."""
 
     index: int
     top: int
@@ -212,7 +212,9 @@ def _generate_windows(model, tok: UnifiedTokenizer, geometry: Geometry, codes: t
         lo_cols = slice(window.source_left, window.source_left + lo)
         requests = []
         for i in range(num):
-            prompt = super_resolution(tok, text_ids[i], codes[i, lo_rows, lo_cols], lo, hi, window=window.index)
+            # Every window reads [POS0]: training builds only whole-image super-resolution samples, which
+            # carry [POS0]; [POS1..8] stay reserved for a model fine-tuned on windowed crops (CogView's).
+            prompt = super_resolution(tok, text_ids[i], codes[i, lo_rows, lo_cols], lo, hi, window=0)
             check_fits(prompt, hi * hi, geometry, "super-resolution")
             requests.append(DecodeRequest(prompt, window_seed(seed + i, window.index),
                                           forced=target[i, rows, cols].reshape(-1).clone()))
