@@ -32,7 +32,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from arguments import check_flags_match_config, model_config_from_args, parse_training_args  # noqa: E402
 from data_utils.dataset import TaskSequenceDataset, positions_needed  # noqa: E402
-from data_utils.shards import ShardedRows, read_manifest  # noqa: E402
+from data_utils.shards import RowFormat, ShardedRows, read_manifest  # noqa: E402
 from data_utils.tokenizer import UnifiedTokenizer  # noqa: E402
 from fp16 import torch_dtype  # noqa: E402
 from model.checkpoint import CONFIG_FILE, read_model_config, write_model_config  # noqa: E402
@@ -85,7 +85,14 @@ def load_data(args: argparse.Namespace) -> TrainingData:
                  for task in train.tasks}
     return TrainingData(tokenizer=tokenizer, train=train, valid=valid,
                         positions_needed=positions_needed(train_rows.format, args.task_mix),
-                        metadata={"tokenizer": recorded, "vqvae": manifest["vqvae"]})
+                        metadata={"tokenizer": recorded, "vqvae": manifest["vqvae"],
+                                  "data": data_geometry(train_rows.format)})
+
+
+def data_geometry(row_format: RowFormat) -> dict[str, int | None]:
+    """The sizes generation must reproduce (code grid, text budget, low-res grid), for model_config.json."""
+    return {"image_grid": row_format.image_grid, "text_max_tokens": row_format.text_max_tokens,
+            "lowres_grid": row_format.lowres_grid}
 
 
 def resolve_model_config(args: argparse.Namespace, data: TrainingData, resume_iteration: int | None) -> ModelConfig:

@@ -14,19 +14,15 @@ is missing. At the end the paths of everything written are printed.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from utils.errors import UserError, run_main  # noqa: E402
-from utils.files import atomic_write_json  # noqa: E402
+from utils.stages import Stage  # noqa: E402
 
 PROMPTS_EN = [
     "a large red circle at the top left",
@@ -39,38 +35,6 @@ PROMPTS_ZH = [
     "中间有一个小的蓝色正方形",
     "右下角有一个大的绿色三角形",
 ]
-
-
-@dataclass
-class Stage:
-    """One step of the pipeline: a command line and the files that prove it finished."""
-
-    name: str
-    argv: list[str]
-    outputs: list[Path]
-
-    def marker(self, run_dir: Path) -> Path:
-        return run_dir / ".stages" / f"{self.name}.json"
-
-    def is_done(self, run_dir: Path) -> bool:
-        marker = self.marker(run_dir)
-        if not marker.is_file() or not all(path.exists() for path in self.outputs):
-            return False
-        return json.loads(marker.read_text()).get("argv") == self.argv
-
-    def run(self, run_dir: Path) -> float:
-        print(f"\n=== {self.name}: {shlex.join(self.argv)}", flush=True)
-        start = time.time()
-        result = subprocess.run([sys.executable, *self.argv], cwd=ROOT)
-        if result.returncode != 0:
-            raise UserError(f"stage '{self.name}' failed (exit {result.returncode}); fix the error above "
-                            f"and re-run: finished stages are reused")
-        missing = [str(path) for path in self.outputs if not path.exists()]
-        if missing:
-            raise UserError(f"stage '{self.name}' finished without writing {', '.join(missing)}")
-        seconds = time.time() - start
-        atomic_write_json(self.marker(run_dir), {"argv": self.argv, "seconds": round(seconds, 1)})
-        return seconds
 
 
 def build_stages(args: argparse.Namespace) -> list[Stage]:
@@ -101,7 +65,8 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
                               "--warmup", "0.05", "--hidden-dropout", "0", "--attention-dropout", "0",
                               "--save-interval", "100", "--eval-interval", "100", "--eval-iters", "2",
                               "--log-interval", "20", "--num-workers", "1"],
-              [gpt / "latest_checkpointed_iteration.txt"]),
+              [gpt / "latest_checkpointed_iteration.txt"],
+              resume_marker=gpt / "latest_checkpointed_iteration.txt", resume_argv=["--load", str(gpt)]),
         Stage("text2image", ["generate_samples.py", "--load", str(gpt), "--generation-task", "text2image-full",
                              "--input-source", str(run / "prompts.txt"), "--batch-size", "8", "--cfg-scale", "2",
                              "--output-path", str(out / "text2image")],
@@ -178,11 +143,7 @@ def main() -> None:
     write_held_out_inputs(run_dir, count=4, size=args.image_size)
     start = time.time()
     for stage in build_stages(args):
-        if stage.is_done(run_dir):
-            print(f"=== {stage.name}: reused ({stage.marker(run_dir)})")
-            continue
-        seconds = stage.run(run_dir)
-        print(f"=== {stage.name}: done in {seconds:.0f} s")
+        stage.run(run_dir)
     overview = overview_grid(run_dir)
     print(f"\nquick start finished in {time.time() - start:.0f} s; everything is under {run_dir}/")
     for label, path in [("text tokenizer", run_dir / "tokenizer" / "sp.model"), ("VQ-VAE", run_dir / "vqvae"),
