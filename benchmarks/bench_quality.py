@@ -1,0 +1,190 @@
+"""Quality benchmark: train on `shapes` for a fixed time budget, then measure prompt following.
+
+Example:
+    python benchmarks/bench_quality.py                          # 30 minutes of transformer training
+    python benchmarks/bench_quality.py --budget-minutes 5 --run-dir runs/bq5 --num-prompts 100
+    python benchmarks/bench_quality.py --emoji-only --run-dir runs/bq_emoji
+
+The shapes run trains the recommended configuration (tokenizer, VQ-VAE, 8x8 codes, a 4-layer
+transformer with the task mixture) and evaluates held-out prompts with `evaluate.py` at several
+classifier-free guidance scales, each with and without post-selection, plus captions and
+super-resolution. The budget is the transformer's training time: two short calibration runs measure the
+seconds per step on this machine, and the run gets as many steps as fit (so the cosine schedule ends
+where the budget does). The emoji run trains a VQ-VAE and a transformer on the real emoji images and
+reports validation bits per image token and a grid of samples for held-out names.
+
+Prints one table; every number is also in `{run_dir}/eval*.json`. Stages are reused when re-run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from utils.errors import UserError, run_main  # noqa: E402
+from utils.files import atomic_write_json, read_json  # noqa: E402
+from utils.stages import Stage  # noqa: E402
+
+MODEL_FLAGS = ["--num-layers", "4", "--hidden-size", "256", "--num-attention-heads", "8"]
+TRAIN_FLAGS = ["--batch-size", "32", "--lr", "1e-3", "--warmup", "0.02", "--hidden-dropout", "0",
+               "--attention-dropout", "0", "--cfg-drop-prob", "0.1", "--num-workers", "1", "--log-interval", "50"]
+CALIBRATION_STEPS = (4, 24)
+
+
+def data_stages(run: Path, dataset: str, image_size: int, train_items: int, val_items: int, vqvae_minutes: float,
+                language: str, workers: int, vocab_size: int) -> list[Stage]:
+    """Tokenizer, VQ-VAE and train/val shards of one dataset under `run`."""
+    tok, vq, data = run / "tokenizer", run / "vqvae", run / "data"
+    sp_model = tok / "sp.model"
+    shards = ["--dataset", dataset, "--language", language, "--image-size", str(image_size),
+              "--text-tokenizer", str(sp_model), "--vqvae", str(vq), "--text-max-tokens", "32",
+              "--with-lowres", "--workers", str(workers)]
+    return [
+        Stage("tokenizer", ["train_text_tokenizer.py", "--dataset", dataset, "--language", language,
+                            "--vocab-size", str(vocab_size), "--output", str(tok / "sp")], [sp_model]),
+        Stage("vqvae", ["train_vqvae.py", "--dataset", dataset, "--image-size", str(image_size),
+                        "--time-budget-minutes", str(vqvae_minutes), "--output", str(vq),
+                        "--save-recon-grid", str(vq / "reconstructions.png")], [vq / "model.safetensors"]),
+        Stage("data-train", ["preprocess_data.py", *shards, "--split", "train", "--num-items", str(train_items),
+                             "--output", str(data / "train")], [data / "train" / "manifest.json"]),
+        Stage("data-val", ["preprocess_data.py", *shards, "--split", "val", "--num-items", str(val_items),
+                           "--output", str(data / "val")], [data / "val" / "manifest.json"]),
+    ]
+
+
+def training_argv(run: Path, save: Path, task_mix: str, iterations: int) -> list[str]:
+    return ["pretrain_gpt2.py", "--train-data", str(run / "data" / "train"), "--valid-data", str(run / "data" / "val"),
+            "--save", str(save), *MODEL_FLAGS, *TRAIN_FLAGS, "--task-mix", task_mix,
+            "--train-iters", str(iterations), "--save-interval", str(max(iterations // 4, 1)),
+            "--eval-interval", str(max(iterations // 4, 1)), "--eval-iters", "4"]
+
+
+def seconds_per_step(run: Path, task_mix: str) -> float:
+    """Time two short runs and take the difference, which cancels start-up (DeepSpeed, data, threads)."""
+    cache = run / "calibration.json"
+    if cache.is_file():
+        return float(read_json(cache)["seconds_per_step"])
+    timings = []
+    for steps in CALIBRATION_STEPS:
+        save = run / "calibration" / str(steps)
+        start = time.time()
+        result = subprocess.run([sys.executable, *training_argv(run, save, task_mix, steps)], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise UserError(f"calibration run of {steps} steps failed; run its command by hand to see why: "
+                            f"python {' '.join(training_argv(run, save, task_mix, steps))}")
+        timings.append(time.time() - start)
+    per_step = max((timings[1] - timings[0]) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0]), 1e-3)
+    atomic_write_json(cache, {"seconds_per_step": per_step, "steps": CALIBRATION_STEPS, "seconds": timings})
+    return per_step
+
+
+def trained_stage(run: Path, task_mix: str, budget_minutes: float) -> tuple[Stage, int]:
+    per_step = seconds_per_step(run, task_mix)
+    iterations = max(int(budget_minutes * 60 / per_step), 10)
+    print(f"calibration: {per_step:.2f} s/step -> {iterations} steps fit {budget_minutes:g} minutes", flush=True)
+    gpt = run / "gpt"
+    stage = Stage("transformer", training_argv(run, gpt, task_mix, iterations),
+                  [gpt / "latest_checkpointed_iteration.txt"],
+                  resume_marker=gpt / "latest_checkpointed_iteration.txt", resume_argv=["--load", str(gpt)])
+    return stage, iterations
+
+
+def shapes_table(report: dict, cfg_scales: list[float], candidates: int) -> str:
+    """One row per (guidance scale, selection): single- and two-object accuracy, then captions and SR."""
+    sections = report["sections"]
+    lines = [f"{'cfg scale':<10}{'selection':<22}{'1 object':>10}{'2 objects':>11}{'all':>8}"]
+    for scale in cfg_scales:
+        row = sections["t2i"]["by_cfg_scale"][f"{scale:g}"]
+        for label, key in (("first candidate", "first_candidate"), (f"best of {candidates}", "judged")):
+            groups = row[key]["groups"]
+            lines.append(f"{scale:<10g}{label:<22}{groups['1 object']['correct']:>10.3f}"
+                         f"{groups['2 objects']['correct']:>11.3f}{groups['all']['correct']:>8.3f}")
+    captions = sections["caption"]["groups"]
+    lines.append(f"captions exactly right: {captions['all']['correct']:.3f} "
+                 f"(1 object {captions['1 object']['correct']:.3f}, 2 objects {captions['2 objects']['correct']:.3f})")
+    sr = sections["sr"]
+    lines.append(f"super-resolution PSNR {sr['psnr']:.2f} dB vs bicubic {sr['bicubic_psnr']:.2f} dB "
+                 f"({sr['gain_over_bicubic']:+.2f} dB)")
+    return "\n".join(lines)
+
+
+def run_shapes(args: argparse.Namespace) -> None:
+    run = Path(args.run_dir) / "shapes"
+    task_mix = "text2image=0.7,image2text=0.2,super_resolution=0.1"
+    for stage in data_stages(run, "shapes", 64, args.train_items, 512, args.vqvae_minutes, "en", args.workers,
+                             vocab_size=400):
+        stage.run(run)
+    stage, iterations = trained_stage(run, task_mix, args.budget_minutes)
+    stage.run(run)
+    output = run / "eval.json"
+    Stage("evaluate", ["evaluate.py", "--load", str(run / "gpt"), "--dataset", "shapes", "--language", "en",
+                       "--sections", "t2i,caption,sr,bpt", "--valid-data", str(run / "data" / "val"),
+                       "--num-prompts", str(args.num_prompts), "--cfg-scale", *(f"{s:g}" for s in args.cfg_scales),
+                       "--candidates", str(args.candidates), "--post-select", "--output-json", str(output)],
+          [output]).run(run)
+    report = json.loads(output.read_text(encoding="utf-8"))
+    print(f"\nshapes, {iterations} steps of batch 32 ({args.budget_minutes:g} min), "
+          f"{args.num_prompts} held-out prompts")
+    print(shapes_table(report, args.cfg_scales, args.candidates))
+
+
+def held_out_names(path: Path, count: int) -> list[str]:
+    """The first `count` captions of the emoji validation split (never seen in training), as prompts."""
+    from data_utils.image_sources import open_dataset
+
+    source = open_dataset("emoji", split="val", size=64)
+    names = [source.caption(index) for index in range(min(count, len(source)))]
+    path.write_text("\n".join(names) + "\n", encoding="utf-8")
+    return names
+
+
+def run_emoji(args: argparse.Namespace) -> None:
+    run = Path(args.run_dir) / "emoji"
+    task_mix = "text2image=0.8,image2text=0.2"
+    for stage in data_stages(run, "emoji", 64, 10**6, 10**6, args.vqvae_minutes, "en", args.workers,
+                             vocab_size=2000):
+        stage.run(run)
+    stage, iterations = trained_stage(run, task_mix, args.emoji_budget_minutes)
+    stage.run(run)
+    output = run / "eval.json"
+    Stage("evaluate", ["evaluate.py", "--load", str(run / "gpt"), "--dataset", "emoji", "--sections", "bpt,vqvae",
+                       "--valid-data", str(run / "data" / "val"), "--output-json", str(output)], [output]).run(run)
+    names = held_out_names(run / "heldout_names.txt", count=8)
+    samples = run / "samples"
+    Stage("samples", ["generate_samples.py", "--load", str(run / "gpt"), "--input-source",
+                      str(run / "heldout_names.txt"), "--batch-size", "4",
+                      "--cfg-scale", "3", "--output-path", str(samples)], [samples / "manifest.jsonl"]).run(run)
+    bpt = json.loads(output.read_text(encoding="utf-8"))["sections"]["bpt"]
+    print(f"\nemoji, {iterations} steps: validation bits per image token {bpt['image_bits']:.3f}, "
+          f"per text token {bpt['text_bits']:.3f}; samples for {len(names)} held-out names in {samples}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", default="runs/bench_quality")
+    parser.add_argument("--budget-minutes", type=float, default=30.0, help="shapes transformer training time")
+    parser.add_argument("--vqvae-minutes", type=float, default=5.0, help="VQ-VAE training budget (CPU minutes)")
+    parser.add_argument("--train-items", type=int, default=50000, help="shapes items in the training shards")
+    parser.add_argument("--num-prompts", type=int, default=200, help="held-out prompts evaluated")
+    parser.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    parser.add_argument("--candidates", type=int, default=4, help="candidates per prompt for post-selection")
+    parser.add_argument("--workers", type=int, default=2, help="preprocessing worker processes")
+    parser.add_argument("--emoji", action="store_true", help="also run the emoji benchmark")
+    parser.add_argument("--emoji-only", action="store_true", help="run only the emoji benchmark")
+    parser.add_argument("--emoji-budget-minutes", type=float, default=15.0)
+    args = parser.parse_args()
+    if not args.emoji_only:
+        run_shapes(args)
+    if args.emoji or args.emoji_only:
+        run_emoji(args)
+
+
+if __name__ == "__main__":
+    run_main(main)
