@@ -27,6 +27,7 @@ from torch import nn
 from model.config import ModelConfig, infer_num_heads
 from model.gpt import CogViewGPT
 from utils.errors import UserError
+from utils.state_dicts import check_state_dict as check_tensors
 from utils.files import atomic_save_safetensors, atomic_write_json, read_json
 
 WEIGHTS_FILE = "model.safetensors"
@@ -55,20 +56,7 @@ def _hint(key: str) -> str:
 
 def check_state_dict(model: nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
     """Raise a one-line `UserError` naming the first missing, unexpected or mis-shaped tensor."""
-    prefix = f"checkpoint {source} does not match the model:"
-    expected = model.state_dict()
-    for key, param in expected.items():
-        if key not in state_dict:
-            raise UserError(f"{prefix} {key} is missing from the checkpoint ({_hint(key)})")
-        found = state_dict[key]
-        if not isinstance(found, torch.Tensor):
-            raise UserError(f"{prefix} {key} is a {type(found).__name__} in the checkpoint, not a tensor")
-        if found.shape != param.shape:
-            raise UserError(f"{prefix} {key} is {list(found.shape)} in the checkpoint, "
-                            f"{list(param.shape)} in the model ({_hint(key)})")
-    for key in state_dict:
-        if key not in expected:
-            raise UserError(f"{prefix} the checkpoint has an unexpected tensor {key} ({_hint(key)})")
+    check_tensors(model.state_dict(), state_dict, f"checkpoint {source} does not match the model", _hint)
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str,

@@ -1,7 +1,6 @@
 """Tiny, fast stand-ins shared by the generation tests: a character tokenizer and a random model."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 
 import torch
@@ -105,15 +104,6 @@ class BiasedLogits(torch.nn.Module):
         return self.inner(input_ids, position_ids, key_padding_mask=key_padding_mask, kv_cache=kv_cache) + self.bias
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Tiny models run fastest on one thread; more threads only spin on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 CAPTIONS = ["a large red circle at the top left", "a small blue square in the center",

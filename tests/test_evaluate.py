@@ -17,7 +17,7 @@ from data_utils.image_sources import FILES_VAL_FRACTION, in_split, open_dataset
 from data_utils.images import pil_to_tensor
 from data_utils.shapes import ShapeObject, ShapesDataset
 from eval_utils.inception import InceptionOutputs
-from tests.generation_helpers import one_thread, tiny_model
+from tests.generation_helpers import tiny_model
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,18 +39,17 @@ def checkpoint(tmp_path_factory) -> Path:
     shapes = ShapesDataset(seed=0, language="both")
     # 400 pieces: 256 byte pieces plus whole words, so every shapes caption fits 32 tokens.
     sp_model = train_sentencepiece([shapes.caption(i) for i in range(300)], folder / "tok" / "sp", vocab_size=400)
-    with one_thread():
-        torch.manual_seed(0)
-        vqvae = VQVAE(VQVAEConfig(codebook_size=16, embed_dim=8, hidden_channels=16, num_res_blocks=0)).eval()
-        save_vqvae(vqvae, folder / "vqvae")
-        tokenizer = UnifiedTokenizer(TextTokenizer(sp_model), 16)
-        metadata = {"tokenizer": tokenizer.describe(),  # what Pipeline.from_checkpoint reads
-                    "vqvae": {"path": str(folder / "vqvae"), "fingerprint": vqvae_fingerprint(vqvae)},
-                    "data": {"image_grid": 8, "text_max_tokens": 32, "lowres_grid": 4}}
-        save_exported(tiny_model(tokenizer, max_positions=112), folder / "gpt", extra=metadata)
-        preprocess_data.main(["--dataset", "shapes", "--split", "val", "--num-items", str(NUM_PROMPTS),
-                              "--text-tokenizer", str(sp_model), "--vqvae", str(folder / "vqvae"),
-                              "--output", str(folder / "val"), "--with-lowres", "--workers", "0"])
+    torch.manual_seed(0)
+    vqvae = VQVAE(VQVAEConfig(codebook_size=16, embed_dim=8, hidden_channels=16, num_res_blocks=0)).eval()
+    save_vqvae(vqvae, folder / "vqvae")
+    tokenizer = UnifiedTokenizer(TextTokenizer(sp_model), 16)
+    metadata = {"tokenizer": tokenizer.describe(),  # what Pipeline.from_checkpoint reads
+                "vqvae": {"path": str(folder / "vqvae"), "fingerprint": vqvae_fingerprint(vqvae)},
+                "data": {"image_grid": 8, "text_max_tokens": 32, "lowres_grid": 4}}
+    save_exported(tiny_model(tokenizer, max_positions=112), folder / "gpt", extra=metadata)
+    preprocess_data.main(["--dataset", "shapes", "--split", "val", "--num-items", str(NUM_PROMPTS),
+                          "--text-tokenizer", str(sp_model), "--vqvae", str(folder / "vqvae"),
+                          "--output", str(folder / "val"), "--with-lowres", "--workers", "0"])
     return folder
 
 
@@ -240,60 +239,59 @@ def test_evaluate_end_to_end_matches_direct_metric_calls(checkpoint, tmp_path):
     assert report["dataset"]["skipped"] == []
     assert list(Path(tmp_path / "tb").glob("events.out.tfevents.*"))
 
-    with one_thread():
-        pipe = Pipeline.from_checkpoint(checkpoint / "gpt")
-        assert report["checkpoint"]["vqvae"]["fingerprint"] == vqvae_fingerprint(pipe.vqvae)
-        assert report["checkpoint"]["tokenizer"]["fingerprint"] == pipe.tokenizer.fingerprint()
-        images, captions, objects = held_out(NUM_PROMPTS)
-        truth = torch.stack([pil_to_tensor(image) for image in images])
+    pipe = Pipeline.from_checkpoint(checkpoint / "gpt")
+    assert report["checkpoint"]["vqvae"]["fingerprint"] == vqvae_fingerprint(pipe.vqvae)
+    assert report["checkpoint"]["tokenizer"]["fingerprint"] == pipe.tokenizer.fingerprint()
+    images, captions, objects = held_out(NUM_PROMPTS)
+    truth = torch.stack([pil_to_tensor(image) for image in images])
 
-        # t2i: the same seed gives the same candidates, and post-selection picks the best caption score.
-        t2i = sections["t2i"]["by_cfg_scale"]
-        assert set(t2i) == {"1", "3"} and t2i["1"]["judged"]["groups"]["all"]["prompts"] == NUM_PROMPTS
-        results = pipe.text2image(captions, n=2, seed=5, cfg_scale=1.0)
-        first = image_accuracy(zip(objects, [r.images[0] for r in results]))
-        assert t2i["1"]["first_candidate"] == json.loads(json.dumps(first.to_dict()))
-        judged = [r.images[int(pipe.rerank_codes(r.prompt, r.codes).scores.argmax())] for r in results]
-        assert t2i["1"]["judged"] == json.loads(json.dumps(image_accuracy(zip(objects, judged)).to_dict()))
-        for row in t2i.values():
-            assert all(0.0 <= value <= 1.0 for group in row["judged"]["groups"].values()
-                       for key, value in group.items() if key not in ("prompts", "objects"))
+    # t2i: the same seed gives the same candidates, and post-selection picks the best caption score.
+    t2i = sections["t2i"]["by_cfg_scale"]
+    assert set(t2i) == {"1", "3"} and t2i["1"]["judged"]["groups"]["all"]["prompts"] == NUM_PROMPTS
+    results = pipe.text2image(captions, n=2, seed=5, cfg_scale=1.0)
+    first = image_accuracy(zip(objects, [r.images[0] for r in results]))
+    assert t2i["1"]["first_candidate"] == json.loads(json.dumps(first.to_dict()))
+    judged = [r.images[int(pipe.rerank_codes(r.prompt, r.codes).scores.argmax())] for r in results]
+    assert t2i["1"]["judged"] == json.loads(json.dumps(image_accuracy(zip(objects, judged)).to_dict()))
+    for row in t2i.values():
+        assert all(0.0 <= value <= 1.0 for group in row["judged"]["groups"].values()
+                   for key, value in group.items() if key not in ("prompts", "objects"))
 
-        caption = sections["caption"]
-        assert len(caption["examples"]) == NUM_PROMPTS and 0.0 <= caption["unparsed"] <= 1.0
+    caption = sections["caption"]
+    assert len(caption["examples"]) == NUM_PROMPTS and 0.0 <= caption["unparsed"] <= 1.0
 
-        sr = sections["sr"]
-        lowres = [downscale(image) for image in images]
-        bicubic = mean_psnr(bicubic_upsample(torch.stack([pil_to_tensor(image) for image in lowres]), 2), truth)
-        assert sr["bicubic_psnr"] == pytest.approx(bicubic, abs=1e-9)
-        restored = torch.stack([pil_to_tensor(image) for image in pipe.super_resolve(lowres, captions, seed=5)])
-        assert sr["psnr"] == pytest.approx(mean_psnr(restored, truth), abs=1e-9)
-        assert sr["gain_over_bicubic"] == pytest.approx(sr["psnr"] - sr["bicubic_psnr"])
+    sr = sections["sr"]
+    lowres = [downscale(image) for image in images]
+    bicubic = mean_psnr(bicubic_upsample(torch.stack([pil_to_tensor(image) for image in lowres]), 2), truth)
+    assert sr["bicubic_psnr"] == pytest.approx(bicubic, abs=1e-9)
+    restored = torch.stack([pil_to_tensor(image) for image in pipe.super_resolve(lowres, captions, seed=5)])
+    assert sr["psnr"] == pytest.approx(mean_psnr(restored, truth), abs=1e-9)
+    assert sr["gain_over_bicubic"] == pytest.approx(sr["psnr"] - sr["bicubic_psnr"])
 
-        # bpt: every row scored as each task; overall bits = mean cross-entropy over non-[PAD] targets / ln 2.
-        bpt = sections["bpt"]
-        assert bpt["rows"] == NUM_PROMPTS and set(bpt["by_task"]) == {"text2image", "image2text", "super_resolution"}
-        rows = ShardedRows(checkpoint / "val")
-        with torch.no_grad():
-            parts = [sequence_bits(pipe.model, pipe.tokenizer, rows, task) for task in bpt["by_task"]]
-        nats, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
-        assert bpt["image_tokens"] + bpt["text_tokens"] == count
-        assert bpt["bits"] == pytest.approx(nats / count / math.log(2), rel=1e-5)
+    # bpt: every row scored as each task; overall bits = mean cross-entropy over non-[PAD] targets / ln 2.
+    bpt = sections["bpt"]
+    assert bpt["rows"] == NUM_PROMPTS and set(bpt["by_task"]) == {"text2image", "image2text", "super_resolution"}
+    rows = ShardedRows(checkpoint / "val")
+    with torch.no_grad():
+        parts = [sequence_bits(pipe.model, pipe.tokenizer, rows, task) for task in bpt["by_task"]]
+    nats, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    assert bpt["image_tokens"] + bpt["text_tokens"] == count
+    assert bpt["bits"] == pytest.approx(nats / count / math.log(2), rel=1e-5)
 
-        expected_loss = caption_loss_alignment(pipe.model, pipe.tokenizer, pipe.encode_images(truth), captions)
-        assert sections["caption-loss"]["caption_loss"] == pytest.approx(expected_loss.matched, rel=1e-6)
-        assert sections["caption-loss"]["caption_loss_gap"] == pytest.approx(expected_loss.gap, abs=1e-6)
+    expected_loss = caption_loss_alignment(pipe.model, pipe.tokenizer, pipe.encode_images(truth), captions)
+    assert sections["caption-loss"]["caption_loss"] == pytest.approx(expected_loss.matched, rel=1e-6)
+    assert sections["caption-loss"]["caption_loss_gap"] == pytest.approx(expected_loss.gap, abs=1e-6)
 
-        network = load_feature_net(tmp_path / "selffid")  # saved by --train-feature-net
-        fid = sections["fid"]
-        assert fid["feature_net_fingerprint"] == feature_net_fingerprint(network)
-        generated = torch.stack([pil_to_tensor(image) for image in judged])
-        expected_fid = fid_from_features(features(network, truth), features(network, generated))
-        assert fid["by_cfg_scale"]["1"]["self_fid"] == pytest.approx(expected_fid, rel=1e-6)
+    network = load_feature_net(tmp_path / "selffid")  # saved by --train-feature-net
+    fid = sections["fid"]
+    assert fid["feature_net_fingerprint"] == feature_net_fingerprint(network)
+    generated = torch.stack([pil_to_tensor(image) for image in judged])
+    expected_fid = fid_from_features(features(network, truth), features(network, generated))
+    assert fid["by_cfg_scale"]["1"]["self_fid"] == pytest.approx(expected_fid, rel=1e-6)
 
-        _, vq_report = reconstruct(pipe.vqvae, np.stack([np.asarray(image) for image in images]))
-        assert sections["vqvae"]["psnr"] == pytest.approx(vq_report.psnr)
-        assert 1.0 <= sections["vqvae"]["perplexity"] <= 16 and 0.0 < sections["vqvae"]["codes_used"] <= 1.0
+    _, vq_report = reconstruct(pipe.vqvae, np.stack([np.asarray(image) for image in images]))
+    assert sections["vqvae"]["psnr"] == pytest.approx(vq_report.psnr)
+    assert 1.0 <= sections["vqvae"]["perplexity"] <= 16 and 0.0 < sections["vqvae"]["codes_used"] <= 1.0
 
 
 def val_file_names(count: int) -> list[str]:
@@ -319,6 +317,6 @@ def test_bad_inputs_are_one_line_errors(checkpoint, tmp_path):
     for name in val_file_names(3):
         Image.new("RGB", (64, 64), "red").save(folder / name)
         (folder / name).with_suffix(".txt").write_text("a red picture", encoding="utf-8")
-    with one_thread(), pytest.raises(UserError, match="need shapes metadata"):
+    with pytest.raises(UserError, match="need shapes metadata"):
         evaluate.main(["--load", str(checkpoint / "gpt"), "--dataset", str(folder), "--sections", "t2i,vqvae",
                        "--output-json", str(tmp_path / "c.json")])

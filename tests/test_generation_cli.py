@@ -11,7 +11,7 @@ from PIL import Image
 
 import generate_samples
 from generation.outputs import read_manifest, read_png_metadata
-from tests.generation_helpers import one_thread, write_tiny_checkpoint
+from tests.generation_helpers import write_tiny_checkpoint
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,8 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    with one_thread():
-        return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
 def start_cli(*argv) -> subprocess.Popen:
@@ -30,8 +29,7 @@ def start_cli(*argv) -> subprocess.Popen:
 
 
 def run_main(*argv):
-    with one_thread():
-        generate_samples.main([str(a) for a in argv])
+    generate_samples.main([str(a) for a in argv])
 
 
 def test_text2image_writes_pngs_with_metadata_grids_and_a_manifest(checkpoint, tmp_path):

@@ -6,7 +6,7 @@ from data_utils.sequences import image2text, super_resolution, text2image
 from generation import tasks
 from generation.decoding import DecodeRequest, DecodeSpec, decode
 from generation.sampling import SamplingSettings
-from tests.generation_helpers import (BiasedLogits, OutOfMemoryAbove, one_thread, reference_decode, tiny_geometry,
+from tests.generation_helpers import (BiasedLogits, OutOfMemoryAbove, reference_decode, tiny_geometry,
                                       tiny_model, tiny_tokenizer)
 from utils.errors import UserError
 
@@ -16,8 +16,7 @@ PROMPTS = ["a red circle", "a large blue diamond in the center", "左上角有�
 @pytest.fixture(scope="module")
 def setup():
     tok = tiny_tokenizer()
-    with one_thread():
-        yield tok, tiny_model(tok), tiny_geometry()
+    yield tok, tiny_model(tok), tiny_geometry()
 
 
 def text_ids(tok, text):

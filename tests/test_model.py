@@ -14,14 +14,6 @@ from utils.errors import UserError
 VOCAB = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run ~20x faster on one thread than on two when the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_config(**overrides) -> ModelConfig:
     settings = dict(vocab_size=VOCAB, num_layers=2, hidden_size=32, num_attention_heads=4,

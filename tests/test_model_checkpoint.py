@@ -15,14 +15,6 @@ from utils.errors import UserError
 VOCAB, HIDDEN, LAYERS, POSITIONS = 96, 128, 2, 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cogview_release_state_dict(hidden: int = HIDDEN, sandwich: bool = True) -> dict[str, torch.Tensor]:
     """Random tensors under the key names and shapes of CogView's released checkpoints (written
     from its documented layout, not from our model), in fp16 as released."""

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from utils.errors import UserError
+from utils.state_dicts import check_state_dict
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -20,31 +21,9 @@ CONFIG_FILE = "config.json"
 _NESTING_KEYS = ("state_dict", "model", "module")
 
 
-def _shape(tensor: torch.Tensor) -> list[int]:
-    return list(tensor.shape)
-
-
-def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Raise `UserError` naming the first key that is missing, unexpected or of another shape."""
-    expected = model.state_dict()
-    prefix = "checkpoint does not match the VQ-VAE:"
-    for name, tensor in expected.items():
-        if name not in state_dict:
-            raise UserError(f"{prefix} {name} is missing from the file")
-        found = state_dict[name]
-        if not isinstance(found, torch.Tensor):
-            raise UserError(f"{prefix} {name} is a {type(found).__name__} in the file, not a tensor")
-        if found.shape != tensor.shape:
-            raise UserError(f"{prefix} {name} has shape {_shape(found)} in the file, "
-                            f"{_shape(tensor)} in the model")
-    for name in state_dict:
-        if name not in expected:
-            raise UserError(f"{prefix} the file has an unexpected key {name}")
-
-
 def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
     """Check keys and shapes, then load strictly (values are cast to the model's dtypes)."""
-    check_state_dict(model, state_dict)
+    check_state_dict(model.state_dict(), state_dict, "checkpoint does not match the VQ-VAE")
     model.load_state_dict(dict(state_dict), strict=True)
 
 
