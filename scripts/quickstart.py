@@ -14,6 +14,7 @@ is missing. At the end the paths of everything written are printed.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -80,6 +81,10 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
                                    "--input-images", str(held_out_images(run)[0]),
                                    "--output-path", str(out / "super_resolution")],
               [out / "super_resolution" / "manifest.jsonl"]),
+        Stage("loss-plot", ["scripts/plot_training.py", str(run / "tb" / "gpt"), "--tags", "train/loss",
+                            "train/image_loss", "train/text_loss", "valid/loss", "--title",
+                            "quick start: transformer loss (nats per token)", "--output",
+                            str(run / "training_loss.png")], [run / "training_loss.png"]),
     ]
 
 
@@ -133,6 +138,8 @@ def main() -> None:
     parser.add_argument("--train-items", type=int, default=20000, help="shapes items in the training shards")
     parser.add_argument("--vqvae-minutes", type=float, default=2.5, help="VQ-VAE training budget")
     parser.add_argument("--train-iters", type=int, default=300, help="transformer optimizer steps (batch 32)")
+    parser.add_argument("--docs-images", type=Path, default=None,
+                        help="also copy the overview grid and the loss plot here (how docs/images is made)")
     parser.add_argument("--model-flags", default="--num-layers 4 --hidden-size 256 --num-attention-heads 8",
                         help="transformer size flags passed to pretrain_gpt2.py")
     args = parser.parse_args()
@@ -145,13 +152,17 @@ def main() -> None:
     for stage in build_stages(args):
         stage.run(run_dir)
     overview = overview_grid(run_dir)
+    if args.docs_images is not None:
+        args.docs_images.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(overview, args.docs_images / "quickstart_grid.png")
+        shutil.copyfile(run_dir / "training_loss.png", args.docs_images / "quickstart_loss.png")
     print(f"\nquick start finished in {time.time() - start:.0f} s; everything is under {run_dir}/")
     for label, path in [("text tokenizer", run_dir / "tokenizer" / "sp.model"), ("VQ-VAE", run_dir / "vqvae"),
                         ("token shards", run_dir / "data"), ("transformer checkpoints", run_dir / "gpt"),
                         ("text-to-image + post-selection + SR", run_dir / "samples" / "text2image"),
                         ("captions of held-out images", run_dir / "samples" / "captions"),
                         ("super-resolution", run_dir / "samples" / "super_resolution"),
-                        ("overview grid", overview),
+                        ("overview grid", overview), ("loss plot", run_dir / "training_loss.png"),
                         ("TensorBoard logs", f"{run_dir / 'tb'} and {run_dir / 'vqvae' / 'tb'}")]:
         print(f"  {label:<38}{path}")
 
