@@ -14,6 +14,7 @@ is missing. At the end the paths of everything written are printed.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -112,19 +113,31 @@ def held_out_captions(run_dir: Path) -> list[str]:
 
 
 def overview_grid(run_dir: Path) -> Path:
-    """One picture of the run: each prompt's grid of candidates, one row per prompt."""
+    """One picture of the run: a row per prompt, its candidates in seed order, a gap, then the
+    super-resolved candidate that post-selection chose (shown at its doubled size, cropped to the row)."""
     from PIL import Image
 
-    grids = sorted((run_dir / "samples" / "text2image").glob("*_grid.png"))
-    if not grids:
-        raise UserError(f"no sample grids under {run_dir / 'samples' / 'text2image'}")
-    images = [Image.open(path).convert("RGB") for path in grids]
-    width = max(image.width for image in images)
-    canvas = Image.new("RGB", (width, sum(image.height + 4 for image in images)), (255, 255, 255))
-    top = 0
-    for image in images:
-        canvas.paste(image, (0, top))
-        top += image.height + 4
+    folder = run_dir / "samples" / "text2image"
+    records = [json.loads(line) for line in (folder / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows: dict[str, dict] = {}
+    for record in records:
+        row = rows.setdefault(record["prompt_id"], {"candidates": [], "best": None})
+        if "source" in record:
+            row["best"] = record["file"]
+        else:
+            row["candidates"].append((record["index"], record["file"]))
+    if not rows:
+        raise UserError(f"no samples listed in {folder / 'manifest.jsonl'}")
+    cell = Image.open(folder / rows[next(iter(rows))]["candidates"][0][1]).width
+    columns = max(len(row["candidates"]) for row in rows.values())
+    gap = cell // 4
+    canvas = Image.new("RGB", (columns * cell + gap + 2 * cell, len(rows) * (2 * cell + gap)), "white")
+    for r, row in enumerate(rows[key] for key in sorted(rows)):
+        top = r * (2 * cell + gap)
+        for c, (_, name) in enumerate(sorted(row["candidates"])):
+            canvas.paste(Image.open(folder / name).convert("RGB"), (c * cell, top + cell // 2))
+        if row["best"] is not None:
+            canvas.paste(Image.open(folder / row["best"]).convert("RGB"), (columns * cell + gap, top))
     path = run_dir / "overview.png"
     canvas.save(path)
     return path
