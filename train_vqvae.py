@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import random
 import signal
 import time
@@ -44,6 +45,8 @@ logger = get_logger("train_vqvae")
 TRAIN_STATE_FILE = "train_state.pt"
 EVAL_FILE = "eval.json"
 LOG_EVERY = 10
+EVAL_BATCH = 64
+FINAL_LR_FRACTION = 0.1
 GRID_IMAGES = 16
 # Settings that must not change when a run is resumed (the data order and the optimiser depend on them).
 RUN_IDENTITY = ("dataset", "image_size", "language", "seed", "train_items", "batch_size", "lr", "weight_decay")
@@ -77,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = parser.add_argument_group("training")
     train.add_argument("--output", required=True, help="folder for the model, eval.json, train_state.pt and tb/")
     train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    train.add_argument("--lr", type=float, default=1e-3,
+                       help=f"peak AdamW learning rate; cosine decay to {FINAL_LR_FRACTION:g}x at the end of the run")
     train.add_argument("--weight-decay", type=float, default=0.0)
     train.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     train.add_argument("--time-budget-minutes", type=float, default=None,
@@ -135,6 +139,13 @@ def batch_indices(seed: int, step: int, batch_size: int, num_items: int) -> np.n
         chosen = epochs == epoch
         indices[chosen] = order[positions[chosen] % num_items]
     return indices
+
+
+def learning_rate(peak: float, progress: float) -> float:
+    """Cosine decay from `peak` to FINAL_LR_FRACTION * peak as `progress` goes from 0 to 1; the
+    small final steps let a short run settle into a sharp minimum instead of stopping mid-stride."""
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return peak * (FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * cosine)
 
 
 def rng_state() -> dict:
@@ -264,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def evaluate() -> dict:
         model.eval()
-        reconstructions, report = reconstruct(model, val_images, batch_size=args.batch_size)
+        reconstructions, report = reconstruct(model, val_images, batch_size=EVAL_BATCH)
         model.train()
         result = {"step": step, "split": "val", **report.to_dict(),
                   "cpu_seconds": round(clock.cpu(), 1), "wall_seconds": round(clock.wall(), 1),
@@ -292,6 +303,12 @@ def main(argv: list[str] | None = None) -> dict:
             if interrupt.requested:
                 stop_reason = "interrupted"
                 break
+            # Progress is the larger of the step and CPU-time fractions; with --max-steps alone it is a
+            # function of the step, which keeps resumed runs bit-identical.
+            progress = max(step / args.max_steps if args.max_steps else 0.0,
+                           clock.cpu() / budget_s if budget_s else 0.0)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(args.lr, progress)
             batch = uint8_to_tensor(train_images[batch_indices(args.seed, step, args.batch_size, len(train_images))])
             out = model(batch)
             optimizer.zero_grad(set_to_none=True)
@@ -307,7 +324,8 @@ def main(argv: list[str] | None = None) -> dict:
                 board.scalars({"train/loss": out.loss.item(), "train/recon": out.recon_loss.item(),
                                "train/commitment": out.commitment.item(), "train/psnr": psnr,
                                "train/perplexity": perplexity, "train/codes_used_pct": 100 * used,
-                               "train/dead_code_restarts": out.restarted, "time/cpu_seconds": clock.cpu()}, step)
+                               "train/dead_code_restarts": out.restarted, "train/lr": optimizer.param_groups[0]["lr"],
+                               "time/cpu_seconds": clock.cpu()}, step)
             if step % args.eval_every == 0:
                 evaluate()
             if step % args.save_every == 0:
@@ -321,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = evaluate()
     if args.save_recon_grid:
         shown = val_images[:GRID_IMAGES]
-        reconstructions, _ = reconstruct(model, shown, batch_size=args.batch_size)
+        reconstructions, _ = reconstruct(model, shown, batch_size=EVAL_BATCH)
         grid = comparison_grid(shown, reconstructions)
         png = io.BytesIO()
         grid.save(png, format="PNG")

@@ -1,5 +1,6 @@
 """VQ-VAE: quantiser maths, training signal, layouts, checkpoint I/O, the api and exact resume."""
 import json
+import signal
 
 import pytest
 import torch
@@ -88,18 +89,18 @@ def test_dead_code_restart_replaces_only_unused_codes():
     quantizer = toy_quantizer(decay=0.99, threshold=0.5, embed=embed, cluster_size=[3.0, 0.1, 2.0, 0.4])
     before = {name: buffer.clone() for name, buffer in quantizer.named_buffers()}
     batch = torch.randn(6, 2) + 100.0
-    assert quantizer.restart_dead_codes(batch) == 2
+    # Candidates are drawn in proportion to their distance from the codebook: only the last two can win.
+    distances = torch.tensor([0.0, 0.0, 0.0, 0.0, 4.0, 9.0])
+    assert quantizer.restart_dead_codes(batch, distances) == 2
     live, dead = [0, 2], [1, 3]
     for name, buffer in quantizer.named_buffers():
         assert torch.equal(buffer[..., live], before[name][..., live]), name
     new_codes = quantizer.embed[:, dead].t()
-    for code in new_codes:  # each restarted code is one of the batch's encoder outputs
-        assert (batch == code).all(1).any()
-    assert not torch.equal(new_codes[0], new_codes[1])
+    assert sorted(new_codes[:, 0].tolist()) == sorted(batch[4:, 0].tolist())
     assert quantizer.cluster_size[dead].tolist() == [0.5, 0.5]
     assert torch.allclose(quantizer.embed_avg[:, dead], quantizer.embed[:, dead] * 0.5)
     # Nothing is below the threshold any more, and evaluation never restarts or updates.
-    assert quantizer.restart_dead_codes(batch) == 0
+    assert quantizer.restart_dead_codes(batch, distances) == 0
     frozen = {name: buffer.clone() for name, buffer in quantizer.named_buffers()}
     quantizer.eval()(torch.zeros(1, 2, 2, 2))
     assert all(torch.equal(buffer, frozen[name]) for name, buffer in quantizer.named_buffers())
@@ -108,9 +109,17 @@ def test_dead_code_restart_replaces_only_unused_codes():
 def test_untrained_codebook_is_seeded_from_the_first_batch():
     torch.manual_seed(0)
     model = VQVAE(VQVAEConfig(**TINY)).train()
-    out = model(blocks_images(batch=8))
-    assert out.restarted == TINY["codebook_size"]
-    assert int((out.code_counts > 0).sum()) > 1
+    images = blocks_images(batch=8)
+    encoded = model.encode(images).detach()
+    out = model(images)
+    # Codes that took inputs moved to their mean; every other code now sits on one of the inputs.
+    assert 0 < out.restarted < TINY["codebook_size"]
+    quantizer = model.quantize_t
+    assert bool((quantizer.cluster_size >= quantizer.dead_code_threshold).all())
+    inputs = encoded.permute(0, 2, 3, 1).reshape(-1, TINY["embed_dim"])
+    restarted = quantizer.cluster_size == quantizer.dead_code_threshold
+    for code in quantizer.embed[:, restarted].t():
+        assert (inputs == code).all(1).any()
 
 
 def test_straight_through_gradient_reaches_the_encoder():
@@ -215,13 +224,25 @@ def train_args(output, max_steps: int, *extra: str) -> list[str]:
     return ["--dataset", "shapes", "--image-size", "32", "--train-items", "24", "--val-items", "4",
             "--codebook-size", "16", "--embed-dim", "8", "--hidden-channels", "16", "--num-res-blocks", "1",
             "--batch-size", "4", "--max-steps", str(max_steps), "--eval-every", "2", "--save-every", "3",
+            "--dead-code-threshold", "3",  # restarts in every step: resume must restore the RNG they draw from
             "--output", str(output), *extra]
 
 
-def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
     result = train_vqvae.main(train_args(tmp_path / "straight", 6))
     assert result["step"] == 6 and 0 < result["codes_used"] <= 1 and 0 <= result["checker_accept"] <= 1
-    train_vqvae.main(train_args(tmp_path / "resumed", 3))
+
+    def ctrl_c_during_step_four(seed, step, *rest):
+        if step == 3:
+            signal.raise_signal(signal.SIGINT)  # the run finishes this step, saves and stops
+        return batch_indices(seed, step, *rest)
+
+    batch_indices = train_vqvae.batch_indices
+    monkeypatch.setattr(train_vqvae, "batch_indices", ctrl_c_during_step_four)
+    with pytest.raises(KeyboardInterrupt):
+        train_vqvae.main(train_args(tmp_path / "resumed", 6))
+    monkeypatch.setattr(train_vqvae, "batch_indices", batch_indices)
+    assert torch.load(tmp_path / "resumed" / "train_state.pt")["step"] == 4
     with pytest.raises(UserError, match="already holds a training run"):
         train_vqvae.main(train_args(tmp_path / "resumed", 6))
     with pytest.raises(UserError, match="other batch_size"):

@@ -3,7 +3,9 @@
 The codebook is not trained by gradients: each training step moves every code towards the mean of
 the encoder outputs assigned to it (van den Oord et al. 2017, appendix; VQ-VAE-2), which is stabler
 than a codebook loss. Codes that stop being used are restarted on encoder outputs of the current
-batch, so the whole codebook stays in use. Buffers are named and shaped as in CogView's released
+batch, drawn with probability proportional to their squared distance from the nearest code (as in
+k-means++ seeding): on images that are mostly background, a uniform draw would restart nearly every
+code on background, while this draw puts spare codes where the codebook fits the data worst. Buffers are named and shaped as in CogView's released
 VQ-VAE (`embed` is [dim, K], transposed), so the same class serves both layouts.
 """
 from __future__ import annotations
@@ -34,8 +36,9 @@ class EMAQuantizer(nn.Module):
 
     Buffers: `embed` [D, K] (the codes), `cluster_size` [K] (EMA of assignments per batch) and
     `embed_avg` [D, K] (EMA of the sum of assigned inputs); `embed = embed_avg / cluster_size`
-    after Laplace smoothing. An untrained codebook has zero usage everywhere, so the restart rule
-    seeds every code from the first training batch (a data-dependent initialisation).
+    after Laplace smoothing. An untrained codebook has zero usage and zero sums (it has seen no data),
+    so after the first training step every code is the mean of its inputs or, unused, restarted on
+    an input: a data-dependent initialisation by the same two rules.
     """
 
     def __init__(self, codebook_size: int, embed_dim: int, decay: float, eps: float,
@@ -46,17 +49,16 @@ class EMAQuantizer(nn.Module):
         self.decay = decay
         self.eps = eps
         self.dead_code_threshold = dead_code_threshold
-        embed = torch.randn(embed_dim, codebook_size)
-        self.register_buffer("embed", embed)
+        self.register_buffer("embed", torch.randn(embed_dim, codebook_size))
         self.register_buffer("cluster_size", torch.zeros(codebook_size))
-        self.register_buffer("embed_avg", embed.clone())
+        self.register_buffer("embed_avg", torch.zeros(embed_dim, codebook_size))
 
-    def nearest_codes(self, flat: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest code (L2) for each row of `flat` [N, D]."""
-        flat = flat.float()
+    def nearest_codes(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Index of the nearest code (L2) for each row of `flat` [N, D] (float32), and its squared distance."""
         distances = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.embed
                      + self.embed.pow(2).sum(0, keepdim=True))
-        return distances.argmin(1)
+        nearest, codes = distances.min(1)
+        return codes, nearest.clamp_min(0)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, h, w] -> code vectors [B, D, h, w]."""
@@ -65,20 +67,18 @@ class EMAQuantizer(nn.Module):
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """Encoder output [B, D, h, w] -> codes [B, h, w], without touching the codebook."""
         b, d, h, w = z.shape
-        return self.nearest_codes(z.permute(0, 2, 3, 1).reshape(-1, d)).view(b, h, w)
+        return self.nearest_codes(z.permute(0, 2, 3, 1).reshape(-1, d).float())[0].view(b, h, w)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         b, d, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, d)
-        restarted = 0
-        if self.training:
-            # Restart before assigning, so restarted codes can already be chosen in this step.
-            restarted = self.restart_dead_codes(flat.detach().float())
-        codes = self.nearest_codes(flat.detach())
+        flat = z.detach().permute(0, 2, 3, 1).reshape(-1, d).float()
+        codes, distances = self.nearest_codes(flat)
         quantized = self.lookup(codes.view(b, h, w)).to(z.dtype)
         counts = torch.bincount(codes, minlength=self.codebook_size).float()
+        restarted = 0
         if self.training:
-            counts = self._update_ema(flat.detach().float(), codes, counts)
+            counts = self._update_ema(flat, codes, counts)
+            restarted = self.restart_dead_codes(flat, distances)
         commitment = F.mse_loss(z, quantized.detach())
         # Straight-through: the forward pass uses the code, the backward pass copies the gradient.
         quantized = z + (quantized - z).detach()
@@ -100,8 +100,9 @@ class EMAQuantizer(nn.Module):
         return counts
 
     @torch.no_grad()
-    def restart_dead_codes(self, flat: torch.Tensor) -> int:
-        """Put codes whose EMA usage is below the threshold onto random encoder outputs.
+    def restart_dead_codes(self, flat: torch.Tensor, distances: torch.Tensor) -> int:
+        """Put codes whose EMA usage is below the threshold onto encoder outputs `flat` [N, D], drawn
+        with probability proportional to `distances` [N] (their squared distance to the nearest code).
 
         A restarted code gets usage equal to the threshold: if the next batches still do not use it,
         it decays below the threshold and is restarted again on other outputs. Under
@@ -112,10 +113,9 @@ class EMAQuantizer(nn.Module):
         num_dead = int(dead.sum())
         if num_dead == 0:
             return 0
-        if flat.shape[0] >= num_dead:
-            picks = torch.randperm(flat.shape[0])[:num_dead]
-        else:
-            picks = torch.randint(flat.shape[0], (num_dead,))
+        # The floor keeps every output drawable when the codebook already fits the batch exactly.
+        weights = distances.double().cpu() + 1e-12
+        picks = torch.multinomial(weights, num_dead, replacement=num_dead > flat.shape[0])
         new_codes = flat[picks.to(flat.device)].t()
         self.embed[:, dead] = new_codes
         self.embed_avg[:, dead] = new_codes * self.dead_code_threshold
