@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="preprocessing worker processes")
     parser.add_argument("--train-items", type=int, default=20000, help="shapes items in the training shards")
     parser.add_argument("--vqvae-minutes", type=float, default=2.5, help="VQ-VAE training budget")
-    parser.add_argument("--train-iters", type=int, default=300, help="transformer optimizer steps (batch 32)")
+    parser.add_argument("--train-iters", type=int, default=800, help="transformer optimizer steps (batch 32)")
     parser.add_argument("--docs-images", type=Path, default=None,
                         help="also copy the overview grid and the loss plot here (how docs/images is made)")
     parser.add_argument("--model-flags", default="--num-layers 4 --hidden-size 256 --num-attention-heads 8",
