@@ -79,15 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = parser.add_argument_group("training")
     train.add_argument("--output", required=True, help="folder for the model, eval.json, train_state.pt and tb/")
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=1e-3,
+    train.add_argument("--batch-size", type=int, default=4,
+                       help="small batches win at a fixed CPU budget: more updates for the same compute")
+    train.add_argument("--lr", type=float, default=2e-3,
                        help=f"peak AdamW learning rate; cosine decay to {FINAL_LR_FRACTION:g}x at the end of the run")
     train.add_argument("--weight-decay", type=float, default=0.0)
     train.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     train.add_argument("--time-budget-minutes", type=float, default=None,
                        help="stop once the process has used this much CPU time (all threads, all resumed runs)")
-    train.add_argument("--eval-every", type=int, default=250, help="steps between held-out evaluations")
-    train.add_argument("--save-every", type=int, default=250, help="steps between checkpoints")
+    train.add_argument("--eval-every", type=int, default=2500, help="steps between held-out evaluations")
+    train.add_argument("--save-every", type=int, default=2500, help="steps between checkpoints")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     train.add_argument("--resume", action="store_true", help="continue the run saved in --output")
     train.add_argument("--save-recon-grid", default=None, metavar="PNG",

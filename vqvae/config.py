@@ -23,11 +23,11 @@ class VQVAEConfig:
     10 CPU-minutes (see docs/vqvae.md); `cogview_config()` gives the released CogView model.
     """
 
-    codebook_size: int = 512
+    codebook_size: int = 1024
     embed_dim: int = 64
     # Width of the network at the code grid; the "ours" layout halves it at each finer resolution.
-    hidden_channels: int = 128
-    num_res_blocks: int = 2
+    hidden_channels: int = 64
+    num_res_blocks: int = 1
     downsample: int = 8
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
