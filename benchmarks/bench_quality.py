@@ -49,7 +49,7 @@ def data_stages(run: Path, dataset: str, image_size: int, train_items: int, val_
         Stage("tokenizer", ["train_text_tokenizer.py", "--dataset", dataset, "--language", language,
                             "--vocab-size", str(vocab_size), "--output", str(tok / "sp")], [sp_model]),
         Stage("vqvae", ["train_vqvae.py", "--dataset", dataset, "--image-size", str(image_size),
-                        "--time-budget-minutes", str(vqvae_minutes), "--output", str(vq),
+                        "--time-budget-minutes", str(vqvae_minutes), "--threads", "1", "--output", str(vq),
                         "--save-recon-grid", str(vq / "reconstructions.png")], [vq / "model.safetensors"]),
         Stage("data-train", ["preprocess_data.py", *shards, "--split", "train", "--num-items", str(train_items),
                              "--output", str(data / "train")], [data / "train" / "manifest.json"]),

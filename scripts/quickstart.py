@@ -50,7 +50,7 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
         Stage("tokenizer", ["train_text_tokenizer.py", "--dataset", "shapes", "--language", "both",
                             "--num-items", "10000", "--output", str(tok / "sp")], [sp_model]),
         Stage("vqvae", ["train_vqvae.py", "--dataset", "shapes", "--image-size", str(args.image_size),
-                        "--time-budget-minutes", str(args.vqvae_minutes), "--output", str(vq),
+                        "--time-budget-minutes", str(args.vqvae_minutes), "--threads", "1", "--output", str(vq),
                         "--save-recon-grid", str(vq / "reconstructions.png")],
               [vq / "model.safetensors", vq / "config.json"]),
         Stage("data-train", ["preprocess_data.py", *common_data, "--split", "train",
