@@ -96,6 +96,17 @@ def trained_stage(run: Path, task_mix: str, budget_minutes: float) -> tuple[Stag
     return stage, iterations
 
 
+def train_from_scratch(run: Path, dataset: str, task_mix: str, budget_minutes: float, train_items: int,
+                       val_items: int, vocab_size: int, args: argparse.Namespace) -> int:
+    """Tokenizer, VQ-VAE, shards and a transformer trained for the budget; returns its step count."""
+    for stage in data_stages(run, dataset, 64, train_items, val_items, args.vqvae_minutes, "en", args.workers,
+                             vocab_size=vocab_size):
+        stage.run(run)
+    stage, iterations = trained_stage(run, task_mix, budget_minutes)
+    stage.run(run)
+    return iterations
+
+
 def shapes_table(report: dict, cfg_scales: list[float], candidates: int) -> str:
     """One row per (guidance scale, selection): single- and two-object accuracy, then captions and SR."""
     sections = report["sections"]
@@ -117,12 +128,8 @@ def shapes_table(report: dict, cfg_scales: list[float], candidates: int) -> str:
 
 def run_shapes(args: argparse.Namespace) -> None:
     run = Path(args.run_dir) / "shapes"
-    task_mix = "text2image=0.7,image2text=0.2,super_resolution=0.1"
-    for stage in data_stages(run, "shapes", 64, args.train_items, 512, args.vqvae_minutes, "en", args.workers,
-                             vocab_size=400):
-        stage.run(run)
-    stage, iterations = trained_stage(run, task_mix, args.budget_minutes)
-    stage.run(run)
+    iterations = train_from_scratch(run, "shapes", "text2image=0.7,image2text=0.2,super_resolution=0.1",
+                                    args.budget_minutes, args.train_items, 512, vocab_size=400, args=args)
     output = run / "eval.json"
     Stage("evaluate", ["evaluate.py", "--load", str(run / "gpt"), "--dataset", "shapes", "--language", "en",
                        "--sections", "t2i,caption,sr,bpt", "--valid-data", str(run / "data" / "val"),
@@ -147,12 +154,8 @@ def held_out_names(path: Path, count: int) -> list[str]:
 
 def run_emoji(args: argparse.Namespace) -> None:
     run = Path(args.run_dir) / "emoji"
-    task_mix = "text2image=0.8,image2text=0.2"
-    for stage in data_stages(run, "emoji", 64, 10**6, 10**6, args.vqvae_minutes, "en", args.workers,
-                             vocab_size=2000):
-        stage.run(run)
-    stage, iterations = trained_stage(run, task_mix, args.emoji_budget_minutes)
-    stage.run(run)
+    iterations = train_from_scratch(run, "emoji", "text2image=0.8,image2text=0.2", args.emoji_budget_minutes,
+                                    10**6, 10**6, vocab_size=2000, args=args)
     output = run / "eval.json"
     Stage("evaluate", ["evaluate.py", "--load", str(run / "gpt"), "--dataset", "emoji", "--sections", "bpt,vqvae",
                        "--valid-data", str(run / "data" / "val"), "--output-json", str(output)], [output]).run(run)
