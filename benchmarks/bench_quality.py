@@ -66,7 +66,11 @@ def training_argv(run: Path, save: Path, task_mix: str, iterations: int) -> list
 
 
 def seconds_per_step(run: Path, task_mix: str) -> float:
-    """Time two short runs and take the difference, which cancels start-up (DeepSpeed, data, threads)."""
+    """Time two short runs and take the difference, which cancels start-up (DeepSpeed, data, threads).
+
+    When noise makes the difference non-positive, the long run's time per step (start-up included)
+    is used instead: an overestimate, so the run ends within its budget rather than far beyond it.
+    """
     cache = run / "calibration.json"
     if cache.is_file():
         return float(read_json(cache)["seconds_per_step"])
@@ -80,7 +84,9 @@ def seconds_per_step(run: Path, task_mix: str) -> float:
             raise UserError(f"calibration run of {steps} steps failed; run its command by hand to see why: "
                             f"python {' '.join(training_argv(run, save, task_mix, steps))}")
         timings.append(time.time() - start)
-    per_step = max((timings[1] - timings[0]) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0]), 1e-3)
+    per_step = (timings[1] - timings[0]) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
+    if per_step <= 0:  # one-time costs landed in the short run: fall back to the long run's whole time per step
+        per_step = timings[1] / CALIBRATION_STEPS[1]
     atomic_write_json(cache, {"seconds_per_step": per_step, "steps": CALIBRATION_STEPS, "seconds": timings})
     return per_step
 
