@@ -70,7 +70,7 @@ SECTIONS = ("t2i", "caption", "sr", "bpt", "caption-loss", "fid", "vqvae")
 SHAPES_SECTIONS = ("t2i", "caption")  # need each item's objects, which only `shapes` carries
 # Flags that only some sections read: given without any of them they would do nothing, so they are refused.
 FLAG_SECTIONS = {"cfg_scale": ("t2i", "fid"), "candidates": ("t2i", "fid"), "post_select": ("t2i", "fid"),
-                 "valid_data": ("bpt",), "inception_weights": ("fid",), "feature_net": ("fid",),
+                 "caption_top_k": ("caption",), "valid_data": ("bpt",), "inception_weights": ("fid",), "feature_net": ("fid",),
                  "train_feature_net": ("fid",)}
 
 
@@ -122,6 +122,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse
     sampling.add_argument("--top-k", type=int, default=200, help="0 turns it off (default: %(default)s)")
     sampling.add_argument("--top-p", type=float, default=1.0, help="1 turns it off (default: %(default)s)")
     sampling.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
+    sampling.add_argument("--caption-top-k", type=int, default=1,
+                          help="top-k of the caption section's decoding, with the temperature and top-p above; "
+                               "the default 1 judges each image's most likely caption, as a captioner is used "
+                               "(default: %(default)s)")
     fid = parser.add_argument_group("FID")
     fid.add_argument("--inception-weights", metavar="FILE",
                      help="pt_inception-2015-12-05-6726825d.pth, for FID and IS (docs/evaluation.md)")
@@ -173,6 +177,8 @@ def choose_sections(args: argparse.Namespace, parser: argparse.ArgumentParser) -
             raise UserError(f"--{flag.replace('_', '-')} is read only with --train-feature-net")
     for scale in args.cfg_scale:
         SamplingSettings(args.temperature, args.top_k, args.top_p, scale)  # one-line errors for bad values
+    if args.caption_top_k < 0:
+        raise UserError(f"--caption-top-k must be >= 0 (0 = off, 1 = greedy), got {args.caption_top_k}")
     return sections
 
 
@@ -513,7 +519,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_section = {
         "t2i": lambda: text_to_image_section(held_out.objects, args.cfg_scale, images_at, args.candidates),
         "caption": lambda: caption_section(held_out.images, held_out.objects, lambda images: pipe.caption(
-            images, seed=args.seed, max_tokens=pipe.geometry.text_max_tokens, **sampling)),
+            images, seed=args.seed, max_tokens=pipe.geometry.text_max_tokens,
+            **{**sampling, "top_k": args.caption_top_k})),
         "sr": lambda: super_resolution_section(held_out.images, held_out.captions, lambda images, texts: (
             pipe.super_resolve(images, texts, seed=args.seed, **sampling))),
         "bpt": lambda: bits_per_token_section(pipe.model, pipe.tokenizer, rows, args.num_prompts, batch,

@@ -162,6 +162,8 @@ def test_fid_section_compares_generated_with_real_features():
     (["--post-select"], "--candidates 2 or more"),
     (["--feature-net-steps", "5"], "only with --train-feature-net"),
     (["--cfg-scale", "-1"], "--cfg-scale must be >= 0"),
+    (["--sections", "t2i", "--caption-top-k", "5"], "--caption-top-k is read only by the caption"),
+    (["--caption-top-k", "-1"], "--caption-top-k must be >= 0"),
 ])
 def test_contradictory_flags_are_refused_before_anything_loads(tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
@@ -257,8 +259,9 @@ def test_evaluate_end_to_end_matches_direct_metric_calls(checkpoint, tmp_path):
         assert all(0.0 <= value <= 1.0 for group in row["judged"]["groups"].values()
                    for key, value in group.items() if key not in ("prompts", "objects"))
 
-    caption = sections["caption"]
-    assert len(caption["examples"]) == NUM_PROMPTS and 0.0 <= caption["unparsed"] <= 1.0
+    caption = sections["caption"]  # greedy by default: the model's most likely caption of each image
+    assert caption["examples"] == pipe.caption(images, seed=5, max_tokens=pipe.geometry.text_max_tokens, top_k=1)
+    assert 0.0 <= caption["unparsed"] <= 1.0
 
     sr = sections["sr"]
     lowres = [downscale(image) for image in images]
