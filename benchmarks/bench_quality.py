@@ -34,7 +34,7 @@ from utils.stages import Stage  # noqa: E402
 MODEL_FLAGS = ["--num-layers", "4", "--hidden-size", "256", "--num-attention-heads", "8"]
 TRAIN_FLAGS = ["--batch-size", "32", "--lr", "1e-3", "--warmup", "0.02", "--hidden-dropout", "0",
                "--attention-dropout", "0", "--cfg-drop-prob", "0.1", "--num-workers", "1", "--log-interval", "50"]
-CALIBRATION_STEPS = (4, 24)
+CALIBRATION_STEPS = (10, 10, 60)  # the first run only warms caches (DeepSpeed op build, page cache)
 
 
 def data_stages(run: Path, dataset: str, image_size: int, train_items: int, val_items: int, vqvae_minutes: float,
@@ -66,17 +66,18 @@ def training_argv(run: Path, save: Path, task_mix: str, iterations: int) -> list
 
 
 def seconds_per_step(run: Path, task_mix: str) -> float:
-    """Time two short runs and take the difference, which cancels start-up (DeepSpeed, data, threads).
+    """Time short runs and take the difference of the last two, which cancels start-up (DeepSpeed, data, threads).
 
-    When noise makes the difference non-positive, the long run's time per step (start-up included)
-    is used instead: an overestimate, so the run ends within its budget rather than far beyond it.
+    The first run is thrown away: one-time costs (building DeepSpeed's communication op, a cold page cache)
+    land there. When noise still makes the difference non-positive, the long run's time per step (start-up
+    included) is used instead: an overestimate, so the run ends within its budget rather than far beyond it.
     """
     cache = run / "calibration.json"
     if cache.is_file():
         return float(read_json(cache)["seconds_per_step"])
     timings = []
-    for steps in CALIBRATION_STEPS:
-        save = run / "calibration" / str(steps)
+    for attempt, steps in enumerate(CALIBRATION_STEPS):
+        save = run / "calibration" / f"{attempt}-{steps}"
         start = time.time()
         result = subprocess.run([sys.executable, *training_argv(run, save, task_mix, steps)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -84,9 +85,10 @@ def seconds_per_step(run: Path, task_mix: str) -> float:
             raise UserError(f"calibration run of {steps} steps failed; run its command by hand to see why: "
                             f"python {' '.join(training_argv(run, save, task_mix, steps))}")
         timings.append(time.time() - start)
-    per_step = (timings[1] - timings[0]) / (CALIBRATION_STEPS[1] - CALIBRATION_STEPS[0])
-    if per_step <= 0:  # one-time costs landed in the short run: fall back to the long run's whole time per step
-        per_step = timings[1] / CALIBRATION_STEPS[1]
+    (short, long), (short_time, long_time) = CALIBRATION_STEPS[-2:], timings[-2:]
+    per_step = (long_time - short_time) / (long - short)
+    if per_step <= 0:
+        per_step = long_time / long
     atomic_write_json(cache, {"seconds_per_step": per_step, "steps": CALIBRATION_STEPS, "seconds": timings})
     return per_step
 
