@@ -6,18 +6,14 @@
 #   scripts/post_selection.sh runs/gpt "a large red circle at the top left" samples/text2image/
 #   CAPTION_MODEL=runs/captioner scripts/post_selection.sh runs/gpt "左上角有一个大的红色圆形" candidates/
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-$([ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3)}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 CHECKPOINT="${1:?usage: $0 CHECKPOINT TEXT IMAGE_OR_FOLDER... [-- generate_samples.py flags]}"
 TEXT="${2:?usage: $0 CHECKPOINT TEXT IMAGE_OR_FOLDER... [-- generate_samples.py flags]}"
 shift 2
-IMAGES=()
-while [ $# -gt 0 ] && [ "$1" != "--" ]; do IMAGES+=("$1"); shift; done
-[ $# -gt 0 ] && shift
-[ ${#IMAGES[@]} -gt 0 ] || { echo "error: give at least one candidate image or folder" >&2; exit 2; }
+split_images "$@"
 EXTRA=()
 [ -n "${CAPTION_MODEL:-}" ] && EXTRA+=(--caption-model "$CAPTION_MODEL")
 
 exec "$PYTHON" "$ROOT/generate_samples.py" --load "$CHECKPOINT" --generation-task post-selection \
     --prompt "$TEXT" --input-images "${IMAGES[@]}" "${EXTRA[@]}" \
-    --output-path "${OUTPUT_PATH:-samples/post_selection}" "$@"
+    --output-path "${OUTPUT_PATH:-samples/post_selection}" "${FLAGS[@]}"

@@ -14,9 +14,7 @@ DATA=${DATA:-runs/data}
 TRAIN_DATA=${TRAIN_DATA:-$DATA/train}
 VALID_DATA=${VALID_DATA:-$DATA/val}
 SAVE=${SAVE:-runs/gpt}
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 PRETRAIN_ARGS=(
   --train-data "$TRAIN_DATA"

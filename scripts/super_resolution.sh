@@ -6,17 +6,13 @@
 # Usage: scripts/super_resolution.sh CHECKPOINT "TEXT" IMAGE_OR_FOLDER... [-- more generate_samples.py flags]
 #   scripts/super_resolution.sh runs/gpt "a small blue square in the center" samples/text2image/0000_000.png
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-$([ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3)}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 CHECKPOINT="${1:?usage: $0 CHECKPOINT TEXT IMAGE_OR_FOLDER... [-- generate_samples.py flags]}"
 TEXT="${2:?usage: $0 CHECKPOINT TEXT IMAGE_OR_FOLDER... [-- generate_samples.py flags]}"
 shift 2
-IMAGES=()
-while [ $# -gt 0 ] && [ "$1" != "--" ]; do IMAGES+=("$1"); shift; done
-[ $# -gt 0 ] && shift
-[ ${#IMAGES[@]} -gt 0 ] || { echo "error: give at least one image or folder" >&2; exit 2; }
+split_images "$@"
 
 exec "$PYTHON" "$ROOT/generate_samples.py" --load "$CHECKPOINT" --generation-task super-resolution \
     --prompt "$TEXT" --input-images "${IMAGES[@]}" --top-k "${TOP_K:-200}" --temperature "${TEMPERATURE:-1.02}" \
     --max-inference-batch-size "${MAX_INFERENCE_BATCH_SIZE:-32}" \
-    --output-path "${OUTPUT_PATH:-samples/super_resolution}" "$@"
+    --output-path "${OUTPUT_PATH:-samples/super_resolution}" "${FLAGS[@]}"

@@ -7,8 +7,7 @@
 # Defaults below can be changed with environment variables (BATCH_SIZE=16 scripts/text2image.sh ...);
 # a flag given on the command line wins over them. Pick a GPU with CUDA_VISIBLE_DEVICES as usual.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-$([ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3)}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 CHECKPOINT="${1:?usage: $0 CHECKPOINT [generate_samples.py flags]}"
 shift
 
