@@ -16,6 +16,7 @@ nearest-neighbour resampling so that their pixels stay visible; the labels use P
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -75,6 +76,7 @@ def held_out(size: int, counts: tuple[int, int]) -> tuple[list[str], list[Image.
 
 
 # --- layout -------------------------------------------------------------------------------------------
+@functools.cache
 def font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(FONT_SIZE)
 
