@@ -12,7 +12,7 @@ Examples:
 
 Outputs go to --output-path: one PNG per image with the prompt, seed and sampling settings in its
 metadata, a grid per prompt, and manifest.jsonl with one record per image, caption or score (see
-docs/generation.md). The tokenizer and VQ-VAE come from the checkpoint's metadata.
+docs/tasks/batch_generation.md). The tokenizer and VQ-VAE come from the checkpoint's metadata.
 """
 from __future__ import annotations
 

@@ -200,7 +200,7 @@ def map_in_batches(count: int, per_batch: int, run: Callable[[list[int]], list],
                 raise
             if len(chunk) == 1:
                 raise UserError("out of memory even with one item per batch; use a smaller model, "
-                                "a lower-precision --dtype or a device with more memory") from None
+                                "a lower --precision or a device with more memory") from None
             per_batch = max(1, len(chunk) // 2)
             logger.warning("out of memory at %d rows per forward; retrying with %d",
                            len(chunk) * rows_per_item, per_batch * rows_per_item)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Super-resolution in token space (CogView's scripts/super_resolution.sh): each image at twice its side,
 # conditioned on a text. An image at the model's image size is magnified with 9 overlapping windows,
-# all images' windows batched together (docs/generation.md, "Super-resolution").
+# all images' windows batched together (docs/tasks/super_resolution.md).
 #
 # Usage: scripts/super_resolution.sh CHECKPOINT "TEXT" IMAGE_OR_FOLDER... [-- more generate_samples.py flags]
 #   scripts/super_resolution.sh runs/gpt "a small blue square in the center" samples/text2image/0000_000.png
