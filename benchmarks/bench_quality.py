@@ -93,26 +93,28 @@ def seconds_per_step(run: Path, task_mix: str) -> float:
     return per_step
 
 
-def trained_stage(run: Path, task_mix: str, budget_minutes: float) -> tuple[Stage, int]:
+def trained_stage(run: Path, task_mix: str, budget_minutes: float) -> tuple[Stage, Path]:
+    """The training stage for the budget, saving to `gpt-{steps}`: runs of different budgets share the
+    run folder's tokenizer, VQ-VAE, shards and calibration, and never resume each other."""
     per_step = seconds_per_step(run, task_mix)
     iterations = max(int(budget_minutes * 60 / per_step), 10)
     print(f"calibration: {per_step:.2f} s/step -> {iterations} steps fit {budget_minutes:g} minutes", flush=True)
-    gpt = run / "gpt"
-    stage = Stage("transformer", training_argv(run, gpt, task_mix, iterations),
+    gpt = run / f"gpt-{iterations}"
+    stage = Stage(f"transformer-{iterations}", training_argv(run, gpt, task_mix, iterations),
                   [gpt / "latest_checkpointed_iteration.txt"],
                   resume_marker=gpt / "latest_checkpointed_iteration.txt", resume_argv=["--load", str(gpt)])
-    return stage, iterations
+    return stage, gpt
 
 
 def train_from_scratch(run: Path, dataset: str, task_mix: str, budget_minutes: float, train_items: int,
-                       val_items: int, vocab_size: int, args: argparse.Namespace) -> int:
-    """Tokenizer, VQ-VAE, shards and a transformer trained for the budget; returns its step count."""
+                       val_items: int, vocab_size: int, args: argparse.Namespace) -> Path:
+    """Tokenizer, VQ-VAE, shards and a transformer trained for the budget; returns its save folder."""
     for stage in data_stages(run, dataset, 64, train_items, val_items, args.vqvae_minutes, "en", args.workers,
                              vocab_size=vocab_size):
         stage.run(run)
-    stage, iterations = trained_stage(run, task_mix, budget_minutes)
+    stage, gpt = trained_stage(run, task_mix, budget_minutes)
     stage.run(run)
-    return iterations
+    return gpt
 
 
 def shapes_table(report: dict, cfg_scales: list[float], candidates: int) -> str:
@@ -136,17 +138,19 @@ def shapes_table(report: dict, cfg_scales: list[float], candidates: int) -> str:
 
 def run_shapes(args: argparse.Namespace) -> None:
     run = Path(args.run_dir) / "shapes"
-    iterations = train_from_scratch(run, "shapes", "text2image=0.7,image2text=0.2,super_resolution=0.1",
-                                    args.budget_minutes, args.train_items, 512, vocab_size=400, args=args)
-    output = run / "eval.json"
-    Stage("evaluate", ["evaluate.py", "--load", str(run / "gpt"), "--dataset", "shapes", "--language", "en",
-                       "--sections", "t2i,caption,sr,bpt", "--valid-data", str(run / "data" / "val"),
-                       "--num-prompts", str(args.num_prompts), "--cfg-scale", *(f"{s:g}" for s in args.cfg_scales),
-                       "--candidates", str(args.candidates), "--post-select", "--output-json", str(output)],
+    gpt = train_from_scratch(run, "shapes", "text2image=0.7,image2text=0.2,super_resolution=0.1",
+                             args.budget_minutes, args.train_items, 512, vocab_size=400, args=args)
+    output = run / f"eval-{gpt.name}.json"
+    Stage(f"evaluate-{gpt.name}", ["evaluate.py", "--load", str(gpt), "--dataset", "shapes", "--language", "en",
+                                   "--sections", "t2i,caption,sr,bpt", "--valid-data", str(run / "data" / "val"),
+                                   "--num-prompts", str(args.num_prompts), "--temperature", f"{args.temperature:g}",
+                                   "--cfg-scale", *(f"{s:g}" for s in args.cfg_scales),
+                                   "--candidates", str(args.candidates), "--post-select", "--output-json", str(output)],
           [output]).run(run)
     report = json.loads(output.read_text(encoding="utf-8"))
-    print(f"\nshapes, {iterations} steps of batch 32 ({args.budget_minutes:g} min), "
-          f"{args.num_prompts} held-out prompts")
+    steps = report["checkpoint"]["iteration"]
+    print(f"\nshapes, {steps} steps of batch 32 ({args.budget_minutes:g} min), {args.num_prompts} held-out prompts, "
+          f"temperature {args.temperature:g}")
     print(shapes_table(report, args.cfg_scales, args.candidates))
 
 
@@ -162,19 +166,22 @@ def held_out_names(path: Path, count: int) -> list[str]:
 
 def run_emoji(args: argparse.Namespace) -> None:
     run = Path(args.run_dir) / "emoji"
-    iterations = train_from_scratch(run, "emoji", "text2image=0.8,image2text=0.2", args.emoji_budget_minutes,
-                                    10**6, 10**6, vocab_size=2000, args=args)
-    output = run / "eval.json"
-    Stage("evaluate", ["evaluate.py", "--load", str(run / "gpt"), "--dataset", "emoji", "--sections", "bpt,vqvae",
-                       "--valid-data", str(run / "data" / "val"), "--output-json", str(output)], [output]).run(run)
+    gpt = train_from_scratch(run, "emoji", "text2image=0.8,image2text=0.2", args.emoji_budget_minutes,
+                             10**6, 10**6, vocab_size=2000, args=args)
+    output = run / f"eval-{gpt.name}.json"
+    Stage(f"evaluate-{gpt.name}", ["evaluate.py", "--load", str(gpt), "--dataset", "emoji", "--sections", "bpt,vqvae",
+                                   "--valid-data", str(run / "data" / "val"), "--output-json", str(output)],
+          [output]).run(run)
     names = held_out_names(run / "heldout_names.txt", count=8)
-    samples = run / "samples"
-    Stage("samples", ["generate_samples.py", "--load", str(run / "gpt"), "--input-source",
-                      str(run / "heldout_names.txt"), "--batch-size", "4",
-                      "--cfg-scale", "3", "--output-path", str(samples)], [samples / "manifest.jsonl"]).run(run)
-    bpt = json.loads(output.read_text(encoding="utf-8"))["sections"]["bpt"]
-    print(f"\nemoji, {iterations} steps: validation bits per image token {bpt['image_bits']:.3f}, "
-          f"per text token {bpt['text_bits']:.3f}; samples for {len(names)} held-out names in {samples}")
+    samples = run / f"samples-{gpt.name}"
+    Stage(f"samples-{gpt.name}", ["generate_samples.py", "--load", str(gpt), "--input-source",
+                                  str(run / "heldout_names.txt"), "--batch-size", "4", "--cfg-scale", "3",
+                                  "--output-path", str(samples)], [samples / "manifest.jsonl"]).run(run)
+    report = json.loads(output.read_text(encoding="utf-8"))
+    bpt = report["sections"]["bpt"]
+    print(f"\nemoji, {report['checkpoint']['iteration']} steps: validation bits per image token "
+          f"{bpt['image_bits']:.3f}, per text token {bpt['text_bits']:.3f}; samples for {len(names)} held-out "
+          f"names in {samples}")
 
 
 def main() -> None:
@@ -184,7 +191,9 @@ def main() -> None:
     parser.add_argument("--vqvae-minutes", type=float, default=5.0, help="VQ-VAE training budget (CPU minutes)")
     parser.add_argument("--train-items", type=int, default=50000, help="shapes items in the training shards")
     parser.add_argument("--num-prompts", type=int, default=200, help="held-out prompts evaluated")
-    parser.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    parser.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    parser.add_argument("--temperature", type=float, default=0.4,
+                        help="sampling temperature of the shapes evaluation (docs/results.md has the sweep)")
     parser.add_argument("--candidates", type=int, default=4, help="candidates per prompt for post-selection")
     parser.add_argument("--workers", type=int, default=2, help="preprocessing worker processes")
     parser.add_argument("--emoji", action="store_true", help="also run the emoji benchmark")

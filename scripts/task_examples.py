@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from arguments import non_negative_float, positive_int  # noqa: E402
+from arguments import non_negative_float, positive_float, positive_int  # noqa: E402
 from data_utils.image_sources import open_dataset  # noqa: E402
 from data_utils.images import pil_to_tensor, tensor_to_pil  # noqa: E402
 from eval_utils.psnr import bicubic_upsample  # noqa: E402
@@ -152,12 +152,12 @@ def column_titles(titles: Sequence[str], tiles_each: int, tile: int) -> Image.Im
 
 
 # --- the pictures ---------------------------------------------------------------------------------------
-def text2image_picture(pipe: Pipeline, prompts: list[str], samples: int, cfg_scale: float, seed: int,
-                       tile: int) -> Image.Image:
+def text2image_picture(pipe: Pipeline, prompts: list[str], samples: int, cfg_scale: float, temperature: float,
+                       seed: int, tile: int) -> Image.Image:
     """Image j of every prompt uses seed `seed + j` with and without guidance, so columns j and
     `samples + j` differ by guidance alone."""
-    plain = pipe.text2image(prompts, n=samples, seed=seed)
-    guided = pipe.text2image(prompts, n=samples, seed=seed, cfg_scale=cfg_scale)
+    plain = pipe.text2image(prompts, n=samples, seed=seed, temperature=temperature)
+    guided = pipe.text2image(prompts, n=samples, seed=seed, cfg_scale=cfg_scale, temperature=temperature)
     rows = [(a.prompt, [enlarge(image, tile) for image in a.images + b.images]) for a, b in zip(plain, guided)]
     header = column_titles(["no guidance (cfg scale 1)", f"classifier-free guidance, cfg scale {cfg_scale:g}"],
                            samples, tile)
@@ -173,23 +173,23 @@ def image2text_picture(pipe: Pipeline, captions: list[str], images: list[Image.I
     return make_grid(cells, columns=CAPTION_COLUMNS, gap=GAP)
 
 
-def post_selection_picture(pipe: Pipeline, prompt: str, candidates: int, cfg_scale: float, seed: int,
-                           tile: int) -> Image.Image:
+def post_selection_picture(pipe: Pipeline, prompt: str, candidates: int, cfg_scale: float, temperature: float,
+                           seed: int, tile: int) -> Image.Image:
     """Candidates scored from their codes (what text2image-full does), so no VQ-VAE round trip
     changes the images that are scored."""
-    result = pipe.text2image(prompt, n=candidates, seed=seed, cfg_scale=cfg_scale)[0]
+    result = pipe.text2image(prompt, n=candidates, seed=seed, cfg_scale=cfg_scale, temperature=temperature)[0]
     ranking = pipe.rerank_codes(prompt, result.codes)
     cells = [labelled(enlarge(result.images[i], tile), [f"{rank + 1}. {float(ranking.scores[i]):.2f} (seed {seed + i})"],
                       tile) for rank, i in enumerate(ranking.order)]
     return titled_rows([(f"{prompt} (cfg scale {cfg_scale:g}; rank. score, best first)", cells)], candidates)
 
 
-def super_resolution_picture(pipe: Pipeline, captions: list[str], images: list[Image.Image], seed: int,
-                             tile: int) -> Image.Image:
+def super_resolution_picture(pipe: Pipeline, captions: list[str], images: list[Image.Image], temperature: float,
+                             seed: int, tile: int) -> Image.Image:
     """Inputs made as training made them (`preprocess_data.downscale`), so the model sees its own task;
     bicubic upsampling is the baseline evaluate.py measures PSNR against."""
     lowres = [downscale(image) for image in images]
-    upscaled = pipe.super_resolve(lowres, captions, seed=seed)
+    upscaled = pipe.super_resolve(lowres, captions, seed=seed, temperature=temperature)
     bicubic = bicubic_upsample(torch.stack([pil_to_tensor(image) for image in lowres]), 2)
     rows = [(caption, [enlarge(image, tile) for image in (low, tensor_to_pil(cubic), model, original)])
             for caption, low, cubic, model, original in zip(captions, lowres, bicubic, upscaled, images)]
@@ -203,8 +203,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--load", required=True, help="checkpoint (anything generate_samples.py --load takes)")
     parser.add_argument("--output", type=Path, required=True, help="folder for the four PNGs")
     parser.add_argument("--seed", type=int, default=0, help="image j of every prompt uses seed SEED+j")
-    parser.add_argument("--cfg-scale", type=non_negative_float, default=3.0,
+    parser.add_argument("--cfg-scale", type=non_negative_float, default=1.5,
                         help="guidance scale of the guided half of text2image.png and of the post-selection candidates")
+    parser.add_argument("--temperature", type=positive_float, default=1.0,
+                        help="sampling temperature of the generated images (captions are greedy)")
     parser.add_argument("--samples", type=positive_int, default=4,
                         help="text2image.png: images per prompt, with and without guidance each")
     parser.add_argument("--candidates", type=positive_int, default=8, help="post_selection.png: candidates")
@@ -216,15 +218,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     tile = DISPLAY_SCALE * side + 2 * FRAME
     pictures = {
         "text2image.png": lambda: text2image_picture(pipe, held_out(side, TEXT2IMAGE_PROMPTS)[0], args.samples,
-                                                     args.cfg_scale, args.seed, tile),
+                                                     args.cfg_scale, args.temperature, args.seed, tile),
         "image2text.png": lambda: image2text_picture(pipe, *held_out(side, CAPTIONED_IMAGES), args.seed, tile),
         "post_selection.png": lambda: post_selection_picture(pipe, held_out(side, POST_SELECTION_PROMPT)[0][0],
-                                                             args.candidates, args.cfg_scale, args.seed, tile),
+                                                             args.candidates, args.cfg_scale, args.temperature,
+                                                             args.seed, tile),
         "super_resolution.png": lambda: super_resolution_picture(pipe, *held_out(side, SUPER_RESOLUTION_IMAGES),
-                                                                 args.seed, tile),
+                                                                 args.temperature, args.seed, tile),
     }
     args.output.mkdir(parents=True, exist_ok=True)
-    settings = {"checkpoint": str(args.load), "seed": args.seed, "cfg_scale": args.cfg_scale}
+    settings = {"checkpoint": str(args.load), "seed": args.seed, "cfg_scale": args.cfg_scale,
+                "temperature": args.temperature}
     for name, draw in tqdm(pictures.items(), desc="task examples", unit="picture"):
         save_png(args.output / name, draw(), settings)
         tqdm.write(str(args.output / name))

@@ -24,7 +24,7 @@ def pictures(tmp_path_factory) -> tuple[Path, int]:
     """The script run on a tiny checkpoint; returns the output folder and the model's image side."""
     folder = tmp_path_factory.mktemp("task_examples")
     checkpoint = write_tiny_checkpoint(folder, grid=GRID)
-    te.main(["--load", str(checkpoint), "--output", str(folder / "out"), "--seed", "5",
+    te.main(["--load", str(checkpoint), "--output", str(folder / "out"), "--seed", "5", "--temperature", "0.5",
              "--samples", str(SAMPLES), "--candidates", str(CANDIDATES)])
     return folder / "out", GRID * read_json(folder / "vqvae" / "config.json")["downsample"]
 
@@ -69,7 +69,8 @@ def test_pictures_show_the_held_out_images_and_record_their_settings(pictures):
         shown = picture.convert("RGB").crop((left, top, left + tile, top + tile))
     assert np.array_equal(np.asarray(shown), np.asarray(te.enlarge(images[0], tile)))
     metadata = read_png_metadata(out / "text2image.png")
-    assert metadata["seed"] == 5 and metadata["cfg_scale"] == 3.0 and metadata["checkpoint"].endswith("gpt")
+    assert metadata["seed"] == 5 and metadata["cfg_scale"] == 1.5 and metadata["temperature"] == 0.5
+    assert metadata["checkpoint"].endswith("gpt")
 
 
 def test_a_missing_checkpoint_is_one_error_line(tmp_path):
