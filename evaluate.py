@@ -324,17 +324,31 @@ def super_resolution_section(images: list[Image.Image], captions: list[str],
     return Section("sr", results, table)
 
 
-def bpt_tasks(rows: ShardedRows) -> list[str]:
-    """Every task the rows can make (super-resolution needs their low-res codes)."""
-    return [task for task in TASKS if task != "super_resolution" or rows.format.lowres_grid]
+def bpt_tasks(rows: ShardedRows, trained: Sequence[str] | None = None) -> list[str]:
+    """Every task the rows can make (super-resolution needs their low-res codes) that the model was trained
+    on (`trained`, from the checkpoint's metadata; None when it does not say, as in CogView's release):
+    an untrained task's bits would say nothing about the model and swamp the average."""
+    return [task for task in TASKS if (task != "super_resolution" or rows.format.lowres_grid)
+            and (trained is None or task in trained)]
+
+
+def trained_tasks(metadata: dict[str, Any]) -> list[str] | None:
+    """The tasks the checkpoint's training mixed, when its metadata records them."""
+    tasks = (metadata.get("data") or {}).get("tasks")
+    return list(tasks) if tasks is not None else None
 
 
 def bits_per_token_section(model: torch.nn.Module, tokenizer: UnifiedTokenizer, rows: ShardedRows, count: int,
-                           batch_size: int, data_seed: int, precision: str = "fp32") -> Section:
+                           batch_size: int, data_seed: int, precision: str = "fp32",
+                           trained: Sequence[str] | None = None) -> Section:
     """Bits per image and per text token of the first `count` rows (in the permutation of `data_seed`),
-    each scored as every task the rows allow; the model runs in `precision`, as in generation."""
+    each scored as every task the rows allow and the model was trained on; the model runs in `precision`,
+    as in generation."""
     used = min(count, len(rows))
-    tasks = bpt_tasks(rows)
+    tasks = bpt_tasks(rows, trained)
+    if not tasks:
+        raise UserError(f"the model was trained on {', '.join(trained or [])}, which the rows in {rows.data_dir} "
+                        f"cannot make (super-resolution needs shards written with --with-lowres)")
 
     def batches():
         for task in tasks:
@@ -524,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "sr": lambda: super_resolution_section(held_out.images, held_out.captions, lambda images, texts: (
             pipe.super_resolve(images, texts, seed=args.seed, **sampling))),
         "bpt": lambda: bits_per_token_section(pipe.model, pipe.tokenizer, rows, args.num_prompts, batch,
-                                              args.data_seed, precision),
+                                              args.data_seed, precision, trained_tasks(parts.metadata)),
         "caption-loss": lambda: caption_loss_section(pipe.model, pipe.tokenizer, pipe.encode_images(
             held_out.tensor()), held_out.captions, batch, precision),
         "fid": lambda: fid_section(held_out.tensor(), args.cfg_scale, images_at, inception, feature_net),

@@ -86,7 +86,7 @@ def load_data(args: argparse.Namespace) -> TrainingData:
     return TrainingData(tokenizer=tokenizer, train=train, valid=valid,
                         positions_needed=positions_needed(train_rows.format, args.task_mix),
                         metadata={"tokenizer": recorded, "vqvae": manifest["vqvae"],
-                                  "data": data_geometry(train_rows.format)})
+                                  "data": {**data_geometry(train_rows.format), "tasks": list(train.tasks)}})
 
 
 def data_geometry(row_format: RowFormat) -> dict[str, int | None]:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -168,6 +169,17 @@ def test_fid_section_compares_generated_with_real_features():
 def test_contradictory_flags_are_refused_before_anything_loads(tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
         evaluate.main(["--load", str(tmp_path / "nothing"), "--output-json", str(tmp_path / "e.json"), *flags])
+
+
+def test_bits_per_token_scores_the_tasks_the_rows_allow_and_the_model_learned():
+    with_lowres, without = SimpleNamespace(format=SimpleNamespace(lowres_grid=4)), \
+        SimpleNamespace(format=SimpleNamespace(lowres_grid=None))
+    assert evaluate.bpt_tasks(with_lowres) == ["text2image", "image2text", "super_resolution"]
+    assert evaluate.bpt_tasks(without) == ["text2image", "image2text"]
+    assert evaluate.bpt_tasks(with_lowres, ["image2text", "text2image"]) == ["text2image", "image2text"]
+    assert evaluate.bpt_tasks(without, ["super_resolution"]) == []
+    assert evaluate.trained_tasks({"data": {"image_grid": 8, "tasks": ["text2image"]}}) == ["text2image"]
+    assert evaluate.trained_tasks({"data": {"image_grid": 8}}) is None and evaluate.trained_tasks({}) is None
 
 
 def test_default_sections_follow_the_inputs():

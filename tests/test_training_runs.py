@@ -152,6 +152,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(data, uninterrupt
     assert read_tracker(save) == 3 and (save / DEEPSPEED_LATEST_FILE).read_text() == "3"
     model, metadata = load_model_for_inference(save)  # loadable as it is, no repair step
     assert model.config.num_layers == 2 and metadata["tokenizer"]["fingerprint"] == data.tokenizer.fingerprint()
+    assert metadata["data"]["tasks"] == ["text2image", "image2text"]  # RESUME_FLAGS' task mix, for evaluate.py
     resume(data, save)
     assert_bit_identical(weights(save, RESUME_ITERS), uninterrupted)
 
