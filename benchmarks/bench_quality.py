@@ -38,13 +38,14 @@ CALIBRATION_STEPS = (10, 10, 60)  # the first run only warms caches (DeepSpeed o
 
 
 def data_stages(run: Path, dataset: str, image_size: int, train_items: int, val_items: int, vqvae_minutes: float,
-                language: str, workers: int, vocab_size: int) -> list[Stage]:
-    """Tokenizer, VQ-VAE and train/val shards of one dataset under `run`."""
+                language: str, workers: int, vocab_size: int, with_lowres: bool) -> list[Stage]:
+    """Tokenizer, VQ-VAE and train/val shards of one dataset under `run` (low-res codes only for a task mix
+    with super-resolution)."""
     tok, vq, data = run / "tokenizer", run / "vqvae", run / "data"
     sp_model = tok / "sp.model"
     shards = ["--dataset", dataset, "--language", language, "--image-size", str(image_size),
               "--text-tokenizer", str(sp_model), "--vqvae", str(vq), "--text-max-tokens", "32",
-              "--with-lowres", "--workers", str(workers)]
+              *(["--with-lowres"] if with_lowres else []), "--workers", str(workers)]
     return [
         Stage("tokenizer", ["train_text_tokenizer.py", "--dataset", dataset, "--language", language,
                             "--vocab-size", str(vocab_size), "--output", str(tok / "sp")], [sp_model]),
@@ -110,7 +111,7 @@ def train_from_scratch(run: Path, dataset: str, task_mix: str, budget_minutes: f
                        val_items: int, vocab_size: int, args: argparse.Namespace) -> Path:
     """Tokenizer, VQ-VAE, shards and a transformer trained for the budget; returns its save folder."""
     for stage in data_stages(run, dataset, 64, train_items, val_items, args.vqvae_minutes, "en", args.workers,
-                             vocab_size=vocab_size):
+                             vocab_size=vocab_size, with_lowres="super_resolution" in task_mix):
         stage.run(run)
     stage, gpt = trained_stage(run, task_mix, budget_minutes)
     stage.run(run)
