@@ -165,6 +165,26 @@ def held_out_names(path: Path, count: int) -> list[str]:
     return names
 
 
+def heldout_overview(samples: Path, output: Path) -> None:
+    """One picture of the samples of every held-out name, a row each under its name (from the manifest
+    generate_samples.py wrote), laid out like the task pages' pictures."""
+    from PIL import Image
+
+    from generation.outputs import save_png
+    from scripts.task_examples import DISPLAY_SCALE, FRAME, enlarge, titled_rows
+
+    rows: dict[str, list[Image.Image]] = {}
+    for line in (samples / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        with Image.open(samples / record["file"]) as image:
+            rows.setdefault(record["prompt"], []).append(image.convert("RGB"))
+    tile = DISPLAY_SCALE * next(iter(rows.values()))[0].width + 2 * FRAME
+    picture = titled_rows([(name, [enlarge(image, tile) for image in images]) for name, images in rows.items()],
+                          columns=max(len(images) for images in rows.values()))
+    save_png(output, picture, {"samples": str(samples)})
+    print(f"held-out samples: {output}")
+
+
 def run_emoji(args: argparse.Namespace) -> None:
     run = Path(args.run_dir) / "emoji"
     gpt = train_from_scratch(run, "emoji", "text2image=0.8,image2text=0.2", args.emoji_budget_minutes,
@@ -178,6 +198,8 @@ def run_emoji(args: argparse.Namespace) -> None:
     Stage(f"samples-{gpt.name}", ["generate_samples.py", "--load", str(gpt), "--input-source",
                                   str(run / "heldout_names.txt"), "--batch-size", "4", "--cfg-scale", "3",
                                   "--output-path", str(samples)], [samples / "manifest.jsonl"]).run(run)
+    overview = run / f"heldout_samples-{gpt.name}.png"
+    heldout_overview(samples, overview)
     report = json.loads(output.read_text(encoding="utf-8"))
     bpt = report["sections"]["bpt"]
     print(f"\nemoji, {report['checkpoint']['iteration']} steps: validation bits per image token "
