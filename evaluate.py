@@ -70,8 +70,8 @@ SECTIONS = ("t2i", "caption", "sr", "bpt", "caption-loss", "fid", "vqvae")
 SHAPES_SECTIONS = ("t2i", "caption")  # need each item's objects, which only `shapes` carries
 # Flags that only some sections read: given without any of them they would do nothing, so they are refused.
 FLAG_SECTIONS = {"cfg_scale": ("t2i", "fid"), "candidates": ("t2i", "fid"), "post_select": ("t2i", "fid"),
-                 "caption_top_k": ("caption",), "valid_data": ("bpt",), "inception_weights": ("fid",), "feature_net": ("fid",),
-                 "train_feature_net": ("fid",)}
+                 "caption_top_k": ("caption",), "valid_data": ("bpt",), "inception_weights": ("fid",),
+                 "feature_net": ("fid",), "train_feature_net": ("fid",)}
 
 
 # ---------------------------------------------------------------- command line

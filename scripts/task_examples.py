@@ -179,8 +179,9 @@ def post_selection_picture(pipe: Pipeline, prompt: str, candidates: int, cfg_sca
     changes the images that are scored."""
     result = pipe.text2image(prompt, n=candidates, seed=seed, cfg_scale=cfg_scale, temperature=temperature)[0]
     ranking = pipe.rerank_codes(prompt, result.codes)
-    cells = [labelled(enlarge(result.images[i], tile), [f"{rank + 1}. {float(ranking.scores[i]):.2f} (seed {seed + i})"],
-                      tile) for rank, i in enumerate(ranking.order)]
+    cells = [labelled(enlarge(result.images[i], tile),
+                      [f"{rank + 1}. {float(ranking.scores[i]):.2f} (seed {seed + i})"], tile)
+             for rank, i in enumerate(ranking.order)]
     return titled_rows([(f"{prompt} (cfg scale {cfg_scale:g}; rank. score, best first)", cells)], candidates)
 
 
