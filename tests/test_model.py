@@ -161,6 +161,30 @@ def test_pb_relax_equals_plain_in_fp32(relax):
     torch.testing.assert_close(relaxed(ids, positions, mask), plain(ids, positions, mask), atol=1e-5, rtol=0)
 
 
+def test_cpu_bf16_attention_runs_in_fp32(monkeypatch):
+    """bf16 weights (DeepSpeed's bf16) and fp32 weights under bf16 autocast both reach SDPA in fp32 on a CPU
+    (its bf16 kernel is the slow one), and give fp32's output to bf16 accuracy."""
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, **kwargs):
+        seen.append(q.dtype)
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(gpt.F, "scaled_dot_product_attention", recording_sdpa)
+    model = tiny_model()
+    ids, positions = random_batch(2, 16)
+    with torch.no_grad():
+        reference = model(ids, positions)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = model(ids, positions)
+        weights_bf16 = model.to(torch.bfloat16)(ids, positions)
+    assert seen == [torch.float32] * (3 * model.config.num_layers)
+    for logits in (autocast, weights_bf16):
+        assert logits.dtype == torch.bfloat16
+        torch.testing.assert_close(logits.float(), reference, atol=0.05, rtol=0.05)
+
+
 def test_pb_relax_layernorm_is_layernorm_with_a_rescaled_epsilon():
     """Dividing by s = max|x| / 8 changes only eps's weight: LN(x / s; eps) = LN(x; eps * s^2)."""
     torch.manual_seed(0)
