@@ -13,13 +13,13 @@ from typing import Any, Mapping, Sequence
 
 from data_utils.sequences import TASKS
 from fp16.precision import PRECISIONS
-from model.config import LAYERNORM_ORDERS, ModelConfig
+from model.config import LAYERNORM_ORDERS, POSITION_LAYOUTS, ModelConfig
 from training.lr_schedule import DECAY_STYLES
 from utils.errors import UserError
 
 # Model flags and the `ModelConfig` fields they set (same names); a checkpoint's config wins over them.
 MODEL_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings", "layernorm_order",
-               "pb_relax", "pb_relax_alpha", "hidden_dropout", "attention_dropout")
+               "pb_relax", "pb_relax_alpha", "hidden_dropout", "attention_dropout", "position_layout")
 
 
 # ---------------------------------------------------------------- value types (argparse reports the errors)
@@ -84,6 +84,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="attention heads; must divide --hidden-size (default: %(default)s)")
     group.add_argument("--max-position-embeddings", metavar="N", type=positive_int, default=None,
                        help="learned positions (default: the most the training data's tasks need)")
+    group.add_argument("--position-layout", choices=POSITION_LAYOUTS, default="fixed-image",
+                       help="'fixed-image': the text owns a fixed block of positions, so each image code has one "
+                            "position whatever the text's length; 'consecutive': CogView's numbering "
+                            "(default: %(default)s)")
     group.add_argument("--layernorm-order", choices=LAYERNORM_ORDERS, default="sandwich",
                        help="'sandwich': CogView's Sandwich-LN; 'pre': GPT-2's pre-LN (default: %(default)s)")
     group.add_argument("--pb-relax", action="store_true",

@@ -224,6 +224,10 @@ def open_validation_rows(path: str, pipe: Pipeline) -> ShardedRows:
     if needed > pipe.geometry.max_positions:
         raise UserError(f"rows of {path} need {needed} positions, the model has {pipe.geometry.max_positions}; "
                         f"preprocess with a smaller --text-max-tokens")
+    budget = pipe.geometry.text_positions
+    if budget is not None and rows.format.text_max_tokens != budget:
+        raise UserError(f"{path} holds texts of up to {rows.format.text_max_tokens} tokens, the model reserves {budget} "
+                        f"positions for text; preprocess with --text-max-tokens {budget}")
     return rows
 
 
@@ -352,7 +356,8 @@ def bits_per_token_section(model: torch.nn.Module, tokenizer: UnifiedTokenizer, 
 
     def batches():
         for task in tasks:
-            dataset = TaskSequenceDataset(rows, tokenizer, {task: 1.0}, seed=data_seed)
+            dataset = TaskSequenceDataset(rows, tokenizer, {task: 1.0}, seed=data_seed,
+                                          position_layout=model.config.position_layout)
             for start in range(0, used, batch_size):
                 samples = [dataset[position] for position in range(start, min(start + batch_size, used))]
                 yield collate_sequences(samples, tokenizer.pad_id)

@@ -65,7 +65,7 @@ class TrainingData:
 
 # ---------------------------------------------------------------- set-up
 
-def load_data(args: argparse.Namespace) -> TrainingData:
+def load_data(args: argparse.Namespace, position_layout: str) -> TrainingData:
     """The tokenizer recorded in the training data's manifest, and the datasets built with it."""
     manifest = read_manifest(args.train_data)
     recorded = manifest["tokenizer"]
@@ -74,14 +74,19 @@ def load_data(args: argparse.Namespace) -> TrainingData:
                         f"is missing; restore it or re-run preprocess_data.py")
     tokenizer = UnifiedTokenizer.from_files(recorded["path"], int(recorded["codebook_size"]))
     train_rows = ShardedRows(args.train_data, tokenizer=tokenizer)
-    train = TaskSequenceDataset(train_rows, tokenizer, args.task_mix, args.seed, args.cfg_drop_prob)
+    train = TaskSequenceDataset(train_rows, tokenizer, args.task_mix, args.seed, args.cfg_drop_prob, position_layout)
     for task in train.tasks:  # build one sample of each task here: a bad setting fails in one line, not in a worker
-        TaskSequenceDataset(train_rows, tokenizer, {task: 1.0}, args.seed)[0]
+        TaskSequenceDataset(train_rows, tokenizer, {task: 1.0}, args.seed, position_layout=position_layout)[0]
     valid = {}
     if args.valid_data is not None:
         valid_rows = ShardedRows(args.valid_data, tokenizer=tokenizer,
                                  vqvae_fingerprint=manifest["vqvae"]["fingerprint"])
-        valid = {task: TaskSequenceDataset(valid_rows, tokenizer, {task: 1.0}, args.seed, cfg_drop_prob=0.0)
+        if position_layout == "fixed-image" and valid_rows.format.text_max_tokens != train_rows.format.text_max_tokens:
+            raise UserError(f"{args.valid_data} keeps {valid_rows.format.text_max_tokens} text tokens, {args.train_data} "
+                            f"{train_rows.format.text_max_tokens}; with --position-layout fixed-image both must match "
+                            f"(preprocess with the same --text-max-tokens)")
+        valid = {task: TaskSequenceDataset(valid_rows, tokenizer, {task: 1.0}, args.seed, cfg_drop_prob=0.0,
+                                           position_layout=position_layout)
                  for task in train.tasks}
     return TrainingData(tokenizer=tokenizer, train=train, valid=valid,
                         positions_needed=positions_needed(train_rows.format, args.task_mix),
@@ -95,6 +100,15 @@ def data_geometry(row_format: RowFormat) -> dict[str, int | None]:
             "lowres_grid": row_format.lowres_grid}
 
 
+def position_layout_to_train(args: argparse.Namespace, resume_iteration: int | None) -> str:
+    """The flag's layout for a new run; a resumed run keeps its checkpoint's (a contradicting flag is
+    refused by `resolve_model_config`)."""
+    if resume_iteration is None:
+        return args.position_layout
+    fields, _ = read_model_config(Path(args.load) / str(resume_iteration) / CONFIG_FILE)
+    return ModelConfig.from_dict(fields).position_layout
+
+
 def resolve_model_config(args: argparse.Namespace, data: TrainingData, resume_iteration: int | None) -> ModelConfig:
     """A new model's config from the flags, or the checkpoint's when resuming (contradicting flags refused)."""
     if resume_iteration is None:
@@ -102,8 +116,8 @@ def resolve_model_config(args: argparse.Namespace, data: TrainingData, resume_it
     else:
         source = Path(args.load) / str(resume_iteration)
         fields, metadata = read_model_config(source / CONFIG_FILE)
-        check_flags_match_config(args, fields, str(source))
         config = ModelConfig.from_dict(fields)
+        check_flags_match_config(args, config.to_dict(), str(source))
         trained_with = metadata.get("tokenizer", {}).get("fingerprint")
         if trained_with != data.tokenizer.fingerprint():
             raise UserError(f"the checkpoint in {source} was trained with tokenizer {trained_with} but "
@@ -343,7 +357,7 @@ def checked_resume_iteration(args: argparse.Namespace) -> int | None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_training_args(argv, __doc__)
     resume_iteration = checked_resume_iteration(args)
-    data = load_data(args)
+    data = load_data(args, position_layout_to_train(args, resume_iteration))
     config = resolve_model_config(args, data, resume_iteration)
     mpu.init_distributed(args.local_rank)
     ds_config = build_deepspeed_config(args, mpu.get_world_size())  # may adopt a config file's batch/precision

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from data_utils import sequences
 from data_utils.shards import RowFormat, ShardedRows
 from data_utils.tokenizer import UnifiedTokenizer
+from model.config import POSITION_LAYOUTS
 from utils.errors import UserError
 
 DEFAULT_TASK_WEIGHTS: Mapping[str, float] = MappingProxyType({"text2image": 1.0})
@@ -46,19 +47,25 @@ class TaskSequenceDataset(Dataset):
 
     Epoch `e` visits the rows in a permutation seeded by (seed, e). Each sample draws its task by
     `task_weights` and, for text-to-image, drops its text with probability `cfg_drop_prob` (the
-    unconditional sequence that classifier-free guidance needs at sampling time).
+    unconditional sequence that classifier-free guidance needs at sampling time). `position_layout` numbers
+    the positions (`data_utils/sequences.py`); "fixed-image" gives the text the rows' `text_max_tokens`.
     """
 
     def __init__(self, rows: ShardedRows, tokenizer: UnifiedTokenizer,
-                 task_weights: Mapping[str, float] = DEFAULT_TASK_WEIGHTS, seed: int = 0, cfg_drop_prob: float = 0.0):
+                 task_weights: Mapping[str, float] = DEFAULT_TASK_WEIGHTS, seed: int = 0, cfg_drop_prob: float = 0.0,
+                 position_layout: str = "consecutive"):
         if len(rows) == 0:
             raise UserError(f"no rows in {rows.data_dir}; every item was skipped (see its skipped.txt)")
         if not 0.0 <= cfg_drop_prob <= 1.0:
             raise UserError(f"the CFG text drop probability must be in [0, 1], got {cfg_drop_prob}")
+        if position_layout not in POSITION_LAYOUTS:
+            raise UserError(f"position layout must be one of {POSITION_LAYOUTS}, got {position_layout!r}")
         self.rows = rows
         self.tokenizer = tokenizer
         self.seed = int(seed)
         self.cfg_drop_prob = float(cfg_drop_prob)
+        # The text's block of positions in the "fixed-image" layout (data_utils/sequences.py); None: consecutive.
+        self.text_positions = rows.format.text_max_tokens if position_layout == "fixed-image" else None
         self.tasks, self._cumulative = _active_tasks(task_weights, rows.format.lowres_grid is not None)
         self._permutation_epoch = -1
         self._permutation = np.zeros(0, dtype=np.int64)
@@ -91,12 +98,13 @@ class TaskSequenceDataset(Dataset):
         image = torch.from_numpy(row.image)
         if task == "text2image":
             text_ids = [] if drop_text else row.text_ids
-            sequence = sequences.text2image(self.tokenizer, text_ids, grid, image)
+            sequence = sequences.text2image(self.tokenizer, text_ids, grid, image, self.text_positions)
         elif task == "image2text":
             sequence = sequences.image2text(self.tokenizer, image, grid, row.text_ids)
         else:
             sequence = sequences.super_resolution(self.tokenizer, row.text_ids, torch.from_numpy(row.lowres),
-                                                  self.rows.format.lowres_grid, grid, image)
+                                                  self.rows.format.lowres_grid, grid, image,
+                                                  text_positions=self.text_positions)
         return {"input_ids": torch.tensor(sequence.ids, dtype=torch.long),
                 "position_ids": torch.tensor(sequence.position_ids, dtype=torch.long), "task": task}
 

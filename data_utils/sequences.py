@@ -11,6 +11,14 @@ CogView has no task tokens; the order of the parts tells the model what to do (d
 `G` is the grid token of the image that follows. `text_ids` are unified ids (`encode_text`); codes are
 image codes in [0, K) as sequences, tensors or numpy arrays (2-D grids read row-major). Leaving out the
 part the model is to generate gives the generation prompt.
+
+Position layouts (`ModelConfig.position_layout`). CogView numbers the tokens consecutively
+("consecutive"), so an image that follows its text starts at a position that depends on the text's
+length, and a model must learn to find each code's row and column relative to `[BOI1]`. With
+"fixed-image" the text owns positions 1 … `text_positions` whether it fills them or not, and what follows
+it starts at `text_positions + 1`: code (r, c) then has one position in every text-to-image sequence, as
+in LlamaGen and DALLE-pytorch (which pad the text to a fixed length; no pad tokens are fed here). Only
+text-to-image and the low-resolution half of super-resolution change: image-to-text starts with its image.
 """
 from __future__ import annotations
 
@@ -54,15 +62,29 @@ def _codes(tok: UnifiedTokenizer, codes: IdsLike, grid: int, what: str) -> list[
     return ids
 
 
-def text2image(tok: UnifiedTokenizer, text_ids: IdsLike, grid: int, codes: IdsLike | None = None) -> TokenSequence:
+def _after_text(text: list[int], rest: list[int], text_positions: int | None) -> list[int]:
+    """Positions of `[ROI1] text` followed by `rest`: consecutive, or with `rest` starting at
+    `text_positions + 1` whatever the text's length (the "fixed-image" layout)."""
+    if text_positions is None:
+        return list(range(1 + len(text) + len(rest)))
+    if len(text) > text_positions:
+        raise UserError(f"the text has {len(text)} tokens but the model reserves {text_positions} positions for it; "
+                        f"shorten it")
+    return list(range(1 + len(text))) + list(range(1 + text_positions, 1 + text_positions + len(rest)))
+
+
+def text2image(tok: UnifiedTokenizer, text_ids: IdsLike, grid: int, codes: IdsLike | None = None,
+               text_positions: int | None = None) -> TokenSequence:
     """`[ROI1] text G [BOI1] codes [EOI1]`; without `codes`, the prompt ending at `[BOI1]`.
 
-    Empty `text_ids` give the unconditional sequence of classifier-free guidance.
+    Empty `text_ids` give the unconditional sequence of classifier-free guidance. `text_positions`: None
+    for consecutive positions, else the text's fixed budget of positions (the "fixed-image" layout).
     """
-    ids = [tok["[ROI1]"], *_text(tok, text_ids), tok.grid_token(grid), tok["[BOI1]"]]
+    text = _text(tok, text_ids)
+    rest = [tok.grid_token(grid), tok["[BOI1]"]]
     if codes is not None:
-        ids += [*_codes(tok, codes, grid, "image"), tok["[EOI1]"]]
-    return TokenSequence(ids, list(range(len(ids))))
+        rest += [*_codes(tok, codes, grid, "image"), tok["[EOI1]"]]
+    return TokenSequence([tok["[ROI1]"], *text, *rest], _after_text(text, rest, text_positions))
 
 
 def image2text(tok: UnifiedTokenizer, codes: IdsLike, grid: int, text_ids: IdsLike | None = None) -> TokenSequence:
@@ -74,18 +96,21 @@ def image2text(tok: UnifiedTokenizer, codes: IdsLike, grid: int, text_ids: IdsLi
 
 
 def super_resolution(tok: UnifiedTokenizer, text_ids: IdsLike, lo_codes: IdsLike, lo_grid: int, hi_grid: int,
-                     hi_codes: IdsLike | None = None, window: int = 0) -> TokenSequence:
+                     hi_codes: IdsLike | None = None, window: int = 0, text_positions: int | None = None
+                     ) -> TokenSequence:
     """`[ROI1] text G_lo [BOI1] lo [EOI1] [ROI2] [POS w] G_hi [BOI2] hi [EOI2]`, positions restarting at [ROI2].
 
     Without `hi_codes`, the prompt ending at `[BOI2]`. `window` is the index (0-8) of the
-    high-resolution window being generated; 0 for a whole image.
+    high-resolution window being generated; 0 for a whole image. `text_positions` as in `text2image`.
     """
-    low = [tok["[ROI1]"], *_text(tok, text_ids), tok.grid_token(lo_grid), tok["[BOI1]"],
-           *_codes(tok, lo_codes, lo_grid, "low-resolution image"), tok["[EOI1]"]]
+    text = _text(tok, text_ids)
+    low_rest = [tok.grid_token(lo_grid), tok["[BOI1]"], *_codes(tok, lo_codes, lo_grid, "low-resolution image"),
+                tok["[EOI1]"]]
     high = [tok["[ROI2]"], tok.position_token(window), tok.grid_token(hi_grid), tok["[BOI2]"]]
     if hi_codes is not None:
         high += [*_codes(tok, hi_codes, hi_grid, "high-resolution image"), tok["[EOI2]"]]
-    return TokenSequence(low + high, list(range(len(low))) + list(range(len(high))))
+    return TokenSequence([tok["[ROI1]"], *text, *low_rest, *high],
+                         _after_text(text, low_rest, text_positions) + list(range(len(high))))
 
 
 def _part_lengths(task: str, text_max_tokens: int, grid: int, lo_grid: int | None) -> tuple[int, ...]:

@@ -22,6 +22,7 @@ import torch
 
 from data_utils.tokenizer import GRID_TOKENS, UnifiedTokenizer
 from generation.tasks import Geometry
+from model.config import ModelConfig
 from utils.errors import UserError
 from utils.logging import get_logger
 
@@ -80,12 +81,17 @@ def _need_path(given: str | os.PathLike | None, recorded: Path | None, what: str
     return path
 
 
-def geometry_from(metadata: Mapping[str, Any], max_positions: int) -> Geometry:
+def geometry_from(metadata: Mapping[str, Any], config: ModelConfig) -> Geometry:
     """The trained sizes from the metadata; a checkpoint without them (CogView's release) gets the
     largest grid whose text-to-image sequence fits its positions, and the rest of them for text."""
     data = metadata.get("data")
+    max_positions = config.max_position_embeddings
     if isinstance(data, Mapping) and "image_grid" in data and "text_max_tokens" in data:
-        return Geometry(int(data["image_grid"]), int(data["text_max_tokens"]), max_positions)
+        text_max_tokens = int(data["text_max_tokens"])
+        text_positions = text_max_tokens if config.position_layout == "fixed-image" else None
+        return Geometry(int(data["image_grid"]), text_max_tokens, max_positions, text_positions)
+    if config.position_layout == "fixed-image":
+        raise UserError("a fixed-image model must record its text budget (data.text_max_tokens) in model_config.json")
     fitting = [g for g in GRID_TOKENS if g * g + 5 < max_positions and g >= 8]
     if not fitting:
         raise UserError(f"a model with {max_positions} positions fits no image grid; is this a generation checkpoint?")
@@ -130,7 +136,7 @@ def load_components(checkpoint: str | os.PathLike, vqvae: str | os.PathLike | No
                         f"(fingerprint {tokenizer.fingerprint()}) is not what {checkpoint} was trained with "
                         f"(fingerprint {recorded}); give the right one with --text-tokenizer / --vqvae")
     _check_vocab(model, tokenizer, checkpoint)
-    geometry = geometry_from(metadata, model.config.max_position_embeddings)
+    geometry = geometry_from(metadata, model.config)
 
     captioner = None
     if caption_model is not None:
@@ -140,7 +146,7 @@ def load_components(checkpoint: str | os.PathLike, vqvae: str | os.PathLike | No
         if recorded is not None and recorded != tokenizer.fingerprint():
             raise UserError(f"--caption-model {caption_model} was trained with another tokenizer "
                             f"(fingerprint {recorded}, ours {tokenizer.fingerprint()})")
-        caption_grid = geometry_from(caption_metadata, captioner.config.max_position_embeddings).image_grid
+        caption_grid = geometry_from(caption_metadata, captioner.config).image_grid
         if caption_grid != geometry.image_grid:
             raise UserError(f"--caption-model {caption_model} reads {caption_grid}x{caption_grid} code grids, "
                             f"the model makes {geometry.image_grid}x{geometry.image_grid}")

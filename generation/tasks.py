@@ -28,12 +28,14 @@ class Geometry:
 
     `image_grid` is the side of the code grid of text-to-image and captioning; super-resolution was
     trained from `image_grid // 2` to `image_grid` (the `lowres` shard field). `max_positions` is the
-    number of position embeddings.
+    number of position embeddings. `text_positions` is the text's fixed block of positions of a
+    "fixed-image" model, None for consecutive positions (data_utils/sequences.py).
     """
 
     image_grid: int
     text_max_tokens: int
     max_positions: int
+    text_positions: int | None = None
 
     @property
     def lowres_grid(self) -> int:
@@ -72,10 +74,11 @@ def generate_image_codes(model: torch.nn.Module, tok: UnifiedTokenizer, geometry
         raise UserError(f"--batch-size (images per prompt) must be >= 1, got {n}")
     grid = geometry.image_grid
     steps = grid * grid
-    uncond = text2image(tok, list(negative_ids or []), grid) if settings.uses_guidance else None
+    uncond = text2image(tok, list(negative_ids or []), grid, text_positions=geometry.text_positions
+                        ) if settings.uses_guidance else None
     requests = []
     for ids in text_ids:
-        prompt = text2image(tok, ids, grid)
+        prompt = text2image(tok, ids, grid, text_positions=geometry.text_positions)
         check_fits(prompt, steps, geometry, "text-to-image")
         requests += [DecodeRequest(prompt, seed + j, uncond) for j in range(n)]
     spec = DecodeSpec(steps=steps, allowed=image_ids_mask(tok), settings=settings, pad_id=tok.pad_id)
@@ -214,7 +217,8 @@ def _generate_windows(model, tok: UnifiedTokenizer, geometry: Geometry, codes: t
         for i in range(num):
             # Every window reads [POS0]: training builds only whole-image super-resolution samples, which
             # carry [POS0]; [POS1..8] stay reserved for a model fine-tuned on windowed crops (CogView's).
-            prompt = super_resolution(tok, text_ids[i], codes[i, lo_rows, lo_cols], lo, hi, window=0)
+            prompt = super_resolution(tok, text_ids[i], codes[i, lo_rows, lo_cols], lo, hi, window=0,
+                                      text_positions=geometry.text_positions)
             check_fits(prompt, hi * hi, geometry, "super-resolution")
             requests.append(DecodeRequest(prompt, window_seed(seed + i, window.index),
                                           forced=target[i, rows, cols].reshape(-1).clone()))

@@ -17,6 +17,9 @@ LAYERNORM_ORDERS = ("pre", "sandwich")
 COGVIEW_HEAD_DIM = 64
 # The MLP is 4x as wide as the hidden state, as in GPT-2 and CogView.
 FFN_MULTIPLIER = 4
+# How sequences number their positions (data_utils/sequences.py): CogView's "consecutive", or "fixed-image",
+# where the text owns a fixed block of positions so every image code has one position.
+POSITION_LAYOUTS = ("consecutive", "fixed-image")
 
 
 @dataclass
@@ -37,6 +40,8 @@ class ModelConfig:
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
     layernorm_epsilon: float = 1e-5
+    # The positions the weights were trained with; CogView's release and older checkpoints are "consecutive".
+    position_layout: str = "consecutive"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -65,6 +70,8 @@ class ModelConfig:
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"model {name} must be in [0, 1), got {getattr(self, name)}")
+        if self.position_layout not in POSITION_LAYOUTS:
+            raise UserError(f"model position_layout must be one of {POSITION_LAYOUTS}, got {self.position_layout!r}")
         if not self.layernorm_epsilon > 0:
             raise UserError(f"model layernorm_epsilon must be positive, got {self.layernorm_epsilon}")
 

@@ -197,10 +197,20 @@ def test_prompt_files(tmp_path):
 
 def test_geometry_comes_from_the_metadata_or_from_the_position_table():
     from generation.loading import geometry_from
+    from model import ModelConfig
 
-    recorded = geometry_from({"data": {"image_grid": 8, "text_max_tokens": 32, "lowres_grid": 4}}, 101)
+    def config(positions: int, layout: str = "consecutive") -> ModelConfig:
+        return ModelConfig(vocab_size=64, num_layers=1, hidden_size=8, num_attention_heads=1,
+                           max_position_embeddings=positions, position_layout=layout)
+
+    metadata = {"data": {"image_grid": 8, "text_max_tokens": 32, "lowres_grid": 4}}
+    recorded = geometry_from(metadata, config(101))
     assert (recorded.image_grid, recorded.text_max_tokens, recorded.max_positions) == (8, 32, 101)
-    cogview = geometry_from({}, 1089)  # CogView's release records nothing: 32x32 codes fit its 1089 positions
+    assert recorded.text_positions is None
+    assert geometry_from(metadata, config(101, "fixed-image")).text_positions == 32
+    cogview = geometry_from({}, config(1089))  # CogView's release records nothing: 32x32 codes fit its 1089 positions
     assert (cogview.image_grid, cogview.text_max_tokens) == (32, 1089 - 1024 - 5)
     with pytest.raises(UserError, match="fits no image grid"):
-        geometry_from({}, 40)
+        geometry_from({}, config(40))
+    with pytest.raises(UserError, match="must record its text budget"):
+        geometry_from({}, config(1089, "fixed-image"))

@@ -1,4 +1,6 @@
 """The KV-cache decoding loop and the token-level tasks, against a slow uncached reference."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -37,6 +39,21 @@ def test_cached_batched_decoding_equals_the_uncached_reference(setup, settings):
             expected = reference_decode(model, text2image(tok, prompt_ids, geometry.image_grid), 7 + j, 64,
                                         tasks.image_ids_mask(tok), settings, uncond)
             assert codes[p, j].flatten().tolist() == expected, f"prompt {p} image {j}"
+
+
+def test_fixed_image_layout_decodes_at_the_positions_training_used(setup):
+    """Prompts of different lengths share a left-padded batch; each row continues from its own `[BOI1]`
+    position, which the fixed-image layout puts at the same place for every text."""
+    tok, model, geometry = setup
+    fixed = dataclasses.replace(geometry, text_positions=geometry.text_max_tokens)
+    ids = [text_ids(tok, p) for p in PROMPTS]
+    settings = SamplingSettings(top_k=5, temperature=0.9, cfg_scale=2.0)
+    codes = tasks.generate_image_codes(model, tok, fixed, ids, n=1, seed=3, settings=settings, max_batch_rows=16)
+    uncond = text2image(tok, [], geometry.image_grid, text_positions=fixed.text_positions)
+    for p, prompt_ids in enumerate(ids):
+        prompt = text2image(tok, prompt_ids, geometry.image_grid, text_positions=fixed.text_positions)
+        expected = reference_decode(model, prompt, 3, 64, tasks.image_ids_mask(tok), settings, uncond)
+        assert codes[p, 0].flatten().tolist() == expected, f"prompt {p}"
 
 
 def test_an_image_is_the_same_alone_or_packed_in_a_batch_of_eight(setup):

@@ -79,6 +79,28 @@ def test_super_resolution_round_trip_and_position_restart(tok):
     assert prompt.position_ids[restart:] == [0, 1, 2, 3]
 
 
+def test_fixed_image_layout_gives_each_code_one_position_whatever_the_text(tok):
+    image, low = codes(8, 1), codes(4, 2)
+    budget = 32
+    seen = []
+    for text in ["", "square", "a small blue diamond in the center"]:
+        text_ids = tok.encode_text(text) if text else []
+        fixed = sequences.text2image(tok, text_ids, 8, image, text_positions=budget)
+        assert fixed.ids == sequences.text2image(tok, text_ids, 8, image).ids  # same tokens, no padding fed
+        assert fixed.position_ids[:1 + len(text_ids)] == list(range(1 + len(text_ids)))
+        seen.append(fixed.position_ids[1 + len(text_ids):])
+        prompt = sequences.text2image(tok, text_ids, 8, text_positions=budget)
+        assert prompt.position_ids == fixed.position_ids[:len(prompt)]
+        sr = sequences.super_resolution(tok, text_ids, low, 4, 8, image, text_positions=budget)
+        restart = sr.ids.index(tok["[ROI2]"])
+        assert sr.position_ids[1 + len(text_ids):restart] == list(range(1 + budget, 1 + budget + 3 + 16))
+        assert sr.position_ids[restart:] == list(range(len(sr) - restart))
+    assert seen[0] == seen[1] == seen[2] == list(range(1 + budget, 1 + budget + 2 + 64 + 1))
+    long_text = tok.encode_text(" ".join(CAPTIONS[:2]))
+    with pytest.raises(UserError, match=f"reserves {len(long_text) - 1} positions"):
+        sequences.text2image(tok, long_text, 8, text_positions=len(long_text) - 1)
+
+
 @pytest.mark.parametrize("task", sequences.TASKS)
 def test_max_length_and_num_positions_match_the_longest_sequence(tok, task):
     text = tok.encode_text("中间有一个小的蓝色菱形，右侧有一个大的绿色正方形 and a large red circle")
