@@ -32,7 +32,8 @@ from utils.files import atomic_write_json, read_json  # noqa: E402
 from utils.stages import Stage  # noqa: E402
 
 MODEL_FLAGS = ["--num-layers", "4", "--hidden-size", "256", "--num-attention-heads", "8"]
-TRAIN_FLAGS = ["--batch-size", "32", "--lr", "1e-3", "--warmup", "0.02", "--hidden-dropout", "0",
+# bf16 (AMX on this machine's CPUs) nearly halves a step; lr 2e-3 beat 1e-3 and 4e-3 in 1,500-step pilots.
+TRAIN_FLAGS = ["--bf16", "--batch-size", "32", "--lr", "2e-3", "--warmup", "0.02", "--hidden-dropout", "0",
                "--attention-dropout", "0", "--cfg-drop-prob", "0.1", "--num-workers", "1", "--log-interval", "50"]
 CALIBRATION_STEPS = (10, 10, 60)  # the first run only warms caches (DeepSpeed op build, page cache)
 

@@ -63,7 +63,7 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
                               "--valid-data", str(data / "val"), "--save", str(gpt),
                               "--tensorboard-dir", str(run / "tb" / "gpt"), *args.model_flags.split(),
                               "--task-mix", "text2image=0.7,image2text=0.2,super_resolution=0.1",
-                              "--train-iters", str(args.train_iters), "--batch-size", "32", "--lr", "1e-3",
+                              "--train-iters", str(args.train_iters), "--bf16", "--batch-size", "32", "--lr", "2e-3",
                               "--warmup", "0.05", "--hidden-dropout", "0", "--attention-dropout", "0",
                               "--save-interval", "100", "--eval-interval", "100", "--eval-iters", "2",
                               "--log-interval", "20", "--num-workers", "1"],
@@ -129,16 +129,21 @@ def overview_grid(run_dir: Path) -> Path:
             row["candidates"].append((record["index"], record["file"]))
     if not rows:
         raise UserError(f"no samples listed in {folder / 'manifest.jsonl'}")
-    cell = Image.open(folder / rows[next(iter(rows))]["candidates"][0][1]).width
+    def paste(name: str, corner: tuple[int, int]) -> None:
+        with Image.open(folder / name) as image:
+            canvas.paste(image.convert("RGB"), corner)
+
+    with Image.open(folder / rows[next(iter(rows))]["candidates"][0][1]) as first:
+        cell = first.width
     columns = max(len(row["candidates"]) for row in rows.values())
     gap = cell // 4
     canvas = Image.new("RGB", (columns * cell + gap + 2 * cell, len(rows) * (2 * cell + gap)), "white")
     for r, row in enumerate(rows[key] for key in sorted(rows)):
         top = r * (2 * cell + gap)
         for c, (_, name) in enumerate(sorted(row["candidates"])):
-            canvas.paste(Image.open(folder / name).convert("RGB"), (c * cell, top + cell // 2))
+            paste(name, (c * cell, top + cell // 2))
         if row["best"] is not None:
-            canvas.paste(Image.open(folder / row["best"]).convert("RGB"), (columns * cell + gap, top))
+            paste(row["best"], (columns * cell + gap, top))
     path = run_dir / "overview.png"
     canvas.save(path)
     return path
@@ -151,7 +156,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="preprocessing worker processes")
     parser.add_argument("--train-items", type=int, default=20000, help="shapes items in the training shards")
     parser.add_argument("--vqvae-minutes", type=float, default=2.5, help="VQ-VAE training budget")
-    parser.add_argument("--train-iters", type=int, default=800, help="transformer optimizer steps (batch 32)")
+    parser.add_argument("--train-iters", type=int, default=1500, help="transformer optimizer steps (batch 32)")
     parser.add_argument("--docs-images", type=Path, default=None,
                         help="also copy the overview grid and the loss plot here (how docs/images is made)")
     parser.add_argument("--model-flags", default="--num-layers 4 --hidden-size 256 --num-attention-heads 8",
