@@ -22,6 +22,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,10 +33,26 @@ from utils.files import atomic_write_json, read_json  # noqa: E402
 from utils.stages import Stage  # noqa: E402
 
 MODEL_FLAGS = ["--num-layers", "4", "--hidden-size", "256", "--num-attention-heads", "8"]
-# bf16 (AMX on this machine's CPUs) nearly halves a step; lr 2e-3 beat 1e-3 and 4e-3 in 1,500-step pilots.
-TRAIN_FLAGS = ["--bf16", "--batch-size", "32", "--lr", "2e-3", "--warmup", "0.02", "--hidden-dropout", "0",
-               "--attention-dropout", "0", "--cfg-drop-prob", "0.1", "--num-workers", "1", "--log-interval", "50"]
 CALIBRATION_STEPS = (10, 10, 60)  # the first run only warms caches (DeepSpeed op build, page cache)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The transformer training of one benchmark dataset."""
+
+    task_mix: str
+    dropout: float  # hidden and attention dropout
+
+    def flags(self) -> list[str]:
+        # bf16 (AMX on this machine's CPUs) nearly halves a step; lr 2e-3 beat 1e-3 and 4e-3 in 1,500-step pilots.
+        return ["--bf16", "--batch-size", "32", "--lr", "2e-3", "--warmup", "0.02", "--hidden-dropout",
+                f"{self.dropout:g}", "--attention-dropout", f"{self.dropout:g}", "--cfg-drop-prob", "0.1",
+                "--num-workers", "1", "--log-interval", "50", "--task-mix", self.task_mix]
+
+
+SHAPES = Recipe("text2image=0.7,image2text=0.2,super_resolution=0.1", dropout=0.0)
+# 3,615 emoji images: without dropout, validation loss rose over the second half of a 15-minute run.
+EMOJI = Recipe("text2image=0.8,image2text=0.2", dropout=0.1)
 
 
 def data_stages(run: Path, dataset: str, image_size: int, train_items: int, val_items: int, vqvae_minutes: float,
@@ -60,14 +77,14 @@ def data_stages(run: Path, dataset: str, image_size: int, train_items: int, val_
     ]
 
 
-def training_argv(run: Path, save: Path, task_mix: str, iterations: int) -> list[str]:
+def training_argv(run: Path, save: Path, recipe: Recipe, iterations: int) -> list[str]:
     return ["pretrain_gpt2.py", "--train-data", str(run / "data" / "train"), "--valid-data", str(run / "data" / "val"),
-            "--save", str(save), *MODEL_FLAGS, *TRAIN_FLAGS, "--task-mix", task_mix,
+            "--save", str(save), *MODEL_FLAGS, *recipe.flags(),
             "--train-iters", str(iterations), "--save-interval", str(max(iterations // 4, 1)),
             "--eval-interval", str(max(iterations // 4, 1)), "--eval-iters", "4"]
 
 
-def seconds_per_step(run: Path, task_mix: str) -> float:
+def seconds_per_step(run: Path, recipe: Recipe) -> float:
     """Time short runs and take the difference of the last two, which cancels start-up (DeepSpeed, data, threads).
 
     The first run is thrown away: one-time costs (building DeepSpeed's communication op, a cold page cache)
@@ -81,11 +98,11 @@ def seconds_per_step(run: Path, task_mix: str) -> float:
     for attempt, steps in enumerate(CALIBRATION_STEPS):
         save = run / "calibration" / f"{attempt}-{steps}"
         start = time.time()
-        result = subprocess.run([sys.executable, *training_argv(run, save, task_mix, steps)], cwd=ROOT,
+        result = subprocess.run([sys.executable, *training_argv(run, save, recipe, steps)], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if result.returncode != 0:
             raise UserError(f"calibration run of {steps} steps failed; run its command by hand to see why: "
-                            f"python {' '.join(training_argv(run, save, task_mix, steps))}")
+                            f"python {' '.join(training_argv(run, save, recipe, steps))}")
         timings.append(time.time() - start)
     (short, long), (short_time, long_time) = CALIBRATION_STEPS[-2:], timings[-2:]
     per_step = (long_time - short_time) / (long - short)
@@ -95,26 +112,26 @@ def seconds_per_step(run: Path, task_mix: str) -> float:
     return per_step
 
 
-def trained_stage(run: Path, task_mix: str, budget_minutes: float) -> tuple[Stage, Path]:
+def trained_stage(run: Path, recipe: Recipe, budget_minutes: float) -> tuple[Stage, Path]:
     """The training stage for the budget, saving to `gpt-{steps}`: runs of different budgets share the
     run folder's tokenizer, VQ-VAE, shards and calibration, and never resume each other."""
-    per_step = seconds_per_step(run, task_mix)
+    per_step = seconds_per_step(run, recipe)
     iterations = max(int(budget_minutes * 60 / per_step), 10)
     print(f"calibration: {per_step:.2f} s/step -> {iterations} steps fit {budget_minutes:g} minutes", flush=True)
     gpt = run / f"gpt-{iterations}"
-    stage = Stage(f"transformer-{iterations}", training_argv(run, gpt, task_mix, iterations),
+    stage = Stage(f"transformer-{iterations}", training_argv(run, gpt, recipe, iterations),
                   [gpt / "latest_checkpointed_iteration.txt"],
                   resume_marker=gpt / "latest_checkpointed_iteration.txt", resume_argv=["--load", str(gpt)])
     return stage, gpt
 
 
-def train_from_scratch(run: Path, dataset: str, task_mix: str, budget_minutes: float, train_items: int,
+def train_from_scratch(run: Path, dataset: str, recipe: Recipe, budget_minutes: float, train_items: int,
                        val_items: int, vocab_size: int, args: argparse.Namespace) -> Path:
     """Tokenizer, VQ-VAE, shards and a transformer trained for the budget; returns its save folder."""
     for stage in data_stages(run, dataset, 64, train_items, val_items, args.vqvae_minutes, "en", args.workers,
-                             vocab_size=vocab_size, with_lowres="super_resolution" in task_mix):
+                             vocab_size=vocab_size, with_lowres="super_resolution" in recipe.task_mix):
         stage.run(run)
-    stage, gpt = trained_stage(run, task_mix, budget_minutes)
+    stage, gpt = trained_stage(run, recipe, budget_minutes)
     stage.run(run)
     return gpt
 
@@ -140,7 +157,7 @@ def shapes_table(report: dict, cfg_scales: list[float], candidates: int) -> str:
 
 def run_shapes(args: argparse.Namespace) -> None:
     run = Path(args.run_dir) / "shapes"
-    gpt = train_from_scratch(run, "shapes", "text2image=0.7,image2text=0.2,super_resolution=0.1",
+    gpt = train_from_scratch(run, "shapes", SHAPES,
                              args.budget_minutes, args.train_items, 512, vocab_size=400, args=args)
     output = run / f"eval-{gpt.name}.json"
     Stage(f"evaluate-{gpt.name}", ["evaluate.py", "--load", str(gpt), "--dataset", "shapes", "--language", "en",
@@ -188,7 +205,7 @@ def heldout_overview(samples: Path, output: Path) -> None:
 
 def run_emoji(args: argparse.Namespace) -> None:
     run = Path(args.run_dir) / "emoji"
-    gpt = train_from_scratch(run, "emoji", "text2image=0.8,image2text=0.2", args.emoji_budget_minutes,
+    gpt = train_from_scratch(run, "emoji", EMOJI, args.emoji_budget_minutes,
                              10**6, 10**6, vocab_size=2000, args=args)
     output = run / f"eval-{gpt.name}.json"
     Stage(f"evaluate-{gpt.name}", ["evaluate.py", "--load", str(gpt), "--dataset", "emoji", "--sections", "bpt,vqvae",
