@@ -369,12 +369,10 @@ def bits_per_token_section(model: torch.nn.Module, tokenizer: UnifiedTokenizer, 
 
 
 def caption_loss_section(model: torch.nn.Module, tokenizer: UnifiedTokenizer, codes: torch.Tensor,
-                         captions: list[str], batch_size: int, precision: str = "fp32",
-                         text_positions: int | None = None) -> Section:
-    """CogView's caption loss of held-out (image codes, caption) pairs and the gap to shuffled pairs
-    (`text_positions`: the model's text budget when its layout is "fixed-image")."""
+                         captions: list[str], batch_size: int, precision: str = "fp32") -> Section:
+    """CogView's caption loss of held-out (image codes, caption) pairs and the gap to shuffled pairs."""
     with inference_autocast(next(model.parameters()).device, precision):
-        result = caption_loss_alignment(model, tokenizer, codes, captions, batch_size, text_positions)
+        result = caption_loss_alignment(model, tokenizer, codes, captions, batch_size)
     return Section("caption-loss", result.to_dict(), result.format_table())
 
 
@@ -547,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "bpt": lambda: bits_per_token_section(pipe.model, pipe.tokenizer, rows, args.num_prompts, batch,
                                               args.data_seed, precision, trained_tasks(parts.metadata)),
         "caption-loss": lambda: caption_loss_section(pipe.model, pipe.tokenizer, pipe.encode_images(
-            held_out.tensor()), held_out.captions, batch, precision, pipe.geometry.text_positions),
+            held_out.tensor()), held_out.captions, batch, precision),
         "fid": lambda: fid_section(held_out.tensor(), args.cfg_scale, images_at, inception, feature_net),
         "vqvae": lambda: vqvae_section(pipe.vqvae, held_out.images),
     }

@@ -100,7 +100,7 @@ class TaskSequenceDataset(Dataset):
             text_ids = [] if drop_text else row.text_ids
             sequence = sequences.text2image(self.tokenizer, text_ids, grid, image, self.text_positions)
         elif task == "image2text":
-            sequence = sequences.image2text(self.tokenizer, image, grid, row.text_ids, self.text_positions)
+            sequence = sequences.image2text(self.tokenizer, image, grid, row.text_ids)
         else:
             sequence = sequences.super_resolution(self.tokenizer, row.text_ids, torch.from_numpy(row.lowres),
                                                   self.rows.format.lowres_grid, grid, image,

@@ -17,9 +17,8 @@ Position layouts (`ModelConfig.position_layout`). CogView numbers the tokens con
 length, and a model must learn to find each code's row and column relative to `[BOI1]`. With
 "fixed-image" the text owns positions 1 … `text_positions` whether it fills them or not, and what follows
 it starts at `text_positions + 1`: code (r, c) then has one position in every text-to-image sequence, as
-in LlamaGen and DALLE-pytorch (which pad the text to a fixed length; no pad tokens are fed here).
-Image-to-text keeps its order but gives its image the same positions as text-to-image, and its
-`[ROI1] text [SEP]` positions from 0, so a code's position means one cell in both tasks.
+in LlamaGen and DALLE-pytorch (which pad the text to a fixed length; no pad tokens are fed here). Only
+text-to-image and the low-resolution half of super-resolution change: image-to-text starts with its image.
 """
 from __future__ import annotations
 
@@ -88,23 +87,12 @@ def text2image(tok: UnifiedTokenizer, text_ids: IdsLike, grid: int, codes: IdsLi
     return TokenSequence([tok["[ROI1]"], *text, *rest], _after_text(text, rest, text_positions))
 
 
-def image2text(tok: UnifiedTokenizer, codes: IdsLike, grid: int, text_ids: IdsLike | None = None,
-               text_positions: int | None = None) -> TokenSequence:
-    """`G [BOI1] codes [EOI1] [ROI1] text [SEP]`; without `text_ids`, the prompt ending at `[ROI1]`.
-
-    With `text_positions` (the "fixed-image" layout) the image takes the positions it has in text-to-image
-    and `[ROI1] text [SEP]` restarts at 0, so each code and each text slot means the same in both tasks.
-    """
-    image = [tok.grid_token(grid), tok["[BOI1]"], *_codes(tok, codes, grid, "image"), tok["[EOI1]"]]
-    text = [] if text_ids is None else [*_text(tok, text_ids), tok["[SEP]"]]
-    ids = [*image, tok["[ROI1]"], *text]
-    if text_positions is None:
-        return TokenSequence(ids, list(range(len(ids))))
-    if len(text) - 1 > text_positions:
-        raise UserError(f"the text has {len(text) - 1} tokens but the model reserves {text_positions} positions for "
-                        f"it; shorten it")
-    image_positions = list(range(1 + text_positions, 1 + text_positions + len(image)))
-    return TokenSequence(ids, image_positions + list(range(1 + len(text))))
+def image2text(tok: UnifiedTokenizer, codes: IdsLike, grid: int, text_ids: IdsLike | None = None) -> TokenSequence:
+    """`G [BOI1] codes [EOI1] [ROI1] text [SEP]`; without `text_ids`, the prompt ending at `[ROI1]`."""
+    ids = [tok.grid_token(grid), tok["[BOI1]"], *_codes(tok, codes, grid, "image"), tok["[EOI1]"], tok["[ROI1]"]]
+    if text_ids is not None:
+        ids += [*_text(tok, text_ids), tok["[SEP]"]]
+    return TokenSequence(ids, list(range(len(ids))))
 
 
 def super_resolution(tok: UnifiedTokenizer, text_ids: IdsLike, lo_codes: IdsLike, lo_grid: int, hi_grid: int,

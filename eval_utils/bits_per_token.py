@@ -164,12 +164,10 @@ class CaptionLoss:
 
 @torch.no_grad()
 def caption_nats(model: torch.nn.Module, tokenizer: UnifiedTokenizer, image_codes: torch.Tensor,
-                 text_ids: Sequence[Sequence[int]], batch_size: int = 16,
-                 text_positions: int | None = None) -> torch.Tensor:
+                 text_ids: Sequence[Sequence[int]], batch_size: int = 16) -> torch.Tensor:
     """Mean caption NLL in nats per text token of each (codes [h, w], unified text ids) pair -> [N].
 
-    Image-code logits are removed from the softmax; only text-piece targets are scored. `text_positions`:
-    the text budget of a "fixed-image" model (`data_utils/sequences.py`), None for consecutive positions.
+    Image-code logits are removed from the softmax; only text-piece targets are scored.
     """
     if image_codes.dim() != 3 or image_codes.shape[1] != image_codes.shape[2]:
         raise UserError(f"expected square image code grids [N, h, h], got shape {tuple(image_codes.shape)}")
@@ -190,7 +188,7 @@ def caption_nats(model: torch.nn.Module, tokenizer: UnifiedTokenizer, image_code
     scores = []
     try:
         for start in tqdm(range(0, len(text_ids), batch_size), desc="caption loss", unit="batch"):
-            built = [sequences.image2text(tokenizer, codes, grid, ids, text_positions)
+            built = [sequences.image2text(tokenizer, codes, grid, ids)
                      for codes, ids in zip(image_codes[start:start + batch_size], text_ids[start:start + batch_size])]
             longest = max(len(seq) for seq in built)
             input_ids = torch.full((len(built), longest), tokenizer.pad_id, dtype=torch.long)
@@ -213,8 +211,7 @@ def caption_nats(model: torch.nn.Module, tokenizer: UnifiedTokenizer, image_code
 
 
 def caption_loss_alignment(model: torch.nn.Module, tokenizer: UnifiedTokenizer, image_codes: torch.Tensor,
-                           captions: Sequence[str], batch_size: int = 16,
-                           text_positions: int | None = None) -> CaptionLoss:
+                           captions: Sequence[str], batch_size: int = 16) -> CaptionLoss:
     """CogView's caption loss of (image codes [N, h, w], caption) pairs, and its shuffled-pair baseline.
 
     Needs N >= 2 pairs (the baseline pairs caption i with image (i + 1) mod N); every caption must be
@@ -223,7 +220,6 @@ def caption_loss_alignment(model: torch.nn.Module, tokenizer: UnifiedTokenizer, 
     if len(captions) < 2:
         raise UserError(f"the caption loss needs at least 2 image-caption pairs, got {len(captions)}")
     text_ids = [tokenizer.encode_text(caption) for caption in captions]
-    matched = caption_nats(model, tokenizer, image_codes, text_ids, batch_size, text_positions)
-    shuffled = caption_nats(model, tokenizer, torch.roll(image_codes, shifts=-1, dims=0), text_ids, batch_size,
-                            text_positions)
+    matched = caption_nats(model, tokenizer, image_codes, text_ids, batch_size)
+    shuffled = caption_nats(model, tokenizer, torch.roll(image_codes, shifts=-1, dims=0), text_ids, batch_size)
     return CaptionLoss(float(matched.mean()), float(shuffled.mean()), matched.tolist())

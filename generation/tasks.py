@@ -96,7 +96,7 @@ def caption_codes(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Geome
     grid = _grid_of(codes, geometry.image_grid, "captioning")
     requests = []
     for i, image_codes in enumerate(codes):
-        prompt = image2text(tok, image_codes, grid, text_positions=geometry.text_positions)
+        prompt = image2text(tok, image_codes, grid)
         check_fits(prompt, max_tokens, geometry, "captioning")
         requests.append(DecodeRequest(prompt, seed + i))
     spec = DecodeSpec(steps=max_tokens, allowed=caption_ids_mask(tok), settings=settings,
@@ -119,7 +119,7 @@ def caption_scores(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Geom
     grid = _grid_of(codes, geometry.image_grid, "post-selection")
     if not text_ids:
         raise UserError("post-selection needs a non-empty text to score the images against")
-    sequences = [image2text(tok, image_codes, grid, text_ids, geometry.text_positions) for image_codes in codes]
+    sequences = [image2text(tok, image_codes, grid, text_ids) for image_codes in codes]
     check_fits(sequences[0], 0, geometry, "post-selection")
     allowed = caption_ids_mask(tok).to(model_device(model))
     text_start = grid * grid + 4  # index of the first text token: G [BOI1] codes [EOI1] [ROI1]

@@ -112,16 +112,13 @@ def test_forbidden_ids_are_never_sampled_even_when_the_model_prefers_them(setup)
     assert all(tok.is_text_id(t) or t == tok["[SEP]"] for t in out.tolist())
 
 
-@pytest.mark.parametrize("text_positions", [None, 16])
-def test_captions_stop_at_sep_independently_and_match_the_reference(setup, text_positions):
+def test_captions_stop_at_sep_independently_and_match_the_reference(setup):
     tok, model, geometry = setup
-    geometry = dataclasses.replace(geometry, text_positions=text_positions)
     sep_bias = torch.zeros(tok.vocab_size)
     sep_bias[tok["[SEP]"]] = 2.0  # with temperature 4: a SEP now and then, so captions end at different lengths
     biased = BiasedLogits(model, sep_bias)
     codes = torch.randint(0, tok.codebook_size, (6, 8, 8), generator=torch.Generator().manual_seed(0))
-    requests = [DecodeRequest(image2text(tok, c, 8, text_positions=text_positions), seed=10 + i)
-                for i, c in enumerate(codes)]
+    requests = [DecodeRequest(image2text(tok, c, 8), seed=10 + i) for i, c in enumerate(codes)]
     spec = DecodeSpec(steps=10, allowed=tasks.caption_ids_mask(tok),
                       settings=SamplingSettings(top_k=0, temperature=4.0), stop_id=tok["[SEP]"], pad_id=tok.pad_id)
     outputs = decode(biased, requests, spec, 8)
@@ -136,16 +133,14 @@ def test_captions_stop_at_sep_independently_and_match_the_reference(setup, text_
     assert captions == [tok.decode_text(o) for o in outputs]
 
 
-@pytest.mark.parametrize("text_positions", [None, 16])
-def test_post_selection_scores_are_restricted_text_log_likelihoods(setup, text_positions):
+def test_post_selection_scores_are_restricted_text_log_likelihoods(setup):
     tok, model, geometry = setup
-    geometry = dataclasses.replace(geometry, text_positions=text_positions)
     codes = torch.randint(0, tok.codebook_size, (5, 8, 8), generator=torch.Generator().manual_seed(1))
     ids = text_ids(tok, "a red circle")
     scores = tasks.caption_scores(model, tok, geometry, codes, ids, max_batch_rows=2)
     allowed = tasks.caption_ids_mask(tok)
     for i in range(5):
-        sequence = image2text(tok, codes[i], 8, ids, text_positions)
+        sequence = image2text(tok, codes[i], 8, ids)
         with torch.no_grad():
             logits = model(torch.tensor([sequence.ids]), torch.tensor([sequence.position_ids]))[0].float()
         log_probs = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)
