@@ -240,3 +240,21 @@ def test_runs_never_overwrite_or_invent_checkpoints(tmp_path):
         checked_resume_iteration(parse_training_args(REQUIRED + ["--save", str(save), "--load", str(other)]))
     assert checked_resume_iteration(parse_training_args(REQUIRED + ["--save", str(tmp_path / "new"),
                                                                     "--load", str(other)])) == 2
+
+
+def test_a_resumed_run_keeps_its_checkpoints_position_layout(tmp_path):
+    """New runs take --position-layout; a resumed run reads its checkpoint's, and a config written before
+    the field existed is CogView's "consecutive"."""
+    from pretrain_gpt2 import position_layout_to_train
+
+    old = tiny_model().config.to_dict()
+    del old["position_layout"]
+    (tmp_path / "3").mkdir()
+    (tmp_path / "3" / "model_config.json").write_text(json.dumps(old))
+    resume = parse_training_args(REQUIRED + ["--load", str(tmp_path)])
+    assert position_layout_to_train(parse_training_args(REQUIRED), None) == "fixed-image"
+    assert position_layout_to_train(resume, 3) == "consecutive"
+    config = ModelConfig.from_dict(old).to_dict()
+    check_flags_match_config(parse_training_args(REQUIRED + ["--position-layout", "consecutive"]), config, "ckpt/3")
+    with pytest.raises(UserError, match="--position-layout fixed-image contradicts"):
+        check_flags_match_config(parse_training_args(REQUIRED + ["--position-layout", "fixed-image"]), config, "ckpt/3")
