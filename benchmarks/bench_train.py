@@ -11,9 +11,12 @@ tokens (100 with the command tokens), micro-batch 16, vocabulary 1024 (the shape
 Rows, each measured in a fresh process so that its peak memory is its own:
 - ours: `CogViewGPT` in the DeepSpeed engine that `pretrain_gpt2.py` builds from the same flags (ZeRO-1,
   torch AdamW with our parameter groups, our lr schedule, clipping), stepped by its `micro_step`;
+- model: our `CogViewGPT` in the naive row's loop, so that ours / model is the DeepSpeed engine's cost and
+  model / naive our model's;
 - naive: a plain PyTorch GPT of the same sizes written below (explicit softmax(QK^T/sqrt(d))V with a
-  materialised causal mask, no SDPA; pre-LN) trained by a plain AdamW loop with clipping.
-Both use dropout 0.1 and the same loss (next-token cross-entropy, `[PAD]` ignored).
+  materialised causal mask, no SDPA; pre-LN) trained by a plain loop: autocast forward, torch AdamW,
+  clipping.
+All use dropout 0.1 and the same loss (next-token cross-entropy, `[PAD]` ignored).
 
 MFU is model FLOPs (`flops_per_token`, the same count for both rows) per second over the matmul rate
 measured on this device in the training dtype (training.metrics); peak memory is the CUDA allocator's
@@ -36,6 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from utils.errors import run_main  # noqa: E402
 
 PAD_ID = 1000  # an id above the image codes, as [PAD] is in the unified vocabulary
+ROWS = {"ours": "ours (DeepSpeed engine, pretrain_gpt2 step)",
+        "model": "our model in the plain loop (no DeepSpeed)",
+        "naive": "naive PyTorch GPT (plain loop)"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -145,7 +151,15 @@ def _measure(row: str, args: argparse.Namespace, results) -> None:
                          num_attention_heads=args.num_attention_heads, max_position_embeddings=length)
     batch = _batch(args, device)
     rss_before = _rss_mib()
-    step = _ours(args, config, batch) if row == "ours" else _naive(args, config, batch, device, dtype)
+    if row == "ours":
+        step = _ours(args, config, batch)
+    else:
+        from model.gpt import CogViewGPT
+
+        model = CogViewGPT(config) if row == "model" else naive_gpt(
+            config.vocab_size, config.num_layers, config.hidden_size, config.num_attention_heads,
+            config.max_position_embeddings, dropout=0.1)
+        step = _plain_loop(model.to(device), batch, device, dtype)
     for _ in range(args.warmup_steps):
         step()
     if device.type == "cuda":
@@ -178,12 +192,11 @@ def _ours(args: argparse.Namespace, config, batch):
     return lambda: micro_step(engine, batch, config, PAD_ID, args.codebook_size, txt_loss_scale=1.0)
 
 
-def _naive(args: argparse.Namespace, config, batch, device, dtype):
+def _plain_loop(model, batch, device, dtype):
+    """A plain training step: autocast forward, backward, clipping and torch AdamW, no DeepSpeed."""
     import torch
     import torch.nn.functional as F
 
-    model = naive_gpt(config.vocab_size, config.num_layers, config.hidden_size, config.num_attention_heads,
-                      config.max_position_embeddings, dropout=0.1).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01)
     ids, positions = batch["input_ids"], batch["position_ids"]
 
@@ -203,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     context = multiprocessing.get_context("spawn")
     measured = {}
-    for row in ("ours", "naive"):
+    for row in ROWS:
         results = context.Queue()
         child = context.Process(target=_measure, args=(row, args, results))
         child.start()
@@ -217,11 +230,14 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.text_tokens} text + {args.image_tokens} image tokens, batch {args.batch_size}, "
           f"vocab {args.vocab_size}, {args.precision}, {ours['device']}, {args.steps} timed steps")
     print(f"| row | tokens/s | {memory} | MFU |\n|---|---|---|---|")
-    for name, label in (("ours", "ours (DeepSpeed engine, pretrain_gpt2 step)"), ("naive", "naive PyTorch GPT")):
+    for name, label in ROWS.items():
         row = measured[name]
         print(f"| {label} | {row['tokens_per_second']:,.0f} | {row['memory_mib']:,.0f} | {100 * row['mfu']:.1f}% |")
     print(f"| ratio ours / naive | {ours['tokens_per_second'] / naive['tokens_per_second']:.2f}x | "
           f"{ours['memory_mib'] / max(naive['memory_mib'], 1e-9):.2f}x | |")
+    print(f"| ratio ours / our model in the plain loop (the engine's cost) | "
+          f"{ours['tokens_per_second'] / measured['model']['tokens_per_second']:.2f}x | "
+          f"{ours['memory_mib'] / max(measured['model']['memory_mib'], 1e-9):.2f}x | |")
 
 
 if __name__ == "__main__":
