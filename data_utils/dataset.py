@@ -17,7 +17,6 @@ from torch.utils.data import Dataset
 from data_utils import sequences
 from data_utils.shards import RowFormat, ShardedRows
 from data_utils.tokenizer import UnifiedTokenizer
-from model.config import POSITION_LAYOUTS
 from utils.errors import UserError
 
 DEFAULT_TASK_WEIGHTS: Mapping[str, float] = MappingProxyType({"text2image": 1.0})
@@ -58,14 +57,11 @@ class TaskSequenceDataset(Dataset):
             raise UserError(f"no rows in {rows.data_dir}; every item was skipped (see its skipped.txt)")
         if not 0.0 <= cfg_drop_prob <= 1.0:
             raise UserError(f"the CFG text drop probability must be in [0, 1], got {cfg_drop_prob}")
-        if position_layout not in POSITION_LAYOUTS:
-            raise UserError(f"position layout must be one of {POSITION_LAYOUTS}, got {position_layout!r}")
         self.rows = rows
         self.tokenizer = tokenizer
         self.seed = int(seed)
         self.cfg_drop_prob = float(cfg_drop_prob)
-        # The text's block of positions in the "fixed-image" layout (data_utils/sequences.py); None: consecutive.
-        self.text_positions = rows.format.text_max_tokens if position_layout == "fixed-image" else None
+        self.text_positions = sequences.text_positions_for(position_layout, rows.format.text_max_tokens)
         self.tasks, self._cumulative = _active_tasks(task_weights, rows.format.lowres_grid is not None)
         self._permutation_epoch = -1
         self._permutation = np.zeros(0, dtype=np.int64)

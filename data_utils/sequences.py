@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from data_utils.tokenizer import UnifiedTokenizer, as_id_list
+from model.config import POSITION_LAYOUTS
 from utils.errors import UserError
 
 TASKS = ("text2image", "image2text", "super_resolution")
@@ -60,6 +61,14 @@ def _codes(tok: UnifiedTokenizer, codes: IdsLike, grid: int, what: str) -> list[
     if ids and (min(ids) < 0 or max(ids) >= tok.codebook_size):
         raise ValueError(f"{what} holds ids outside the codebook [0, {tok.codebook_size})")
     return ids
+
+
+def text_positions_for(position_layout: str, text_max_tokens: int) -> int | None:
+    """The builders' `text_positions` for a model's position layout: its text budget under "fixed-image",
+    None under CogView's "consecutive"."""
+    if position_layout not in POSITION_LAYOUTS:
+        raise UserError(f"position layout must be one of {POSITION_LAYOUTS}, got {position_layout!r}")
+    return text_max_tokens if position_layout == "fixed-image" else None
 
 
 def _after_text(text: list[int], rest: list[int], text_positions: int | None) -> list[int]:

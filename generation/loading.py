@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import torch
 
+from data_utils.sequences import text_positions_for
 from data_utils.tokenizer import GRID_TOKENS, UnifiedTokenizer
 from generation.tasks import Geometry
 from model.config import ModelConfig
@@ -88,8 +89,8 @@ def geometry_from(metadata: Mapping[str, Any], config: ModelConfig) -> Geometry:
     max_positions = config.max_position_embeddings
     if isinstance(data, Mapping) and "image_grid" in data and "text_max_tokens" in data:
         text_max_tokens = int(data["text_max_tokens"])
-        text_positions = text_max_tokens if config.position_layout == "fixed-image" else None
-        return Geometry(int(data["image_grid"]), text_max_tokens, max_positions, text_positions)
+        return Geometry(int(data["image_grid"]), text_max_tokens, max_positions,
+                        text_positions_for(config.position_layout, text_max_tokens))
     if config.position_layout == "fixed-image":
         raise UserError("a fixed-image model must record its text budget (data.text_max_tokens) in model_config.json")
     fitting = [g for g in GRID_TOKENS if g * g + 5 < max_positions and g >= 8]
