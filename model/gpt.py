@@ -15,6 +15,7 @@ state dicts load with `load_state_dict(strict=True)`:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -128,13 +129,14 @@ class SelfAttention(nn.Module):
                 scale = 1.0
             is_causal = attn_mask is None and q.shape[2] > 1
             dtype = q.dtype
-            cpu_bf16 = q.device.type == "cpu" and dtype == torch.bfloat16
-            if cpu_bf16:
+            precision = contextlib.nullcontext()
+            if q.device.type == "cpu" and dtype == torch.bfloat16:
                 # CPU flash attention's bf16 kernel is ~4x slower than its fp32 one (forward plus backward at
                 # batch 32, 8 heads, 100 positions: 46 ms against 11 ms), so CPUs attend in fp32, with
                 # autocast (which would cast back to bf16) paused.
                 q, k, v = q.float(), k.float(), v.float()
-            with torch.autocast("cpu", enabled=not cpu_bf16 and torch.is_autocast_enabled("cpu")):
+                precision = torch.autocast("cpu", enabled=False)
+            with precision:
                 context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                                          is_causal=is_causal, scale=scale).to(dtype)
         batch, _, length, _ = context.shape
