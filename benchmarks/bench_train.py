@@ -233,11 +233,9 @@ def main(argv: list[str] | None = None) -> None:
     for name, label in ROWS.items():
         row = measured[name]
         print(f"| {label} | {row['tokens_per_second']:,.0f} | {row['memory_mib']:,.0f} | {100 * row['mfu']:.1f}% |")
-    print(f"| ratio ours / naive | {ours['tokens_per_second'] / naive['tokens_per_second']:.2f}x | "
-          f"{ours['memory_mib'] / max(naive['memory_mib'], 1e-9):.2f}x | |")
-    print(f"| ratio ours / our model in the plain loop (the engine's cost) | "
-          f"{ours['tokens_per_second'] / measured['model']['tokens_per_second']:.2f}x | "
-          f"{ours['memory_mib'] / max(measured['model']['memory_mib'], 1e-9):.2f}x | |")
+    for label, baseline in (("naive", naive), ("our model in the plain loop (the engine's cost)", measured["model"])):
+        print(f"| ratio ours / {label} | {ours['tokens_per_second'] / baseline['tokens_per_second']:.2f}x | "
+              f"{ours['memory_mib'] / max(baseline['memory_mib'], 1e-9):.2f}x | |")
 
 
 if __name__ == "__main__":
