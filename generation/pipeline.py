@@ -30,6 +30,7 @@ from utils.errors import UserError
 
 DEFAULT_MAX_BATCH_ROWS = 32
 DEFAULT_MAX_CAPTION_TOKENS = 32
+POST_SELECTION_SCORES = ("agreement", "caption")
 
 ImagesLike = Sequence[Image.Image] | torch.Tensor
 
@@ -58,24 +59,31 @@ class SelectedImage:
 class Ranking:
     """Post-selection of candidate images for one text: scores in input order, `order` best first."""
 
-    scores: torch.Tensor                     # [N], sum of caption log-probabilities; higher is better
+    scores: torch.Tensor                     # [N], `Pipeline.match_scores`; higher is better
     order: list[int] = field(default_factory=list)
 
 
 class Pipeline:
     """A loaded model (plus tokenizer and VQ-VAE) and every inference task over it.
 
-    `caption_model` scores post-selection (CogView used a separately fine-tuned captioner); it
-    defaults to `model`, which learned image-to-text by token order. `max_batch_rows` is the most
+    `post_selection` is how a text and an image are matched, in post-selection and in caption
+    reranking: "agreement" (both directions, the default) or "caption" (CogView's caption likelihood).
+    `caption_model` scores the image-to-text direction (CogView used a separately fine-tuned captioner);
+    it defaults to `model`, which learned image-to-text by token order. `max_batch_rows` is the most
     sequences one forward runs (guided sampling counts two per image); out-of-memory halves it.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: UnifiedTokenizer, vqvae: torch.nn.Module | None,
                  geometry: Geometry, caption_model: torch.nn.Module | None = None,
-                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, precision: str = "fp32"):
+                 max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, precision: str = "fp32",
+                 post_selection: str = "agreement"):
         if precision not in PRECISIONS:
             raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if post_selection not in POST_SELECTION_SCORES:
+            raise UserError(f"unknown post-selection score {post_selection!r}; choose one of "
+                            f"{', '.join(POST_SELECTION_SCORES)}")
         self.precision = precision
+        self.post_selection = post_selection
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.vqvae = vqvae
@@ -87,7 +95,8 @@ class Pipeline:
     def from_checkpoint(cls, path: str | os.PathLike, vqvae: str | os.PathLike | None = None,
                         text_tokenizer: str | os.PathLike | None = None, device: str | torch.device | None = "cpu",
                         precision: str = "fp32", caption_model: str | os.PathLike | None = None,
-                        max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS) -> "Pipeline":
+                        max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, post_selection: str = "agreement"
+                        ) -> "Pipeline":
         """Load a checkpoint (any layout `model.checkpoint.load_model_for_inference` reads) with the
         tokenizer and VQ-VAE its metadata names; `vqvae` / `text_tokenizer` override those paths.
         `device=None` takes the GPU when there is one. `precision` ("fp32", "bf16", "fp16") is the
@@ -97,7 +106,7 @@ class Pipeline:
         parts = load_components(path, vqvae=vqvae, text_tokenizer=text_tokenizer, device=device,
                                 caption_model=caption_model)
         return cls(parts.model, parts.tokenizer, parts.vqvae, parts.geometry, parts.caption_model, max_batch_rows,
-                   precision)
+                   precision, post_selection)
 
     def _autocast(self):
         """The transformer runs in `self.precision`; the VQ-VAE always in fp32 (outside this)."""
@@ -160,22 +169,51 @@ class Pipeline:
                 for prompt, prompt_codes in zip(prompts, codes)]
 
     def caption(self, images: ImagesLike, seed: int = 0, max_tokens: int = DEFAULT_MAX_CAPTION_TOKENS,
-                top_k: int = 200, top_p: float = 1.0, temperature: float = 1.0) -> list[str]:
-        """A caption per image (image i samples with seed `seed + i`); `top_k=1` is greedy."""
-        settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)
-        codes = self.encode_images(images)
+                top_k: int = 200, top_p: float = 1.0, temperature: float = 1.0, candidates: int = 1) -> list[str]:
+        """A caption per image (image i samples with seed `seed + i`); `top_k=1` is greedy. With
+        `candidates > 1` each image keeps, of that many sampled captions, the one that agrees best with it
+        (`match_scores`), as post-selection keeps the image that agrees best with a text."""
+        return self.caption_codes(self.encode_images(images), seed, max_tokens,
+                                  SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p), candidates)
+
+    def caption_codes(self, codes: torch.Tensor, seed: int, max_tokens: int, settings: SamplingSettings,
+                      candidates: int = 1) -> list[str]:
+        """`caption` for code grids `[N, grid, grid]`."""
+        if candidates > 1 and self.post_selection == "agreement" and max_tokens > self.geometry.text_max_tokens:
+            raise UserError(f"reranked captions are scored as text-to-image prompts, which hold at most "
+                            f"{self.geometry.text_max_tokens} text tokens; give --max-caption-tokens "
+                            f"{self.geometry.text_max_tokens} or less")
         with self._autocast():
-            return tasks.caption_codes(self.model, self.tokenizer, self.geometry, codes, seed, settings, max_tokens,
-                                       self.max_batch_rows)
+            texts = tasks.caption_candidates(self.model, self.tokenizer, self.geometry, codes, seed, settings,
+                                             max_tokens, self.max_batch_rows, candidates)
+        chosen = [own[0] for own in texts] if candidates == 1 else self._best_texts(codes, texts)
+        return [self.tokenizer.decode_text(ids) for ids in chosen]
+
+    def _best_texts(self, codes: torch.Tensor, texts: list[list[list[int]]]) -> list[list[int]]:
+        """Of each image's candidate texts, the one `match_scores` rates highest (the earliest of equals).
+        Each distinct (image, text) pair is scored once; an empty text, which says nothing, never wins
+        over a non-empty one."""
+        pairs = sorted({(i, tuple(text)) for i, own in enumerate(texts) for text in own if text})
+        scores = self.match_scores(codes[[i for i, _ in pairs]], [list(text) for _, text in pairs]) if pairs else []
+        score_of = {pair: float(score) for pair, score in zip(pairs, scores)}
+        return [max(own, key=lambda text: score_of.get((i, tuple(text)), float("-inf"))) for i, own in enumerate(texts)]
+
+    def match_scores(self, codes: torch.Tensor, text_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """How well each code grid and its own text agree, by `self.post_selection`: "agreement" (both
+        directions, `tasks.agreement_scores`) or "caption" (CogView's caption likelihood, `tasks.text_scores`)."""
+        with self._autocast():
+            if self.post_selection == "caption":
+                return tasks.text_scores(self.caption_model, self.tokenizer, self.geometry, codes, text_ids,
+                                         self.max_batch_rows)
+            return tasks.agreement_scores(self.model, self.caption_model, self.tokenizer, self.geometry, codes,
+                                          text_ids, self.max_batch_rows)
 
     def rerank_codes(self, text: str, codes: torch.Tensor) -> Ranking:
-        with self._autocast():
-            scores = tasks.caption_scores(self.caption_model, self.tokenizer, self.geometry, codes,
-                                          self._text_ids(text), self.max_batch_rows)
+        scores = self.match_scores(codes, [self._text_ids(text)] * len(codes))
         return Ranking(scores, sorted(range(len(scores)), key=lambda i: -float(scores[i])))
 
     def rerank(self, text: str, images: ImagesLike) -> Ranking:
-        """Post-selection: how well each image explains `text` (see `tasks.caption_scores`)."""
+        """Post-selection: how well each image agrees with `text` (`match_scores`)."""
         return self.rerank_codes(text, self.encode_images(images))
 
     def super_resolve_codes(self, codes: torch.Tensor, texts: Sequence[str], seed: int,

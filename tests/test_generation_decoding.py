@@ -7,6 +7,7 @@ import torch
 from data_utils.sequences import image2text, super_resolution, text2image
 from generation import tasks
 from generation.decoding import DecodeRequest, DecodeSpec, decode
+from generation.pipeline import Pipeline
 from generation.sampling import SamplingSettings
 from tests.generation_helpers import (BiasedLogits, OutOfMemoryAbove, reference_decode, tiny_geometry,
                                       tiny_model, tiny_tokenizer)
@@ -129,17 +130,17 @@ def test_captions_stop_at_sep_independently_and_match_the_reference(setup):
                                     stop_id=tok["[SEP]"])
         assert output.tolist() == expected
         assert tok["[SEP]"] not in output.tolist()[:-1]
-    captions = tasks.caption_codes(biased, tok, geometry, codes, 10, spec.settings, 10, 8)
-    assert captions == [tok.decode_text(o) for o in outputs]
+    captions = tasks.caption_candidates(biased, tok, geometry, codes, 10, spec.settings, 10, 8)
+    assert captions == [[[t for t in o.tolist() if t != tok["[SEP]"]]] for o in outputs]
 
 
 def test_post_selection_scores_are_restricted_text_log_likelihoods(setup):
     tok, model, geometry = setup
     codes = torch.randint(0, tok.codebook_size, (5, 8, 8), generator=torch.Generator().manual_seed(1))
-    ids = text_ids(tok, "a red circle")
-    scores = tasks.caption_scores(model, tok, geometry, codes, ids, max_batch_rows=2)
+    texts = [text_ids(tok, text) for text in [*PROMPTS, "a red circle"]]  # texts of unequal length: padded rows
+    scores = tasks.text_scores(model, tok, geometry, codes, texts, max_batch_rows=2)
     allowed = tasks.caption_ids_mask(tok)
-    for i in range(5):
+    for i, ids in enumerate(texts):
         sequence = image2text(tok, codes[i], 8, ids)
         with torch.no_grad():
             logits = model(torch.tensor([sequence.ids]), torch.tensor([sequence.position_ids]))[0].float()
@@ -147,6 +148,68 @@ def test_post_selection_scores_are_restricted_text_log_likelihoods(setup):
         start = 8 * 8 + 4
         expected = sum(float(log_probs[start + t - 1, ids[t]]) for t in range(len(ids)))
         assert abs(float(scores[i]) - expected) < 1e-3
+    with pytest.raises(UserError, match="non-empty text"):
+        tasks.text_scores(model, tok, geometry, codes[:1], [[]], max_batch_rows=2)
+
+
+@pytest.mark.parametrize("text_positions", [None, 16])
+def test_image_scores_are_restricted_code_log_likelihoods_whatever_the_padding(setup, text_positions):
+    tok, model, geometry = setup
+    geometry = dataclasses.replace(geometry, text_positions=text_positions)
+    codes = torch.randint(0, tok.codebook_size, (5, 8, 8), generator=torch.Generator().manual_seed(2))
+    texts = [text_ids(tok, text) if text else [] for text in ["a red circle", "", "a large blue diamond in the center",
+                                                               "square", "左上角有一个大的红色圆形"]]
+    scores = tasks.image_scores(model, tok, geometry, codes, texts, max_batch_rows=3)  # rows of unequal length
+    allowed = tasks.image_ids_mask(tok)
+    for i in range(5):
+        sequence = text2image(tok, texts[i], 8, codes[i], text_positions=text_positions)
+        with torch.no_grad():
+            logits = model(torch.tensor([sequence.ids]), torch.tensor([sequence.position_ids]))[0].float()
+        log_probs = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)
+        start = len(texts[i]) + 3  # [ROI1] text G [BOI1]
+        expected = sum(float(log_probs[start + t - 1, codes[i].flatten()[t]]) for t in range(64))
+        assert abs(float(scores[i]) - expected) < 1e-3
+
+
+def test_agreement_is_the_mean_log_probability_per_token_of_both_directions(setup):
+    tok, model, geometry = setup
+    other = tiny_model(tok, seed=1)  # a separate captioner scores the image-to-text direction
+    codes = torch.randint(0, tok.codebook_size, (3, 8, 8), generator=torch.Generator().manual_seed(4))
+    texts = [text_ids(tok, text) for text in PROMPTS[:3]]
+    agreement = tasks.agreement_scores(model, other, tok, geometry, codes, texts, 8)
+    per_text_token = tasks.text_scores(other, tok, geometry, codes, texts, 8) / torch.tensor([len(t) for t in texts])
+    per_code = tasks.image_scores(model, tok, geometry, codes, texts, 8) / 64
+    torch.testing.assert_close(agreement, per_text_token + per_code)
+
+
+@pytest.mark.parametrize("post_selection", ["agreement", "caption"])
+def test_reranked_captions_keep_the_candidate_that_agrees_best_with_the_image(setup, post_selection):
+    tok, model, geometry = setup
+    pipe = Pipeline(model, tok, vqvae=None, geometry=geometry, max_batch_rows=8, post_selection=post_selection)
+    settings = SamplingSettings(top_k=0, temperature=2.0)
+    codes = torch.randint(0, tok.codebook_size, (3, 8, 8), generator=torch.Generator().manual_seed(3))
+    candidates = tasks.caption_candidates(model, tok, geometry, codes, 7, settings, 6, 8, candidates=5)
+    chosen = pipe.caption_codes(codes, 7, 6, settings, candidates=5)
+    plain = pipe.caption_codes(codes, 7, 6, settings)
+    for i in range(3):
+        own = [ids for ids in candidates[i] if ids]
+        assert len({tuple(ids) for ids in own}) > 1, "the test needs distinct candidates"
+        # Candidate j of image i is image i's own caption under seed candidate_seed(7 + i, j); j = 0 is the plain one.
+        assert candidates[i][0] == tasks.caption_candidates(model, tok, geometry, codes[i:i + 1], 7 + i, settings, 6,
+                                                            8)[0][0]
+        assert plain[i] == tok.decode_text(candidates[i][0])
+        scores = pipe.match_scores(codes[i:i + 1].expand(len(own), 8, 8), own)
+        assert chosen[i] == tok.decode_text(own[int(scores.argmax())])
+
+
+def test_reranked_captions_refuse_greedy_and_over_long_candidates(setup):
+    tok, model, geometry = setup
+    pipe = Pipeline(model, tok, vqvae=None, geometry=geometry)
+    codes = torch.zeros((1, 8, 8), dtype=torch.long)
+    with pytest.raises(UserError, match="greedy"):
+        pipe.caption_codes(codes, 0, 6, SamplingSettings(top_k=1), candidates=2)
+    with pytest.raises(UserError, match="--max-caption-tokens 16"):
+        pipe.caption_codes(codes, 0, 17, SamplingSettings(), candidates=2)
 
 
 def test_magnify_windows_cover_the_target_in_raster_order():
