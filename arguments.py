@@ -187,7 +187,7 @@ GENERATION_TASKS = ("text2image", "image2text", "post-selection", "super-resolut
 
 def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Every flag of generate_samples.py (docs/generation.md)."""
-    from generation.pipeline import DEFAULT_MAX_BATCH_ROWS
+    from generation.pipeline import DEFAULT_MAX_BATCH_ROWS, POST_SELECTION_SCORES
 
     group = parser.add_argument_group("generation")
     group.add_argument("--load", required=True, metavar="PATH",
@@ -228,9 +228,19 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                                "log-probabilities; 1 is no guidance (default: %(default)s)")
     sampling.add_argument("--max-caption-tokens", type=positive_int, default=None,
                           help="longest caption in text tokens (default: the model's text budget)")
+    sampling.add_argument("--caption-candidates", type=positive_int, default=1,
+                          help="image2text: sample N captions per image and keep the one under which the model "
+                               "draws that image most likely (noisy-channel reranking; needs --top-k other "
+                               "than 1) (default: %(default)s)")
+    sampling.add_argument("--post-selection-score", choices=POST_SELECTION_SCORES, default="agreement",
+                          help="how post-selection and --caption-candidates match a text and an image: agreement "
+                               "(mean log-probability per token of the text given the image plus that of the "
+                               "image given the text) or caption (CogView's: the text given the image) "
+                               "(default: %(default)s)")
     models = parser.add_argument_group("models and devices")
     models.add_argument("--caption-model", metavar="PATH",
-                        help="a separate checkpoint for post-selection scores (default: --load itself)")
+                        help="a separate checkpoint for the image-to-text direction of post-selection scores "
+                             "(default: --load itself)")
     models.add_argument("--text-tokenizer", metavar="FILE",
                         help="SentencePiece .model file (default: the one recorded in the checkpoint)")
     models.add_argument("--vqvae", metavar="PATH", help="VQ-VAE folder or CogView .pt (default: the recorded one)")

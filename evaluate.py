@@ -54,7 +54,7 @@ from eval_utils.psnr import bicubic_upsample, mean_psnr
 from eval_utils.shapes_accuracy import caption_accuracy, image_accuracy
 from fp16 import PRECISIONS, inference_autocast
 from generation.loading import Components, load_components, resolve_device
-from generation.pipeline import DEFAULT_MAX_BATCH_ROWS, Pipeline
+from generation.pipeline import DEFAULT_MAX_BATCH_ROWS, POST_SELECTION_SCORES, Pipeline
 from generation.sampling import SamplingSettings
 from model.checkpoint import LATEST_FILES
 from preprocess_data import downscale
@@ -70,7 +70,9 @@ SECTIONS = ("t2i", "caption", "sr", "bpt", "caption-loss", "fid", "vqvae")
 SHAPES_SECTIONS = ("t2i", "caption")  # need each item's objects, which only `shapes` carries
 # Flags that only some sections read: given without any of them they would do nothing, so they are refused.
 FLAG_SECTIONS = {"cfg_scale": ("t2i", "fid"), "candidates": ("t2i", "fid"), "post_select": ("t2i", "fid"),
-                 "caption_top_k": ("caption",), "valid_data": ("bpt",), "inception_weights": ("fid",),
+                 "caption_top_k": ("caption",), "caption_candidates": ("caption",),
+                 "caption_temperature": ("caption",), "post_selection_score": ("t2i", "fid", "caption"),
+                 "valid_data": ("bpt",), "inception_weights": ("fid",),
                  "feature_net": ("fid",), "train_feature_net": ("fid",)}
 
 
@@ -117,8 +119,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse
     sampling.add_argument("--candidates", type=positive_int, default=1,
                           help="images generated per prompt, of which --post-select keeps one (default: 1)")
     sampling.add_argument("--post-select", action="store_true",
-                          help="judge the candidate the model's own caption score ranks best (CogView's "
-                               "post-selection) instead of the first")
+                          help="judge the candidate post-selection ranks best (--post-selection-score) instead "
+                               "of the first")
+    sampling.add_argument("--post-selection-score", choices=POST_SELECTION_SCORES, default="agreement",
+                          help="how --post-select and --caption-candidates match a text and an image: agreement "
+                               "(both directions) or caption (CogView's) (default: %(default)s)")
     sampling.add_argument("--top-k", type=int, default=200, help="0 turns it off (default: %(default)s)")
     sampling.add_argument("--top-p", type=float, default=1.0, help="1 turns it off (default: %(default)s)")
     sampling.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
@@ -126,6 +131,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse
                           help="top-k of the caption section's decoding, with the temperature and top-p above; "
                                "the default 1 judges each image's most likely caption, as a captioner is used "
                                "(default: %(default)s)")
+    sampling.add_argument("--caption-candidates", type=positive_int, default=1, metavar="N",
+                          help="also judge noisy-channel captions: N sampled per image (no top-k, "
+                               "--caption-temperature), keeping the one under which the model draws that image "
+                               "most likely (default: 1, off)")
+    sampling.add_argument("--caption-temperature", type=float, default=1.0,
+                          help="temperature of the --caption-candidates samples (default: %(default)s)")
     fid = parser.add_argument_group("FID")
     fid.add_argument("--inception-weights", metavar="FILE",
                      help="pt_inception-2015-12-05-6726825d.pth, for FID and IS (docs/evaluation.md)")
@@ -170,6 +181,9 @@ def choose_sections(args: argparse.Namespace, parser: argparse.ArgumentParser) -
                         "which is the image --candidates 1 makes")
     if args.post_select and args.candidates < 2:
         raise UserError("--post-select chooses among candidates: give --candidates 2 or more")
+    if (args.post_selection_score != parser.get_default("post_selection_score") and not args.post_select
+            and args.caption_candidates < 2):
+        raise UserError("--post-selection-score needs --post-select or --caption-candidates 2 or more")
     if args.feature_net and args.train_feature_net:
         raise UserError("give either --feature-net (use a saved network) or --train-feature-net (make one)")
     for flag in ("feature_net_steps", "feature_net_items"):
@@ -179,6 +193,9 @@ def choose_sections(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         SamplingSettings(args.temperature, args.top_k, args.top_p, scale)  # one-line errors for bad values
     if args.caption_top_k < 0:
         raise UserError(f"--caption-top-k must be >= 0 (0 = off, 1 = greedy), got {args.caption_top_k}")
+    if args.caption_temperature != parser.get_default("caption_temperature") and args.caption_candidates < 2:
+        raise UserError("--caption-temperature samples the --caption-candidates: give --caption-candidates 2 or more")
+    SamplingSettings(args.caption_temperature, 0, 1.0)  # a one-line error for a bad temperature
     return sections
 
 
@@ -304,12 +321,20 @@ def text_to_image_section(objects: list[list[ShapeObject]], cfg_scales: Sequence
 
 
 def caption_section(images: list[Image.Image], objects: list[list[ShapeObject]],
-                    caption: Callable[[list[Image.Image]], list[str]], examples: int = 8) -> Section:
-    """Shapes caption accuracy of the captions `caption` writes for held-out images."""
+                    caption: Callable[[list[Image.Image]], list[str]],
+                    reranked: Callable[[list[Image.Image]], list[str]] | None = None, examples: int = 8) -> Section:
+    """Shapes caption accuracy of the captions `caption` writes for held-out images and, when given, of
+    the noisy-channel captions `reranked` writes (under the key "reranked")."""
     captions = caption(images)
     accuracy = caption_accuracy(zip(objects, captions))
     results = {**accuracy.to_dict(), "examples": captions[:examples]}
-    return Section("caption", results, accuracy.format_table())
+    table = accuracy.format_table()
+    if reranked is not None:
+        chosen = reranked(images)
+        reranked_accuracy = caption_accuracy(zip(objects, chosen))
+        results["reranked"] = {**reranked_accuracy.to_dict(), "examples": chosen[:examples]}
+        table += f"\nnoisy-channel reranked captions\n{reranked_accuracy.format_table()}"
+    return Section("caption", results, table)
 
 
 def super_resolution_section(images: list[Image.Image], captions: list[str],
@@ -519,7 +544,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     inception, feature_net = load_fid_networks(args, device) if "fid" in sections else (None, None)
     parts = load_components(args.load, vqvae=args.vqvae, text_tokenizer=args.text_tokenizer, device=device)
     pipe = Pipeline(parts.model, parts.tokenizer, parts.vqvae, parts.geometry,
-                    max_batch_rows=args.max_inference_batch_size, precision=args.precision)
+                    max_batch_rows=args.max_inference_batch_size, precision=args.precision,
+                    post_selection=args.post_selection_score)
     size = pipe.image_size(pipe.geometry.image_grid)
     held_out = load_split(args.dataset, "val", size, args.language, args.data_seed, args.num_prompts)
     if held_out.objects is None:
@@ -539,7 +565,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "t2i": lambda: text_to_image_section(held_out.objects, args.cfg_scale, images_at, args.candidates),
         "caption": lambda: caption_section(held_out.images, held_out.objects, lambda images: pipe.caption(
             images, seed=args.seed, max_tokens=pipe.geometry.text_max_tokens,
-            **{**sampling, "top_k": args.caption_top_k})),
+            **{**sampling, "top_k": args.caption_top_k}), (lambda images: pipe.caption(
+                images, seed=args.seed, max_tokens=pipe.geometry.text_max_tokens, top_k=0,
+                temperature=args.caption_temperature, candidates=args.caption_candidates))
+            if args.caption_candidates > 1 else None),
         "sr": lambda: super_resolution_section(held_out.images, held_out.captions, lambda images, texts: (
             pipe.super_resolve(images, texts, seed=args.seed, **sampling))),
         "bpt": lambda: bits_per_token_section(pipe.model, pipe.tokenizer, rows, args.num_prompts, batch,

@@ -166,9 +166,11 @@ class Run:
     def image2text(self, paths: list[Path], images: list[Image.Image]) -> None:
         max_tokens = self.args.max_caption_tokens or self.pipe.geometry.text_max_tokens
         captions = self.pipe.caption(images, seed=self.args.seed, max_tokens=max_tokens, top_k=self.args.top_k,
-                                     top_p=self.args.top_p, temperature=self.args.temperature)
+                                     top_p=self.args.top_p, temperature=self.args.temperature,
+                                     candidates=self.args.caption_candidates)
         for i, (path, caption) in enumerate(zip(paths, captions)):
-            self.manifest.add(self.metadata(input=str(path), caption=caption, seed=self.args.seed + i))
+            self.manifest.add(self.metadata(input=str(path), caption=caption, seed=self.args.seed + i,
+                                            candidates=self.args.caption_candidates))
             print(f"{path}\t{caption}", flush=True)
         self.manifest.flush()
 
@@ -196,7 +198,9 @@ TEXT_TASKS = ("text2image", "text2image-full")
 # Flags that only some tasks read; given to any other task they would do nothing, so they are refused.
 TASK_FLAGS = {"negative_prompt": TEXT_TASKS, "cfg_scale": TEXT_TASKS, "batch_size": TEXT_TASKS,
               "input_images": ("image2text", "post-selection", "super-resolution"),
-              "caption_model": ("post-selection", "text2image-full"), "max_caption_tokens": ("image2text",)}
+              "caption_model": ("post-selection", "text2image-full", "image2text"), "max_caption_tokens": ("image2text",),
+              "caption_candidates": ("image2text",),
+              "post_selection_score": ("post-selection", "text2image-full", "image2text")}
 
 
 def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -209,6 +213,11 @@ def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         raise UserError("--negative-prompt needs --cfg-scale other than 1 (at 1 the unconditional branch is not used)")
     if task == "image2text" and (args.prompt or args.input_source):
         raise UserError("image2text writes captions; it takes --input-images, not prompts")
+    if task == "image2text" and args.caption_candidates == 1:
+        for dest in ("caption_model", "post_selection_score"):
+            if getattr(args, dest) != parser.get_default(dest):
+                raise UserError(f"--{dest.replace('_', '-')} matches caption candidates to their image: "
+                                f"give --caption-candidates 2 or more")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -227,7 +236,8 @@ def main(argv: list[str] | None = None) -> None:
         inputs = (*text, paths, [load_image(path) for path in paths])
     pipe = Pipeline.from_checkpoint(args.load, vqvae=args.vqvae, text_tokenizer=args.text_tokenizer,
                                     device=args.device, precision=args.precision, caption_model=args.caption_model,
-                                    max_batch_rows=args.max_inference_batch_size)
+                                    max_batch_rows=args.max_inference_batch_size,
+                                    post_selection=args.post_selection_score)
     run = Run(args, pipe)
     try:
         {"text2image": run.text2image, "text2image-full": run.text2image_full, "image2text": run.image2text,

@@ -165,6 +165,8 @@ def test_fid_section_compares_generated_with_real_features():
     (["--cfg-scale", "-1"], "--cfg-scale must be >= 0"),
     (["--sections", "t2i", "--caption-top-k", "5"], "--caption-top-k is read only by the caption"),
     (["--caption-top-k", "-1"], "--caption-top-k must be >= 0"),
+    (["--caption-temperature", "2"], "give --caption-candidates 2 or more"),
+    (["--post-selection-score", "caption"], "needs --post-select or --caption-candidates"),
 ])
 def test_contradictory_flags_are_refused_before_anything_loads(tmp_path, flags, message):
     with pytest.raises(UserError, match=message):
@@ -238,7 +240,8 @@ def test_evaluate_end_to_end_matches_direct_metric_calls(checkpoint, tmp_path):
     out = tmp_path / "eval.json"
     command = ["--load", checkpoint / "gpt", "--num-prompts", NUM_PROMPTS, "--valid-data", checkpoint / "val",
                "--cfg-scale", 1, 3, "--candidates", 2, "--post-select", "--train-feature-net", tmp_path / "selffid",
-               "--feature-net-steps", 3, "--feature-net-items", 16, "--seed", 5, "--output-json", out,
+               "--feature-net-steps", 3, "--feature-net-items", 16, "--seed", 5, "--caption-candidates", 3,
+               "--caption-temperature", 1.5, "--output-json", out,
                "--tensorboard-dir", tmp_path / "tb"]
     cli = start_cli(*command)
     stdout, stderr = cli.communicate(timeout=300)
@@ -274,6 +277,8 @@ def test_evaluate_end_to_end_matches_direct_metric_calls(checkpoint, tmp_path):
     caption = sections["caption"]  # greedy by default: the model's most likely caption of each image
     assert caption["examples"] == pipe.caption(images, seed=5, max_tokens=pipe.geometry.text_max_tokens, top_k=1)
     assert 0.0 <= caption["unparsed"] <= 1.0
+    assert caption["reranked"]["examples"] == pipe.caption(images, seed=5, max_tokens=pipe.geometry.text_max_tokens,
+                                                           top_k=0, temperature=1.5, candidates=3)
 
     sr = sections["sr"]
     lowres = [downscale(image) for image in images]

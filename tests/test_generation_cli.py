@@ -66,6 +66,12 @@ def test_image_tasks_and_the_full_pipeline(checkpoint, tmp_path):
     records = read_manifest(captions)
     assert len(records) == 3 and all(isinstance(r["caption"], str) for r in records)  # 2 images + the grid
 
+    reranked = tmp_path / "reranked"
+    run_main("--load", checkpoint, "--generation-task", "image2text", "--input-images", *inputs,
+             "--max-caption-tokens", 5, "--caption-candidates", 3, "--post-selection-score", "caption",
+             "--output-path", reranked, "--device", "cpu")
+    assert [r["candidates"] for r in read_manifest(reranked)] == [3, 3]
+
     ranked = tmp_path / "ranked"
     run_main("--load", checkpoint, "--generation-task", "post-selection", "--prompt", "a small blue square",
              "--input-images", *inputs, "--caption-model", checkpoint, "--output-path", ranked, "--device", "cpu")
@@ -94,6 +100,11 @@ def test_flags_that_would_do_nothing_are_refused(checkpoint, tmp_path):
         run_main("--load", checkpoint, "--prompt", "x", "--input-images", tmp_path)
     with pytest.raises(UserError, match="exactly one text"):
         run_main("--load", checkpoint, "--generation-task", "post-selection", "--input-images", tmp_path)
+    with pytest.raises(UserError, match="--post-selection-score is not used"):
+        run_main("--load", checkpoint, "--prompt", "x", "--post-selection-score", "caption")
+    with pytest.raises(UserError, match="--caption-model matches caption candidates"):
+        run_main("--load", checkpoint, "--generation-task", "image2text", "--input-images", tmp_path,
+                 "--caption-model", checkpoint)
 
 
 BAD_INPUTS = {
