@@ -75,7 +75,7 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
                              "--output-path", str(out / "text2image")],
               [out / "text2image" / "manifest.jsonl"]),
         Stage("captions", ["generate_samples.py", "--load", str(gpt), "--generation-task", "image2text",
-                           "--input-images", *(str(p) for p in held_out_images(run)),
+                           "--input-images", *(str(p) for p in held_out_images(run)), "--caption-candidates", "16",
                            "--output-path", str(out / "captions")],
               [out / "captions" / "manifest.jsonl"]),
         Stage("super-resolution", ["generate_samples.py", "--load", str(gpt), "--generation-task",
