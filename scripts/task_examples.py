@@ -5,7 +5,8 @@ Example:
 
 Writes, from held-out `shapes` items (the validation split, never trained on):
     text2image.png        a row per prompt: --samples images without guidance, then as many with --cfg-scale
-    image2text.png        held-out images with their true caption and the model's greedy caption
+    image2text.png        held-out images with their true caption, the model's greedy caption and the best of
+                          16 sampled (reranked by agreement with the image)
     post_selection.png    --candidates images of one prompt, sorted by post-selection score, best first
     super_resolution.png  a row per image: low-res input, bicubic 2x, the model's 2x, the original
 
@@ -47,7 +48,8 @@ GAP = 6
 FONT_SIZE = 12
 LINE_HEIGHT = 16
 CAPTION_CELL_TILES = 2      # image2text: a cell is two tiles wide, so a two-object caption fits two lines
-CAPTION_LINES = 2           # lines for each of the true and the model's caption
+CAPTION_LINES = 3           # lines for each of the true and the model's captions
+RERANKED_CAPTIONS = 16      # sampled captions of which image2text.png shows the one agreeing best with the image
 CAPTION_COLUMNS = 3
 SR_COLUMNS = 4              # low-res input, bicubic 2x, model 2x, original
 
@@ -166,10 +168,14 @@ def text2image_picture(pipe: Pipeline, prompts: list[str], samples: int, cfg_sca
 
 def image2text_picture(pipe: Pipeline, captions: list[str], images: list[Image.Image], seed: int,
                        tile: int) -> Image.Image:
-    """Greedy captions (top-k 1): the model's most likely caption, not a lucky draw."""
-    written = pipe.caption(images, seed=seed, top_k=1, max_tokens=pipe.geometry.text_max_tokens)
-    cells = [labelled(enlarge(image, tile), [f"true: {truth}", f"model: {caption}"], CAPTION_CELL_TILES * tile,
-                      CAPTION_LINES) for image, truth, caption in zip(images, captions, written)]
+    """Greedy captions (top-k 1), the model's most likely caption, next to the best of
+    `RERANKED_CAPTIONS` sampled ones (what `evaluate.py --caption-candidates` judges)."""
+    max_tokens = pipe.geometry.text_max_tokens
+    greedy = pipe.caption(images, seed=seed, top_k=1, max_tokens=max_tokens)
+    reranked = pipe.caption(images, seed=seed, top_k=0, max_tokens=max_tokens, candidates=RERANKED_CAPTIONS)
+    cells = [labelled(enlarge(image, tile), [f"true: {truth}", f"greedy: {plain}",
+                                              f"best of {RERANKED_CAPTIONS}: {best}"], CAPTION_CELL_TILES * tile,
+                      CAPTION_LINES) for image, truth, plain, best in zip(images, captions, greedy, reranked)]
     return make_grid(cells, columns=CAPTION_COLUMNS, gap=GAP)
 
 
@@ -207,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cfg-scale", type=non_negative_float, default=1.5,
                         help="guidance scale of the guided half of text2image.png and of the post-selection candidates")
     parser.add_argument("--temperature", type=positive_float, default=1.0,
-                        help="sampling temperature of the generated images (captions are greedy)")
+                        help="sampling temperature of the generated images (captions: greedy, and sampled at 1)")
     parser.add_argument("--samples", type=positive_int, default=4,
                         help="text2image.png: images per prompt, with and without guidance each")
     parser.add_argument("--candidates", type=positive_int, default=8, help="post_selection.png: candidates")

@@ -49,7 +49,7 @@ def test_each_picture_has_the_size_of_its_layout(pictures):
     assert size_of(out / "super_resolution.png") == (across(te.SR_COLUMNS, tile),
                                                      titled_rows(sum(te.SUPER_RESOLUTION_IMAGES)))
     assert size_of(out / "post_selection.png") == (across(CANDIDATES, tile), line + gap + tile + gap + line)
-    cell_height = tile + gap + 2 * te.CAPTION_LINES * line
+    cell_height = tile + gap + 3 * te.CAPTION_LINES * line  # the true, the greedy and the reranked caption
     rows = -(-sum(te.CAPTIONED_IMAGES) // te.CAPTION_COLUMNS)
     assert size_of(out / "image2text.png") == (across(te.CAPTION_COLUMNS, te.CAPTION_CELL_TILES * tile),
                                                across(rows, cell_height))
