@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -90,10 +91,14 @@ def seconds_per_step(run: Path, recipe: Recipe) -> float:
     The first run is thrown away: one-time costs (building DeepSpeed's communication op, a cold page cache)
     land there. When noise still makes the difference non-positive, the long run's time per step (start-up
     included) is used instead: an overestimate, so the run ends within its budget rather than far beyond it.
+    The result is kept in `calibration.json` with the training flags it was measured for, and measured
+    again when the recipe's flags change.
     """
     cache = run / "calibration.json"
-    if cache.is_file():
+    flags = [*MODEL_FLAGS, *recipe.flags()]
+    if cache.is_file() and read_json(cache).get("flags") == flags:
         return float(read_json(cache)["seconds_per_step"])
+    shutil.rmtree(run / "calibration", ignore_errors=True)  # the runs of an earlier recipe
     timings = []
     for attempt, steps in enumerate(CALIBRATION_STEPS):
         save = run / "calibration" / f"{attempt}-{steps}"
@@ -108,7 +113,8 @@ def seconds_per_step(run: Path, recipe: Recipe) -> float:
     per_step = (long_time - short_time) / (long - short)
     if per_step <= 0:
         per_step = long_time / long
-    atomic_write_json(cache, {"seconds_per_step": per_step, "steps": CALIBRATION_STEPS, "seconds": timings})
+    atomic_write_json(cache, {"seconds_per_step": per_step, "steps": CALIBRATION_STEPS, "seconds": timings,
+                              "flags": flags})
     return per_step
 
 
@@ -239,7 +245,7 @@ def main() -> None:
     parser.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0])
     parser.add_argument("--temperature", type=float, default=0.4,
                         help="sampling temperature of the shapes evaluation (docs/results.md has the sweep)")
-    parser.add_argument("--candidates", type=int, default=4, help="candidates per prompt for post-selection")
+    parser.add_argument("--candidates", type=int, default=8, help="candidates per prompt for post-selection")
     parser.add_argument("--caption-candidates", type=int, default=16,
                         help="sampled captions per image, of which the one agreeing best with the image is judged")
     parser.add_argument("--workers", type=int, default=2, help="preprocessing worker processes")
