@@ -69,9 +69,11 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
                               "--log-interval", "20", "--num-workers", "1"],
               [gpt / "latest_checkpointed_iteration.txt"],
               resume_marker=gpt / "latest_checkpointed_iteration.txt", resume_argv=["--load", str(gpt)]),
+        # CogView's caption score: at 1,500 steps the text-to-image direction of the agreement score still
+        # favours typical images over faithful ones (docs/tasks/post_selection.md, "Which score").
         Stage("text2image", ["generate_samples.py", "--load", str(gpt), "--generation-task", "text2image-full",
                              "--input-source", str(run / "prompts.txt"), "--batch-size", "8", "--cfg-scale", "1.5",
-                             "--temperature", "0.4",
+                             "--temperature", "0.4", "--post-selection-score", "caption",
                              "--output-path", str(out / "text2image")],
               [out / "text2image" / "manifest.jsonl"]),
         Stage("captions", ["generate_samples.py", "--load", str(gpt), "--generation-task", "image2text",
