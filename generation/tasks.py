@@ -220,7 +220,9 @@ def agreement_scores(model: torch.nn.Module, caption_model: torch.nn.Module, tok
     Why both: image-to-text alone, CogView's post-selection score, is weakest exactly where a caption
     must say which object is where, and text-to-image places objects far more reliably, so each
     direction catches what the other misses. Why means: summed, the 64 codes of an 8x8 grid would
-    outweigh a 12-token text fivefold. docs/tasks/post_selection.md has the measurements.
+    outweigh a 12-token text fivefold. The image direction also prefers typical images, which misleads a
+    model far from converged: there the caption score alone chooses better. docs/tasks/post_selection.md
+    has the measurements.
     """
     per_token = text_scores(caption_model, tok, geometry, codes, text_ids, max_batch_rows) / torch.tensor(
         [len(text) for text in text_ids], dtype=torch.float)
