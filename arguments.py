@@ -229,9 +229,9 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     sampling.add_argument("--max-caption-tokens", type=positive_int, default=None,
                           help="longest caption in text tokens (default: the model's text budget)")
     sampling.add_argument("--caption-candidates", type=positive_int, default=1,
-                          help="image2text: sample N captions per image and keep the one under which the model "
-                               "draws that image most likely (noisy-channel reranking; needs --top-k other "
-                               "than 1) (default: %(default)s)")
+                          help="image2text: sample N captions per image and keep the one that agrees best with "
+                               "the image (--post-selection-score; needs --top-k other than 1) "
+                               "(default: %(default)s)")
     sampling.add_argument("--post-selection-score", choices=POST_SELECTION_SCORES, default="agreement",
                           help="how post-selection and --caption-candidates match a text and an image: agreement "
                                "(mean log-probability per token of the text given the image plus that of the "

@@ -132,9 +132,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse
                                "the default 1 judges each image's most likely caption, as a captioner is used "
                                "(default: %(default)s)")
     sampling.add_argument("--caption-candidates", type=positive_int, default=1, metavar="N",
-                          help="also judge noisy-channel captions: N sampled per image (no top-k, "
-                               "--caption-temperature), keeping the one under which the model draws that image "
-                               "most likely (default: 1, off)")
+                          help="also judge reranked captions: N sampled per image (no top-k, "
+                               "--caption-temperature), keeping the one that agrees best with the image "
+                               "(--post-selection-score) (default: 1, off)")
     sampling.add_argument("--caption-temperature", type=float, default=1.0,
                           help="temperature of the --caption-candidates samples (default: %(default)s)")
     fid = parser.add_argument_group("FID")
@@ -324,7 +324,7 @@ def caption_section(images: list[Image.Image], objects: list[list[ShapeObject]],
                     caption: Callable[[list[Image.Image]], list[str]],
                     reranked: Callable[[list[Image.Image]], list[str]] | None = None, examples: int = 8) -> Section:
     """Shapes caption accuracy of the captions `caption` writes for held-out images and, when given, of
-    the noisy-channel captions `reranked` writes (under the key "reranked")."""
+    the reranked captions `reranked` writes (under the key "reranked")."""
     captions = caption(images)
     accuracy = caption_accuracy(zip(objects, captions))
     results = {**accuracy.to_dict(), "examples": captions[:examples]}
@@ -333,7 +333,7 @@ def caption_section(images: list[Image.Image], objects: list[list[ShapeObject]],
         chosen = reranked(images)
         reranked_accuracy = caption_accuracy(zip(objects, chosen))
         results["reranked"] = {**reranked_accuracy.to_dict(), "examples": chosen[:examples]}
-        table += f"\nnoisy-channel reranked captions\n{reranked_accuracy.format_table()}"
+        table += f"\nreranked captions\n{reranked_accuracy.format_table()}"
     return Section("caption", results, table)
 
 
