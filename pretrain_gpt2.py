@@ -261,28 +261,38 @@ class Reporter:
 
 
 class Interval:
-    """Loss sums, tokens and model FLOPs since the last log line, and the time they took."""
+    """Loss sums, tokens and model FLOPs since the last log line, the optimizer steps they took and the time."""
 
     def __init__(self, device: torch.device, peak_flops: float):
         self.peak_flops = peak_flops
         self.sums = torch.zeros(len(SUM_FIELDS) + 2, dtype=torch.float64, device=device)
+        self.steps = 0
         self.start = time.perf_counter()
 
     def add(self, sums: torch.Tensor) -> None:
         self.sums += sums
 
+    def step(self) -> None:
+        self.steps += 1
+
     def pause(self) -> None:
         """Leave the time since the last step (validation, a checkpoint write) out of tokens/s and MFU."""
         self.sums[_TOKENS:] = 0
+        self.steps = 0
         self.start = time.perf_counter()
 
     def report(self) -> dict[str, float]:
-        """Means over all ranks, tokens/s and MFU; starts the next interval (a collective)."""
+        """Means over all ranks, tokens/s, MFU and seconds per optimizer step (what a time budget is
+        planned with, e.g. benchmarks/bench_quality.py); starts the next interval (a collective)."""
+        seconds = time.perf_counter() - self.start
         totals = all_reduce_sum(self.sums)
         values = summarize(totals[:len(SUM_FIELDS)])
-        values.update(throughput(float(totals[_TOKENS]), float(totals[_FLOPS]), time.perf_counter() - self.start,
-                                 self.peak_flops, mpu.get_world_size()))
+        values.update(throughput(float(totals[_TOKENS]), float(totals[_FLOPS]), seconds, self.peak_flops,
+                                 mpu.get_world_size()))
+        if self.steps:
+            values["seconds_per_step"] = seconds / self.steps
         self.sums.zero_()
+        self.steps = 0
         self.start = time.perf_counter()
         return values
 
@@ -310,6 +320,7 @@ def train(args: argparse.Namespace, engine, data: TrainingData, config: ModelCon
                 interval.add(sums)
                 norm = step_norm if step_norm is not None else norm
             data_position += positions.global_batch
+            interval.step()
             reporter.bar.update()
             last = iteration == args.train_iters
             if iteration % args.log_interval == 0 or last:

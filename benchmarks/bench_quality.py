@@ -8,8 +8,8 @@ Example:
 The shapes run trains the recommended configuration (tokenizer, VQ-VAE, 8x8 codes, a 4-layer
 transformer with the task mixture) and evaluates held-out prompts with `evaluate.py` at several
 classifier-free guidance scales, each with and without post-selection, plus captions and
-super-resolution. The budget is the transformer's training time: two short calibration runs measure the
-seconds per step on this machine, and the run gets as many steps as fit (so the cosine schedule ends
+super-resolution. The budget is the transformer's training time: a short calibration run of the same
+recipe logs its own seconds per step, and the run gets as many steps as fit (so the cosine schedule ends
 where the budget does). The emoji run trains a VQ-VAE and a transformer on the real emoji images and
 reports validation bits per image token and a grid of samples for held-out names.
 
@@ -22,7 +22,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,12 @@ from utils.files import atomic_write_json, read_json  # noqa: E402
 from utils.stages import Stage  # noqa: E402
 
 MODEL_FLAGS = ["--num-layers", "4", "--hidden-size", "256", "--num-attention-heads", "8"]
-CALIBRATION_STEPS = (10, 10, 60)  # the first run only warms caches (DeepSpeed op build, page cache)
+# The calibration run: its training logs seconds per step every CALIBRATION_LOG_INTERVAL steps; the first
+# WARMUP_INTERVALS of them (thread pools, allocator, data workers starting) are left out.
+CALIBRATION_STEPS, CALIBRATION_LOG_INTERVAL, WARMUP_INTERVALS = 80, 10, 2
+# A step of this recipe on any CPU or GPU takes longer than the first and less than the second; and the
+# intervals after warm-up agree within this ratio unless something else shared the machine.
+PLAUSIBLE_SECONDS_PER_STEP, MAX_INTERVAL_SPREAD = (0.005, 60.0), 2.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class Recipe:
         # bf16 (AMX on this machine's CPUs) nearly halves a step; lr 2e-3 beat 1e-3 and 4e-3 in 1,500-step pilots.
         return ["--bf16", "--batch-size", "32", "--lr", "2e-3", "--warmup", "0.02", "--hidden-dropout",
                 f"{self.dropout:g}", "--attention-dropout", f"{self.dropout:g}", "--cfg-drop-prob", "0.1",
-                "--num-workers", "1", "--log-interval", "50", "--task-mix", self.task_mix]
+                "--num-workers", "1", "--task-mix", self.task_mix]
 
 
 SHAPES = Recipe("text2image=0.7,image2text=0.2,super_resolution=0.1", dropout=0.0)
@@ -78,43 +82,62 @@ def data_stages(run: Path, dataset: str, image_size: int, train_items: int, val_
     ]
 
 
-def training_argv(run: Path, save: Path, recipe: Recipe, iterations: int) -> list[str]:
+def training_argv(run: Path, save: Path, recipe: Recipe, iterations: int, log_interval: int = 50) -> list[str]:
     return ["pretrain_gpt2.py", "--train-data", str(run / "data" / "train"), "--valid-data", str(run / "data" / "val"),
-            "--save", str(save), *MODEL_FLAGS, *recipe.flags(),
+            "--save", str(save), *MODEL_FLAGS, *recipe.flags(), "--log-interval", str(log_interval),
             "--train-iters", str(iterations), "--save-interval", str(max(iterations // 4, 1)),
             "--eval-interval", str(max(iterations // 4, 1)), "--eval-iters", "4"]
 
 
-def seconds_per_step(run: Path, recipe: Recipe) -> float:
-    """Time short runs and take the difference of the last two, which cancels start-up (DeepSpeed, data, threads).
+def logged_seconds_per_step(tensorboard_dir: Path) -> list[float]:
+    """The `train/seconds_per_step` points a training run logged (pretrain_gpt2.py), in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    The first run is thrown away: one-time costs (building DeepSpeed's communication op, a cold page cache)
-    land there. When noise still makes the difference non-positive, the long run's time per step (start-up
-    included) is used instead: an overestimate, so the run ends within its budget rather than far beyond it.
-    The result is kept in `calibration.json` with the training flags it was measured for, and measured
-    again when the recipe's flags change.
+    events = EventAccumulator(str(tensorboard_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    if "train/seconds_per_step" not in events.Tags()["scalars"]:
+        raise UserError(f"the calibration run logged no train/seconds_per_step in {tensorboard_dir}")
+    return [point.value for point in sorted(events.Scalars("train/seconds_per_step"), key=lambda p: p.step)]
+
+
+def plausible_seconds_per_step(intervals: list[float]) -> float:
+    """The median of the intervals after warm-up; refused (one line) when it cannot be a real step time."""
+    timed = sorted(intervals[WARMUP_INTERVALS:])
+    if not timed:
+        raise UserError(f"the calibration run logged {len(intervals)} intervals, none after the warm-up")
+    median = timed[len(timed) // 2]
+    low, high = PLAUSIBLE_SECONDS_PER_STEP
+    if not low <= median <= high:
+        raise UserError(f"calibration measured {median:.4f} s/step, outside the plausible {low}-{high} s; "
+                        f"not planning a run on it")
+    if timed[-1] > MAX_INTERVAL_SPREAD * timed[0]:
+        raise UserError(f"calibration intervals disagree ({timed[0]:.3f} to {timed[-1]:.3f} s/step): something "
+                        f"else is using this machine; run again when it is idle")
+    return median
+
+
+def seconds_per_step(run: Path, recipe: Recipe) -> float:
+    """Seconds per optimizer step of `recipe` on this machine, from a short run's own per-step timing.
+
+    The training loop times its steps between log lines, leaving out validation and checkpoint writes;
+    start-up (DeepSpeed, data workers) lies outside those intervals, so no difference of whole-process
+    times is needed. The result is kept in `calibration.json` with the training flags it was measured for,
+    and measured again when the recipe's flags change.
     """
     cache = run / "calibration.json"
     flags = [*MODEL_FLAGS, *recipe.flags()]
     if cache.is_file() and read_json(cache).get("flags") == flags:
         return float(read_json(cache)["seconds_per_step"])
-    shutil.rmtree(run / "calibration", ignore_errors=True)  # the runs of an earlier recipe
-    timings = []
-    for attempt, steps in enumerate(CALIBRATION_STEPS):
-        save = run / "calibration" / f"{attempt}-{steps}"
-        start = time.time()
-        result = subprocess.run([sys.executable, *training_argv(run, save, recipe, steps)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if result.returncode != 0:
-            raise UserError(f"calibration run of {steps} steps failed; run its command by hand to see why: "
-                            f"python {' '.join(training_argv(run, save, recipe, steps))}")
-        timings.append(time.time() - start)
-    (short, long), (short_time, long_time) = CALIBRATION_STEPS[-2:], timings[-2:]
-    per_step = (long_time - short_time) / (long - short)
-    if per_step <= 0:
-        per_step = long_time / long
-    atomic_write_json(cache, {"seconds_per_step": per_step, "steps": CALIBRATION_STEPS, "seconds": timings,
-                              "flags": flags})
+    save = run / "calibration"
+    shutil.rmtree(save, ignore_errors=True)  # an earlier recipe's, or an interrupted calibration
+    argv = training_argv(run, save, recipe, CALIBRATION_STEPS, log_interval=CALIBRATION_LOG_INTERVAL)
+    print(f"calibration: {CALIBRATION_STEPS} steps of the recipe", flush=True)
+    result = subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise UserError(f"the calibration run failed; run its command by hand to see why: python {' '.join(argv)}")
+    intervals = logged_seconds_per_step(save / "tensorboard")
+    per_step = plausible_seconds_per_step(intervals)
+    atomic_write_json(cache, {"seconds_per_step": per_step, "intervals": intervals, "flags": flags})
     return per_step
 
 

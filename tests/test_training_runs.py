@@ -225,3 +225,14 @@ def test_model_flag_contradicting_the_checkpoint_is_one_line_exit_2(curves, data
         f"error: --num-layers 3 contradicts the checkpoint in {save / str(CURVE_ITERS)} (num_layers=2); "
         "drop the flag to resume, or start a new run")
     assert read_tracker(save) == CURVE_ITERS  # untouched
+
+
+def test_each_log_line_times_its_optimizer_steps(curves):
+    """`train/seconds_per_step`, which bench_quality.py plans its budget with, is logged at every log line
+    and is what benchmarks/bench_quality.py reads back."""
+    from benchmarks.bench_quality import logged_seconds_per_step
+
+    timed = scalars(curves.root / "single" / "tensorboard", "train/seconds_per_step")
+    assert sorted(timed) == sorted(curves.single)
+    assert all(0 < seconds < 60 for seconds in timed.values())
+    assert logged_seconds_per_step(curves.root / "single" / "tensorboard") == [timed[step] for step in sorted(timed)]
