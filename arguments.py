@@ -268,13 +268,18 @@ def build_training_parser(description: str | None = None) -> argparse.ArgumentPa
     return parser
 
 
+class _NotGiven(list):
+    """The marker of `given_flags`."""
+
+
 def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> frozenset[str]:
     """Destinations of the flags that `argv` sets explicitly, even to their default value.
 
     Parses again with every default replaced by a marker object: whatever still holds the marker
-    was not on the command line. (The marker is not a string, so argparse never converts it.)
+    was not on the command line. (The marker is not a string, so argparse never converts it; it is an
+    empty list, so an `append` action copies it and appends to the copy.)
     """
-    not_given = object()
+    not_given = _NotGiven()
     dests = list(vars(parser.parse_args(argv)))
     saved = {dest: parser.get_default(dest) for dest in dests}
     parser.set_defaults(**dict.fromkeys(dests, not_given))
