@@ -35,6 +35,8 @@ from utils.errors import UserError, run_main
 from utils.logging import TensorBoardLogger, get_logger
 
 logger = get_logger("generate_samples")
+
+
 def one_prompt(args: argparse.Namespace, task: str) -> str:
     """The single text that post-selection and super-resolution condition on."""
     prompts = collect_prompts(args.prompt, args.input_source)
@@ -164,7 +166,8 @@ class Run:
         for rank, index in enumerate(ranking.order):
             score = float(ranking.scores[index])
             self.manifest.add({"task": "post-selection", "checkpoint": str(self.args.load), "prompt": text,
-                               "input": str(paths[index]), "score": score, "rank": rank})
+                               "input": str(paths[index]), "score": score, "rank": rank,
+                               "precision": self.args.precision})
             print(f"{rank}\t{score:.4f}\t{paths[index]}", flush=True)
         self.manifest.flush()
         self.log_throughput(len(images), time.time() - start)
@@ -235,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.output_path).mkdir(parents=True, exist_ok=True)
         report = write_skip_report(args.output_path, batch.skipped)
         if not batch.images:
-            raise UserError(f"none of the {len(batch.skipped)} input files could be read as an image; {report} lists why")
+            raise UserError(f"none of the {len(batch.skipped)} input files could be read as an image; "
+                            f"{report} lists why")
         summary = f"{len(batch.images)} input image(s) done, {len(batch.skipped)} skipped (listed in {report}); "
         if batch.skipped:
             logger.warning("skipping %d of the input files (listed in %s)", len(batch.skipped), report)

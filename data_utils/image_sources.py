@@ -326,7 +326,8 @@ def _read_list(list_path: Path) -> list[_Entry]:
 # --- opening a dataset by name or path -------------------------------------------------------------------
 
 def open_dataset(name_or_path: str, *, split: str = "train", size: int = 64, language: str = "en",
-                 seed: int = 0, num_items: int | None = None, min_side: int = MIN_IMAGE_SIDE) -> CaptionedImageSource:
+                 seed: int = 0, num_items: int | None = None,
+                 min_side: int = MIN_IMAGE_SIDE) -> CaptionedImageSource:
     """The captioned images of `split` from `"shapes"`, `"emoji"`, a folder, or a `.jsonl`/`.tsv` list.
 
     `num_items` caps the number of items (shapes: sets it, default 10,000 train / 500 val); `language`

@@ -7,8 +7,8 @@ from PIL import Image
 
 from data_utils import image_sources
 from data_utils.image_sources import (
-    EMPTY_CAPTION, EMPTY_FILE, IMAGE_TOO_SMALL, MALFORMED_LINE, MISSING_CAPTION, MISSING_IMAGE, UNREADABLE_IMAGE, SkipItem,
-    SkippedItem, load_item, open_dataset, skip_report, stable_fraction,
+    EMPTY_CAPTION, EMPTY_FILE, IMAGE_TOO_SMALL, MALFORMED_LINE, MISSING_CAPTION, MISSING_IMAGE, UNREADABLE_IMAGE,
+    SkipItem, SkippedItem, load_item, open_dataset, skip_report, stable_fraction,
 )
 from data_utils.shapes import parse_caption
 from utils.errors import UserError
