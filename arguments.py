@@ -2,20 +2,22 @@
 
 Flag names follow CogView's where they mean the same thing. Each group is added by its own function so
 that scripts compose the groups they need (`pretrain_gpt2.py` takes the first four; `generate_samples.py`
-takes `add_generation_args`). `parse_training_args` also records which flags were given explicitly (`args.given_flags`):
-a resumed run takes its model from the checkpoint and refuses a given model flag that contradicts it,
-and a `--deepspeed_config` file is only filled in, never silently overridden, by given flags.
+takes `add_generation_args`). Every entry script parses with `parse_noting_given`, the one way to tell
+which flags were given explicitly (`args.given_flags`), even at their default value: a flag that would do
+nothing in the chosen task or setting is refused, a resumed run refuses a given model flag that
+contradicts its checkpoint, and a `--deepspeed_config` file is only filled in, never silently
+overridden, by given flags.
 """
 from __future__ import annotations
 
 import argparse
 from typing import Any, Mapping, Sequence
 
-from data_utils.sequences import TASKS
+from data_utils.sequences import POSITION_LAYOUTS, TASKS
 from fp16.precision import PRECISIONS
-from model.config import LAYERNORM_ORDERS, POSITION_LAYOUTS, ModelConfig
-from training.lr_schedule import DECAY_STYLES
+from model.config import LAYERNORM_ORDERS, ModelConfig
 from utils.errors import UserError
+from utils.lr_decay import DECAY_STYLES
 
 # Model flags and the `ModelConfig` fields they set (same names); a checkpoint's config wins over them.
 MODEL_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings", "layernorm_order",
@@ -266,13 +268,18 @@ def build_training_parser(description: str | None = None) -> argparse.ArgumentPa
     return parser
 
 
+class _NotGiven(list):
+    """The marker of `given_flags`."""
+
+
 def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> frozenset[str]:
     """Destinations of the flags that `argv` sets explicitly, even to their default value.
 
     Parses again with every default replaced by a marker object: whatever still holds the marker
-    was not on the command line. (The marker is not a string, so argparse never converts it.)
+    was not on the command line. (The marker is not a string, so argparse never converts it; it is an
+    empty list, so an `append` action copies it and appends to the copy.)
     """
-    not_given = object()
+    not_given = _NotGiven()
     dests = list(vars(parser.parse_args(argv)))
     saved = {dest: parser.get_default(dest) for dest in dests}
     parser.set_defaults(**dict.fromkeys(dests, not_given))
@@ -281,6 +288,14 @@ def given_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
     finally:
         parser.set_defaults(**saved)
     return frozenset(dest for dest, value in probe.items() if value is not not_given)
+
+
+def parse_noting_given(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """`parser.parse_args(argv)` with `args.given_flags` (`given_flags`): what every entry script calls,
+    so "was this flag given" is answered one way everywhere, never by comparing a value with its default."""
+    args = parser.parse_args(argv)
+    args.given_flags = given_flags(parser, argv)
+    return args
 
 
 def check_training_args(args: argparse.Namespace) -> None:
@@ -292,13 +307,16 @@ def check_training_args(args: argparse.Namespace) -> None:
         for dest in ("eval_interval", "eval_iters"):
             if dest in given:
                 raise UserError(f"--{dest.replace('_', '-')} needs --valid-data")
+    if args.lr_decay_style == "constant" and "min_lr_ratio" in given:
+        raise UserError("--min-lr-ratio sets where the decay ends, but --lr-decay-style constant does not decay")
+    if not args.task_mix.get("text2image") and "cfg_drop_prob" in given:
+        raise UserError("--cfg-drop-prob drops the text of text-to-image samples, but --task-mix gives text2image "
+                        "no weight")
 
 
 def parse_training_args(argv: Sequence[str] | None = None, description: str | None = None) -> argparse.Namespace:
     """Parse, note the explicitly given flags, fill derived defaults and refuse flags that would do nothing."""
-    parser = build_training_parser(description)
-    args = parser.parse_args(argv)
-    args.given_flags = given_flags(parser, argv)
+    args = parse_noting_given(build_training_parser(description), argv)
     if args.tensorboard_dir is None and args.save is not None:
         args.tensorboard_dir = f"{args.save}/tensorboard"
     check_training_args(args)

@@ -12,7 +12,9 @@ Examples:
 
 Outputs go to --output-path: one PNG per image with the prompt, seed and sampling settings in its
 metadata, a grid per prompt, and manifest.jsonl with one record per image, caption or score (see
-docs/tasks/batch_generation.md). The tokenizer and VQ-VAE come from the checkpoint's metadata.
+docs/tasks/batch_generation.md). An input image that cannot be read is skipped and listed in
+skipped.txt; the run fails only when none can be read. The tokenizer and VQ-VAE come from the
+checkpoint's metadata. A flag the chosen task does not read is refused, not ignored (`FLAG_READERS`).
 """
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ from typing import Any, Iterable, Iterator
 
 from PIL import Image
 
-from arguments import add_generation_args
-from data_utils.images import load_image
-from generation.outputs import Manifest, make_grid, save_png
+from arguments import add_generation_args, parse_noting_given
+from generation.inputs import read_image_inputs
+from generation.outputs import Manifest, make_grid, save_png, write_skip_report
 from generation.pipeline import Pipeline
 from generation.prompts import Prompt, collect_prompts, interactive_prompts
 from generation.sampling import SamplingSettings
@@ -33,25 +35,6 @@ from utils.errors import UserError, run_main
 from utils.logging import TensorBoardLogger, get_logger
 
 logger = get_logger("generate_samples")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def image_paths(entries: list[str] | None, task: str) -> list[Path]:
-    """The files named, and the images inside the folders named (sorted)."""
-    if not entries:
-        raise UserError(f"--generation-task {task} needs --input-images (files or folders)")
-    paths: list[Path] = []
-    for entry in map(Path, entries):
-        if entry.is_dir():
-            found = sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise UserError(f"folder {entry} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            paths += found
-        elif entry.is_file():
-            paths.append(entry)
-        else:
-            raise UserError(f"input image not found: {entry}")
-    return paths
 
 
 def one_prompt(args: argparse.Namespace, task: str) -> str:
@@ -87,9 +70,10 @@ class Run:
         self.step = 0
 
     def metadata(self, **fields: Any) -> dict[str, Any]:
-        """What goes into every PNG and manifest record: the task, the checkpoint and all settings."""
+        """What goes into every PNG and manifest record: the task, the checkpoint and all settings (the
+        precision too: the same seed samples other images in bf16 than in fp32)."""
         return {"task": self.args.generation_task, "checkpoint": str(self.args.load), **fields,
-                **self.settings.to_dict()}
+                **self.settings.to_dict(), "precision": self.args.precision}
 
     def save_image(self, name: str, image, **fields: Any) -> dict[str, Any]:
         record = self.metadata(file=name, **fields)
@@ -165,6 +149,7 @@ class Run:
 
     def image2text(self, paths: list[Path], images: list[Image.Image]) -> None:
         max_tokens = self.args.max_caption_tokens or self.pipe.geometry.text_max_tokens
+        start = time.time()
         captions = self.pipe.caption(images, seed=self.args.seed, max_tokens=max_tokens, top_k=self.args.top_k,
                                      top_p=self.args.top_p, temperature=self.args.temperature,
                                      candidates=self.args.caption_candidates)
@@ -173,17 +158,22 @@ class Run:
                                             candidates=self.args.caption_candidates))
             print(f"{path}\t{caption}", flush=True)
         self.manifest.flush()
+        self.log_throughput(len(images), time.time() - start)
 
     def post_selection(self, text: str, paths: list[Path], images: list[Image.Image]) -> None:
+        start = time.time()
         ranking = self.pipe.rerank(text, images)
         for rank, index in enumerate(ranking.order):
             score = float(ranking.scores[index])
             self.manifest.add({"task": "post-selection", "checkpoint": str(self.args.load), "prompt": text,
-                               "input": str(paths[index]), "score": score, "rank": rank})
+                               "input": str(paths[index]), "score": score, "rank": rank,
+                               "precision": self.args.precision})
             print(f"{rank}\t{score:.4f}\t{paths[index]}", flush=True)
         self.manifest.flush()
+        self.log_throughput(len(images), time.time() - start)
 
     def super_resolution(self, text: str, paths: list[Path], images: list[Image.Image]) -> None:
+        start = time.time()
         upscaled = self.pipe.super_resolve(images, text, seed=self.args.seed,
                                            top_k=self.args.top_k, top_p=self.args.top_p,
                                            temperature=self.args.temperature)
@@ -192,48 +182,68 @@ class Run:
             self.manifest.add(self.save_image(name, image, prompt=text, seed=self.args.seed + i, input=str(path)))
             print(f"{path}\t{self.out / name}", flush=True)
         self.manifest.flush()
+        self.log_throughput(len(images), time.time() - start, grid=make_grid(upscaled))
 
 
 TEXT_TASKS = ("text2image", "text2image-full")
-# Flags that only some tasks read; given to any other task they would do nothing, so they are refused.
-TASK_FLAGS = {"negative_prompt": TEXT_TASKS, "cfg_scale": TEXT_TASKS, "batch_size": TEXT_TASKS,
-              "input_images": ("image2text", "post-selection", "super-resolution"),
-              "caption_model": ("post-selection", "text2image-full", "image2text"), "max_caption_tokens": ("image2text",),
-              "caption_candidates": ("image2text",),
-              "post_selection_score": ("post-selection", "text2image-full", "image2text")}
+IMAGE_TASKS = ("image2text", "post-selection", "super-resolution")
+SAMPLING_TASKS = ("text2image", "text2image-full", "image2text", "super-resolution")  # post-selection only scores
+MATCHING_TASKS = ("post-selection", "text2image-full", "image2text")  # image2text with --caption-candidates > 1
+# The tasks that read each flag; given to any other task (even at its default value) a flag would do
+# nothing, so it is refused. Every flag not listed here is read by every task.
+FLAG_READERS = {
+    "prompt": TEXT_TASKS + ("post-selection", "super-resolution"),
+    "input_source": TEXT_TASKS + ("post-selection", "super-resolution"),
+    "negative_prompt": TEXT_TASKS, "cfg_scale": TEXT_TASKS, "batch_size": TEXT_TASKS,
+    "input_images": IMAGE_TASKS,
+    "seed": SAMPLING_TASKS, "temperature": SAMPLING_TASKS, "top_k": SAMPLING_TASKS, "top_p": SAMPLING_TASKS,
+    "max_caption_tokens": ("image2text",), "caption_candidates": ("image2text",),
+    "caption_model": MATCHING_TASKS, "post_selection_score": MATCHING_TASKS,
+}
 
 
-def check_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    task = args.generation_task
-    for dest, tasks in TASK_FLAGS.items():
-        if getattr(args, dest) != parser.get_default(dest) and task not in tasks:
-            raise UserError(f"--{dest.replace('_', '-')} is not used by --generation-task {task} "
-                            f"(only by {', '.join(tasks)})")
-    if args.negative_prompt is not None and args.cfg_scale == 1.0:
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse every given flag that the task, or the other flags, leave unread (`args.given_flags`)."""
+    task, given = args.generation_task, args.given_flags
+    for dest, tasks in FLAG_READERS.items():
+        if dest in given and task not in tasks:
+            raise UserError(f"{_flag(dest)} is not used by --generation-task {task} (only by {', '.join(tasks)})")
+    if "negative_prompt" in given and args.cfg_scale == 1.0:
         raise UserError("--negative-prompt needs --cfg-scale other than 1 (at 1 the unconditional branch is not used)")
-    if task == "image2text" and (args.prompt or args.input_source):
-        raise UserError("image2text writes captions; it takes --input-images, not prompts")
     if task == "image2text" and args.caption_candidates == 1:
         for dest in ("caption_model", "post_selection_score"):
-            if getattr(args, dest) != parser.get_default(dest):
-                raise UserError(f"--{dest.replace('_', '-')} matches caption candidates to their image: "
+            if dest in given:
+                raise UserError(f"{_flag(dest)} matches caption candidates to their image: "
                                 f"give --caption-candidates 2 or more")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    args = add_generation_args(parser).parse_args(argv)
-    check_flags(args, parser)
+    args = parse_noting_given(add_generation_args(parser), argv)
+    check_flags(args)
     SamplingSettings(args.temperature, args.top_k, args.top_p, args.cfg_scale)
     # Every input is checked before the model loads, so a typo costs no loading time.
     task = args.generation_task
+    summary = ""  # the image tasks' count of inputs done and skipped
     if task in TEXT_TASKS:
         prompts = collect_prompts(args.prompt, args.input_source)
         inputs: tuple = (interactive_prompts() if prompts is None else prompts,)
     else:
         text = () if task == "image2text" else (one_prompt(args, task),)
-        paths = image_paths(args.input_images, task)
-        inputs = (*text, paths, [load_image(path) for path in paths])
+        batch = read_image_inputs(args.input_images, task)
+        Path(args.output_path).mkdir(parents=True, exist_ok=True)
+        report = write_skip_report(args.output_path, batch.skipped)
+        if not batch.images:
+            raise UserError(f"none of the {len(batch.skipped)} input files could be read as an image; "
+                            f"{report} lists why")
+        summary = f"{len(batch.images)} input image(s) done, {len(batch.skipped)} skipped (listed in {report}); "
+        if batch.skipped:
+            logger.warning("skipping %d of the input files (listed in %s)", len(batch.skipped), report)
+        inputs = (*text, batch.paths, batch.images)
     pipe = Pipeline.from_checkpoint(args.load, vqvae=args.vqvae, text_tokenizer=args.text_tokenizer,
                                     device=args.device, precision=args.precision, caption_model=args.caption_model,
                                     max_batch_rows=args.max_inference_batch_size,
@@ -244,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
          "post-selection": run.post_selection, "super-resolution": run.super_resolution}[task](*inputs)
     finally:
         run.tensorboard.close()
-    logger.info("wrote %s", run.manifest.path)
+    logger.info("%s: %swrote %s", task, summary, run.manifest.path)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from model.config import ModelConfig, flops_per_token  # noqa: E402
 from model.gpt import CogViewGPT  # noqa: E402
 from training import checkpointing  # noqa: E402
 from training.data import MicroBatchPositions, train_loader, validation_batches  # noqa: E402
-from training.ds_config import build_deepspeed_config, flag_precision  # noqa: E402
+from training.ds_config import DeepSpeedSetup, build_deepspeed_config  # noqa: E402
 from training.loss import SUM_FIELDS, next_token_loss, summarize  # noqa: E402
 from training.lr_schedule import LRSchedule, WarmupDecayScheduler  # noqa: E402
 from training.metrics import measure_matmul_flops, throughput  # noqa: E402
@@ -205,14 +205,15 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(engine, data: TrainingData, config: ModelConfig, args: argparse.Namespace) -> dict[str, float]:
+def evaluate(engine, data: TrainingData, config: ModelConfig, args: argparse.Namespace,
+             micro_batch_size: int) -> dict[str, float]:
     """Loss on the fixed validation positions of each task, and over all tasks."""
     engine.eval()
     results: dict[str, float] = {}
     total = torch.zeros(len(SUM_FIELDS) + 2, dtype=torch.float64, device=engine.device)
     for task, dataset in data.valid.items():
         sums = torch.zeros_like(total)
-        for batch in validation_batches(dataset, args.batch_size, args.eval_iters, mpu.get_world_size(),
+        for batch in validation_batches(dataset, micro_batch_size, args.eval_iters, mpu.get_world_size(),
                                         mpu.get_rank(), data.tokenizer.pad_id):
             sums += forward_loss(engine, batch, config, data.tokenizer.pad_id, data.tokenizer.codebook_size,
                                  args.txt_loss_scale)[1]
@@ -297,13 +298,13 @@ class Interval:
         return values
 
 
-def train(args: argparse.Namespace, engine, data: TrainingData, config: ModelConfig, start_iteration: int,
-          data_position: int) -> None:
-    positions = MicroBatchPositions(data_position, args.batch_size, args.gradient_accumulation_steps,
+def train(args: argparse.Namespace, setup: DeepSpeedSetup, engine, data: TrainingData, config: ModelConfig,
+          start_iteration: int, data_position: int) -> None:
+    positions = MicroBatchPositions(data_position, setup.micro_batch_size, setup.gradient_accumulation_steps,
                                     mpu.get_world_size(), mpu.get_rank())
     batches: Iterator[Mapping[str, Any]] = iter(train_loader(data.train, positions, data.tokenizer.pad_id,
                                                              args.num_workers))
-    dtype = torch_dtype(flag_precision(args))
+    dtype = torch_dtype(setup.precision)
     interval = Interval(engine.device, measure_matmul_flops(engine.device, dtype))
     if mpu.is_main_process():
         logger.info("model: %s parameters | global batch %d | matmul rate of this %s in %s: %.3g FLOP/s",
@@ -314,7 +315,7 @@ def train(args: argparse.Namespace, engine, data: TrainingData, config: ModelCon
     with logging_redirect_tqdm() if mpu.is_main_process() else nullcontext():
         for iteration in range(start_iteration + 1, args.train_iters + 1):
             lr = engine.get_lr()[0]  # the lr of this step (the scheduler moves on inside engine.step)
-            for _ in range(args.gradient_accumulation_steps):
+            for _ in range(setup.gradient_accumulation_steps):
                 sums, step_norm = micro_step(engine, next(batches), config, data.tokenizer.pad_id,
                                              data.tokenizer.codebook_size, args.txt_loss_scale)
                 interval.add(sums)
@@ -331,7 +332,7 @@ def train(args: argparse.Namespace, engine, data: TrainingData, config: ModelCon
                     values["loss_scale"] = engine.optimizer.loss_scale
                 reporter.train(iteration, args.train_iters, values)
             if data.valid and (iteration % args.eval_interval == 0 or last):
-                reporter.valid(iteration, evaluate(engine, data, config, args))
+                reporter.valid(iteration, evaluate(engine, data, config, args, setup.micro_batch_size))
                 interval.pause()
             if args.save and (iteration % args.save_interval == 0 or last):
                 save(args, engine, config, data, iteration, data_position)
@@ -371,10 +372,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = load_data(args, position_layout_to_train(args, resume_iteration))
     config = resolve_model_config(args, data, resume_iteration)
     mpu.init_distributed(args.local_rank)
-    ds_config = build_deepspeed_config(args, mpu.get_world_size())  # may adopt a config file's batch/precision
+    setup = build_deepspeed_config(args, mpu.get_world_size())  # a config file's batch/precision win over defaults
     if args.save and mpu.is_main_process():
         checkpointing.remove_stale_temporaries(args.save)
-    engine = build_engine(args, config, ds_config)
+    engine = build_engine(args, config, setup.config)
     torch.manual_seed(dropout_seed(args.seed, mpu.get_rank()))
     start_iteration, data_position = 0, 0
     if resume_iteration is not None:
@@ -386,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         logger.info("the checkpoint is at iteration %d, nothing left to do for --train-iters %d",
                     start_iteration, args.train_iters)
         return
-    train(args, engine, data, config, start_iteration, data_position)
+    train(args, setup, engine, data, config, start_iteration, data_position)
 
 
 if __name__ == "__main__":

@@ -188,7 +188,7 @@ def _ours(args: argparse.Namespace, config, batch):
              "--batch-size", str(args.batch_size), "--num-layers", str(args.num_layers),
              "--hidden-size", str(args.hidden_size), "--num-attention-heads", str(args.num_attention_heads)]
     training_args = parse_training_args(flags + (["--bf16"] if args.precision == "bf16" else []))
-    engine = build_engine(training_args, config, build_deepspeed_config(training_args, mpu.get_world_size()))
+    engine = build_engine(training_args, config, build_deepspeed_config(training_args, mpu.get_world_size()).config)
     return lambda: micro_step(engine, batch, config, PAD_ID, args.codebook_size, txt_loss_scale=1.0)
 
 

@@ -4,7 +4,8 @@ Preprocessing, VQ-VAE training and evaluation all read images through `open_data
 has to answer `len`, `item(index)` (a square RGB image of the requested size and its caption) and
 `caption(index)` (cheap, for tokenizer training). A bad item raises `SkipItem` from `item()`: the caller
 counts and lists it (`load_item`, `skip_report`) and goes on; only a bad dataset *name or path* is a
-`UserError`.
+`UserError`. Generation reads its `--input-images` with the same checks (`read_image_or_skip`) and
+reports skips the same way.
 
 Splits never depend on a random draw, so every run and every machine agree on them:
 - shapes: `train` is `ShapesDataset(seed)`, `val` is `ShapesDataset(seed + VAL_SEED_OFFSET)`, a seed
@@ -37,11 +38,15 @@ VAL_SEED_OFFSET = 1_000_003
 SHAPES_DEFAULT_ITEMS = {"train": 10_000, "val": 500}
 EMOJI_VAL_FRACTION = 0.05
 FILES_VAL_FRACTION = 0.02
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# The smallest image side read by default: below it an image holds too little to encode into codes.
+MIN_IMAGE_SIDE = 16
 
 # Reasons for skipping an item; each is counted separately in the skip report.
 MALFORMED_LINE = "malformed list line"
 MISSING_IMAGE = "missing image"
+NOT_AN_IMAGE = "not an image file"
+EMPTY_FILE = "empty file"
 UNREADABLE_IMAGE = "unreadable image"
 IMAGE_TOO_SMALL = "image too small"
 MISSING_CAPTION = "missing caption"
@@ -237,19 +242,30 @@ class FileSource(CaptionedImageSource):
         self._check_index(index)
         entry = self._entries[index]
         caption = self._caption(entry)
-        if entry.image_path is None or not entry.image_path.is_file():
+        if entry.image_path is None:
             raise SkipItem(MISSING_IMAGE, entry.key)
-        try:
-            image = load_image(entry.image_path)
-        except (UserError, Image.DecompressionBombError) as err:
-            raise SkipItem(UNREADABLE_IMAGE, entry.key, str(err)) from None
-        if min(image.size) < self.min_side:
-            raise SkipItem(IMAGE_TOO_SMALL, entry.key, f"{image.width}x{image.height} < {self.min_side}")
+        image = read_image_or_skip(entry.image_path, entry.key, self.min_side)
         return CaptionedImage(index, center_crop_resize(image, self.size), caption, str(entry.image_path))
 
     def describe(self) -> dict:
         return {"name": "files", "path": str(self.root), "split": self.split, "size": self.size,
                 "min_side": self.min_side, "items": len(self), "val_fraction": FILES_VAL_FRACTION}
+
+
+def read_image_or_skip(path: Path, key: str, min_side: int = MIN_IMAGE_SIDE) -> Image.Image:
+    """The RGB image at `path`, or `SkipItem` (named `key`) saying why not: missing, empty, unreadable
+    or smaller than `min_side` on a side."""
+    if not path.is_file():
+        raise SkipItem(MISSING_IMAGE, key)
+    if path.stat().st_size == 0:
+        raise SkipItem(EMPTY_FILE, key)
+    try:
+        image = load_image(path)
+    except (UserError, Image.DecompressionBombError) as err:
+        raise SkipItem(UNREADABLE_IMAGE, key, str(err)) from None
+    if min(image.size) < min_side:
+        raise SkipItem(IMAGE_TOO_SMALL, key, f"{image.width}x{image.height} < {min_side}")
+    return image
 
 
 def _scan_folder(root: Path) -> list[_Entry]:
@@ -310,7 +326,8 @@ def _read_list(list_path: Path) -> list[_Entry]:
 # --- opening a dataset by name or path -------------------------------------------------------------------
 
 def open_dataset(name_or_path: str, *, split: str = "train", size: int = 64, language: str = "en",
-                 seed: int = 0, num_items: int | None = None, min_side: int = 16) -> CaptionedImageSource:
+                 seed: int = 0, num_items: int | None = None,
+                 min_side: int = MIN_IMAGE_SIDE) -> CaptionedImageSource:
     """The captioned images of `split` from `"shapes"`, `"emoji"`, a folder, or a `.jsonl`/`.tsv` list.
 
     `num_items` caps the number of items (shapes: sets it, default 10,000 train / 500 val); `language`

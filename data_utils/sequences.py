@@ -29,10 +29,12 @@ import numpy as np
 import torch
 
 from data_utils.tokenizer import UnifiedTokenizer, as_id_list
-from model.config import POSITION_LAYOUTS
 from utils.errors import UserError
 
 TASKS = ("text2image", "image2text", "super_resolution")
+# How the builders number positions (see "Position layouts" above); a model records its own
+# (`ModelConfig.position_layout`), which is why model/config.py reads the names from here.
+POSITION_LAYOUTS = ("consecutive", "fixed-image")
 
 IdsLike = Iterable[int] | torch.Tensor | np.ndarray
 

@@ -136,17 +136,11 @@ class UnifiedTokenizer:
     def is_text_id(self, token_id: int) -> bool:
         return self.text_offset <= token_id < self.command_offset
 
-    def is_command_id(self, token_id: int) -> bool:
-        return self.command_offset <= token_id < self.command_offset + self.num_command_tokens
-
     def image_mask(self, ids: torch.Tensor) -> torch.Tensor:
         return (ids >= 0) & (ids < self.codebook_size)
 
     def text_mask(self, ids: torch.Tensor) -> torch.Tensor:
         return (ids >= self.text_offset) & (ids < self.command_offset)
-
-    def command_mask(self, ids: torch.Tensor) -> torch.Tensor:
-        return (ids >= self.command_offset) & (ids < self.command_offset + self.num_command_tokens)
 
     # --- text ---------------------------------------------------------------------------------
     def encode_text(self, text: str, max_tokens: int | None = None) -> list[int]:

@@ -4,6 +4,7 @@ Every PNG holds, as UTF-8 text chunks (iTXt, so Chinese prompts survive), the pr
 prompt, the seed and every sampling setting: an image found on its own tells how to make it again
 (`read_png_metadata`). The manifest has one JSON object per image (and per caption or score) and
 is rewritten atomically after every batch of prompts, so an interrupted run loses nothing written.
+A task that reads input images also writes `skipped.txt`: the inputs it could not read, and why.
 """
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from data_utils.image_sources import SkippedItem, skip_report
 from utils.errors import UserError
 from utils.files import atomic_write_bytes, atomic_write_text
 
 MANIFEST_NAME = "manifest.jsonl"
+SKIP_REPORT_NAME = "skipped.txt"
 
 
 def _text_value(value: Any) -> str:
@@ -96,3 +99,12 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"cannot read the manifest {path}: {err}") from None
+
+
+def write_skip_report(folder: str | os.PathLike, skipped: Iterable[SkippedItem]) -> Path:
+    """`skipped.txt` in `folder`: the count of each reason, then every skipped input (`skip_report`).
+    Written even when nothing was skipped, so a folder never keeps the list of an earlier run."""
+    skipped = list(skipped)
+    path = Path(folder) / SKIP_REPORT_NAME
+    atomic_write_text(path, skip_report(skipped, max_listed=len(skipped)) + "\n")
+    return path

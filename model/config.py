@@ -9,6 +9,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
+from data_utils.sequences import POSITION_LAYOUTS
 from utils.errors import UserError
 from utils.files import atomic_write_json, read_json
 
@@ -17,9 +18,6 @@ LAYERNORM_ORDERS = ("pre", "sandwich")
 COGVIEW_HEAD_DIM = 64
 # The MLP is 4x as wide as the hidden state, as in GPT-2 and CogView.
 FFN_MULTIPLIER = 4
-# How sequences number their positions (data_utils/sequences.py): CogView's "consecutive", or "fixed-image",
-# where the text owns a fixed block of positions so every image code has one position.
-POSITION_LAYOUTS = ("consecutive", "fixed-image")
 
 
 @dataclass

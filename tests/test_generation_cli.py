@@ -152,10 +152,34 @@ def test_the_command_line_exits_2_with_one_error_line(tmp_path, argv):
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
 
 
-def test_bf16_precision_runs_on_cpu(checkpoint, tmp_path):
-    run_main("--load", checkpoint, "--prompt", "a red circle", "--batch-size", 1, "--precision", "bf16",
-             "--output-path", tmp_path, "--device", "cpu")
-    assert read_png_metadata(tmp_path / "0000_000.png")["prompt"] == "a red circle"
+def test_bf16_computes_in_bf16_close_to_fp32_and_is_reproducible(checkpoint, tmp_path):
+    from generation.pipeline import Pipeline
+
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        pipe = Pipeline.from_checkpoint(checkpoint, device="cpu", precision=precision)
+        calls = []  # (logits dtype, logits) of every forward; the first is the prompt, the same in both
+        pipe.model.register_forward_hook(lambda module, inputs, logits: calls.append(logits.detach().float())
+                                         if not calls else None)
+        dtypes = []
+        first_linear = next(m for m in pipe.model.modules() if isinstance(m, torch.nn.Linear))
+        first_linear.register_forward_hook(lambda module, inputs, out: dtypes.append(out.dtype))
+        pipe.text2image("a red circle", n=2, seed=3)
+        outputs[precision] = (calls[0], set(dtypes))
+    (fp32_logits, fp32_dtypes), (bf16_logits, bf16_dtypes) = outputs["fp32"], outputs["bf16"]
+    assert fp32_dtypes == {torch.float32} and bf16_dtypes == {torch.bfloat16}
+    assert not torch.equal(bf16_logits, fp32_logits)  # bf16 really ran
+    scale = fp32_logits.abs().max()
+    assert (bf16_logits - fp32_logits).abs().max() < 0.05 * scale  # and computed the same function
+    assert torch.equal(bf16_logits.argmax(-1), fp32_logits.argmax(-1))
+
+    for out in ("a", "b"):  # the command line: the same seed gives the same bf16 images, and says bf16
+        run_main("--load", checkpoint, "--prompt", "a red circle", "--batch-size", 2, "--seed", 3,
+                 "--precision", "bf16", "--output-path", tmp_path / out, "--device", "cpu")
+    for j in range(2):
+        with Image.open(tmp_path / "a" / f"0000_{j:03d}.png") as a, Image.open(tmp_path / "b" / f"0000_{j:03d}.png") as b:
+            assert a.size == (64, 64) and a.tobytes() == b.tobytes()
+        assert read_png_metadata(tmp_path / "a" / f"0000_{j:03d}.png")["precision"] == "bf16"
 
 
 def test_a_deepspeed_save_folder_loads_like_an_export(checkpoint, tmp_path):
@@ -225,3 +249,86 @@ def test_geometry_comes_from_the_metadata_or_from_the_position_table():
         geometry_from({}, config(40))
     with pytest.raises(UserError, match="must record its text budget"):
         geometry_from({}, config(1089, "fixed-image"))
+
+
+# ---------------------------------------------------------------- batches of input images
+
+BAD_FILES = {"corrupt.png": "unreadable image", "empty.png": "empty file", "notes.txt": "not an image file",
+             "tiny.png": "image too small"}
+
+
+def write_mixed_folder(folder: Path) -> list[Path]:
+    """Three readable images (the low-resolution size of the tiny checkpoint) among the four kinds of bad file."""
+    folder.mkdir()
+    good = []
+    for i, colour in enumerate(((200, 30, 30), (30, 30, 200), (30, 200, 30))):
+        good.append(folder / f"good_{i}.png")
+        Image.new("RGB", (32, 32), colour).save(good[-1])
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("these are my images", encoding="utf-8")
+    Image.new("RGB", (4, 4), "red").save(folder / "tiny.png")
+    return good
+
+
+def skipped_listed(out: Path) -> dict[str, str]:
+    """{file name: reason} of each input listed in skipped.txt."""
+    listed = {}
+    for line in (out / "skipped.txt").read_text(encoding="utf-8").splitlines():
+        if line.startswith("  #"):
+            source, _, rest = line.split(" ", 3)[-1].partition(": ")
+            listed[Path(source).name] = rest.split(" (")[0]
+    return listed
+
+
+def scalar_tags(log_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return set(EventAccumulator(str(log_dir)).Reload().Tags()["scalars"])
+
+
+def test_image2text_skips_bad_files_lists_them_and_captions_the_rest(checkpoint, tmp_path):
+    good = write_mixed_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    process = start_cli("--load", checkpoint, "--generation-task", "image2text", "--input-images", tmp_path / "in",
+                        "--max-caption-tokens", 4, "--output-path", out, "--device", "cpu",
+                        "--tensorboard-dir", tmp_path / "tb")
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert [r["input"] for r in read_manifest(out)] == [str(path) for path in good]
+    assert len(stdout.strip().splitlines()) == 3  # one caption line per readable image
+    assert skipped_listed(out) == BAD_FILES
+    assert "4 item(s) skipped" in (out / "skipped.txt").read_text(encoding="utf-8")
+    assert f"image2text: 3 input image(s) done, 4 skipped (listed in {out / 'skipped.txt'})" in stderr
+    assert "generation/images_per_s" in scalar_tags(tmp_path / "tb")
+
+
+def test_post_selection_and_super_resolution_skip_bad_files(checkpoint, tmp_path):
+    good = write_mixed_folder(tmp_path / "in")
+    run_main("--load", checkpoint, "--generation-task", "post-selection", "--prompt", "a red circle",
+             "--input-images", tmp_path / "in", "--output-path", tmp_path / "ranked", "--device", "cpu",
+             "--tensorboard-dir", tmp_path / "tb_ranked")
+    assert sorted(r["input"] for r in read_manifest(tmp_path / "ranked")) == [str(path) for path in good]
+    assert skipped_listed(tmp_path / "ranked") == BAD_FILES
+    assert "generation/images_per_s" in scalar_tags(tmp_path / "tb_ranked")
+
+    bad = sorted(tmp_path / "in" / name for name in BAD_FILES)
+    run_main("--load", checkpoint, "--generation-task", "super-resolution", "--prompt", "a red circle",
+             "--input-images", good[0], *bad, "--output-path", tmp_path / "sr", "--device", "cpu",
+             "--tensorboard-dir", tmp_path / "tb_sr")
+    assert [r["input"] for r in read_manifest(tmp_path / "sr")] == [str(good[0])]
+    with Image.open(tmp_path / "sr" / "good_0_sr.png") as image:
+        assert image.size == (64, 64)
+    assert skipped_listed(tmp_path / "sr") == BAD_FILES
+    assert "generation/images_per_s" in scalar_tags(tmp_path / "tb_sr")
+
+
+def test_a_batch_with_nothing_readable_fails_in_one_line_and_lists_why(tmp_path):
+    write_mixed_folder(tmp_path / "in")
+    for path in (tmp_path / "in").glob("good_*"):
+        path.unlink()
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"^none of the 4 input files could be read as an image; .*skipped.txt lists"):
+        run_main("--load", tmp_path / "no_such_run", "--generation-task", "image2text", "--input-images",
+                 tmp_path / "in", "--output-path", out)
+    assert skipped_listed(out) == BAD_FILES

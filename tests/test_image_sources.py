@@ -7,8 +7,8 @@ from PIL import Image
 
 from data_utils import image_sources
 from data_utils.image_sources import (
-    EMPTY_CAPTION, IMAGE_TOO_SMALL, MALFORMED_LINE, MISSING_CAPTION, MISSING_IMAGE, UNREADABLE_IMAGE, SkipItem,
-    SkippedItem, load_item, open_dataset, skip_report, stable_fraction,
+    EMPTY_CAPTION, EMPTY_FILE, IMAGE_TOO_SMALL, MALFORMED_LINE, MISSING_CAPTION, MISSING_IMAGE, UNREADABLE_IMAGE,
+    SkipItem, SkippedItem, load_item, open_dataset, skip_report, stable_fraction,
 )
 from data_utils.shapes import parse_caption
 from utils.errors import UserError
@@ -60,6 +60,8 @@ def test_folder_loads_good_items_and_skips_bad_ones(tmp_path, no_val_split):
     (tmp_path / "corrupt.txt").write_text("broken", encoding="utf-8")
     write_image(tmp_path / "tiny.png", size=(8, 40))
     (tmp_path / "tiny.txt").write_text("too small", encoding="utf-8")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "empty.txt").write_text("nothing", encoding="utf-8")
     write_image(tmp_path / "uncaptioned.webp")
     write_image(tmp_path / "blank.bmp")
     (tmp_path / "blank.txt").write_text(" \n", encoding="utf-8")
@@ -67,9 +69,9 @@ def test_folder_loads_good_items_and_skips_bad_ones(tmp_path, no_val_split):
     write_image(tmp_path / ".hidden" / "x.png")
 
     source = open_dataset(str(tmp_path), size=24)
-    assert len(source) == 6
+    assert len(source) == 7
     assert dict(outcomes(source)) == {
-        "good.png": "a red box", "nested.JPG": "green", "corrupt.jpg": UNREADABLE_IMAGE,
+        "good.png": "a red box", "nested.JPG": "green", "corrupt.jpg": UNREADABLE_IMAGE, "empty.png": EMPTY_FILE,
         "tiny.png": IMAGE_TOO_SMALL, "uncaptioned.webp": MISSING_CAPTION, "blank.bmp": EMPTY_CAPTION,
     }
     loaded = [load_item(source, i) for i in range(len(source))]

@@ -144,6 +144,23 @@ def test_task_mix_and_flags_that_would_do_nothing():
         parse_training_args(REQUIRED + ["--eval-iters", "3"])
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--lr-decay-style", "constant", "--min-lr-ratio", "0.1"], "--min-lr-ratio sets where the decay ends"),
+    (["--task-mix", "image2text=1", "--cfg-drop-prob", "0.1"], "--cfg-drop-prob drops the text"),
+    (["--task-mix", "text2image=0,super_resolution=1", "--cfg-drop-prob", "0.2"], "--cfg-drop-prob drops the text"),
+])
+def test_training_flags_that_would_do_nothing_are_refused_even_at_their_default(flags, message):
+    with pytest.raises(UserError, match=message):
+        parse_training_args(REQUIRED + flags)
+
+
+def test_training_flags_that_do_something_are_accepted():
+    parse_training_args(REQUIRED + ["--lr-decay-style", "linear", "--min-lr-ratio", "0"])
+    parse_training_args(REQUIRED + ["--lr-decay-style", "constant"])
+    parse_training_args(REQUIRED + ["--task-mix", "text2image=1,image2text=1", "--cfg-drop-prob", "0.3"])
+    parse_training_args(REQUIRED + ["--task-mix", "image2text=1"])
+
+
 def test_model_flags_must_agree_with_a_resumed_checkpoint():
     args = parse_training_args(REQUIRED + ["--num-layers", "2", "--hidden-size", "16", "--num-attention-heads", "2"])
     config = model_config_from_args(args, vocab_size=96, max_positions=12).to_dict()
@@ -161,12 +178,14 @@ def test_model_flags_must_agree_with_a_resumed_checkpoint():
 def test_deepspeed_config_from_flags():
     args = parse_training_args(REQUIRED + ["--batch-size", "3", "--gradient-accumulation-steps", "2", "--bf16",
                                            "--zero-stage", "2", "--clip-grad", "0.5"])
-    config = build_deepspeed_config(args, world_size=4)
+    setup = build_deepspeed_config(args, world_size=4)
+    config = setup.config
+    assert (setup.micro_batch_size, setup.gradient_accumulation_steps, setup.precision) == (3, 2, "bf16")
     assert config["train_batch_size"] == 24 and config["train_micro_batch_size_per_gpu"] == 3
     assert config["gradient_accumulation_steps"] == 2 and config["gradient_clipping"] == 0.5
     assert config["zero_optimization"] == {"stage": 2} and config["bf16"] == {"enabled": True}
     assert "fp16" not in config and "optimizer" not in config and "scheduler" not in config
-    fp16 = build_deepspeed_config(parse_training_args(REQUIRED + ["--fp16"]), world_size=1)["fp16"]
+    fp16 = build_deepspeed_config(parse_training_args(REQUIRED + ["--fp16"]), world_size=1).config["fp16"]
     assert fp16["enabled"] and fp16["loss_scale"] == 0  # 0 = DeepSpeed's dynamic loss scaling
 
 
@@ -175,11 +194,13 @@ def test_deepspeed_config_file_is_filled_in_and_never_overridden(tmp_path):
     path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 8, "zero_optimization": {"stage": 3,
                                 "overlap_comm": True}, "fp16": {"enabled": True, "initial_scale_power": 12}}))
     args = parse_training_args(REQUIRED + ["--deepspeed_config", str(path), "--clip-grad", "2"])
-    config = build_deepspeed_config(args, world_size=2)
+    setup = build_deepspeed_config(args, world_size=2)
+    config = setup.config
     assert config["zero_optimization"] == {"stage": 3, "overlap_comm": True}
     assert config["fp16"] == {"enabled": True, "initial_scale_power": 12} and "bf16" not in config
     assert config["gradient_clipping"] == 2 and config["train_batch_size"] == 16
-    assert (args.batch_size, args.zero_stage, args.fp16) == (8, 3, True)  # the run follows the file
+    assert (setup.micro_batch_size, setup.gradient_accumulation_steps, setup.precision) == (8, 1, "fp16")
+    assert (args.batch_size, args.zero_stage, args.fp16) == (4, 1, False)  # the flags are not rewritten
     for flags, message in ((["--zero-stage", "1"], r"--zero-stage 1 contradicts zero_optimization.stage=3 in"),
                            (["--batch-size", "4"], r"--batch-size 4 contradicts train_micro_batch_size_per_gpu=8"),
                            (["--bf16"], r"--bf16 contradicts the fp16 section")):

@@ -2,13 +2,16 @@
 the flags fill in.
 
 A file wins where it speaks; a flag given on the command line that says otherwise is an error (one
-line naming both), never silently dropped. Sections we must own are refused: the optimizer is a torch
+line naming both), never silently dropped. What the run must follow (micro-batch, accumulation,
+precision) comes back in a `DeepSpeedSetup`; the parsed flags are never rewritten, so `args` always
+says what the command line said. Sections we must own are refused: the optimizer is a torch
 AdamW with our parameter groups (nothing to compile, same code on CPUs) and the lr schedule is ours
 (`training.lr_schedule`), both handed to `deepspeed.initialize`.
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any
 
 from fp16 import precision_config, precision_of_config
@@ -24,6 +27,16 @@ _SHARED_SETTINGS = (
 )
 _OWNED_SECTIONS = {"optimizer": "the optimizer is torch AdamW built from --lr and --weight-decay",
                    "scheduler": "the lr schedule is set by --lr, --warmup, --lr-decay-style and --min-lr-ratio"}
+
+
+@dataclass(frozen=True)
+class DeepSpeedSetup:
+    """The config for `deepspeed.initialize` and the settings of it that the training loop follows."""
+
+    config: dict[str, Any]
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    precision: str  # "fp32", "fp16" or "bf16"
 
 
 def flag_precision(args: argparse.Namespace) -> str:
@@ -48,9 +61,10 @@ def _set(config: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     config[path[-1]] = value
 
 
-def build_deepspeed_config(args: argparse.Namespace, world_size: int) -> dict[str, Any]:
-    """The config for `deepspeed.initialize`; also writes the file's values back into `args`
-    (batch size, accumulation, clipping, ZeRO stage, precision) so the rest of the run uses them."""
+def build_deepspeed_config(args: argparse.Namespace, world_size: int) -> DeepSpeedSetup:
+    """The config for `deepspeed.initialize`, and the batch sizes and precision the run follows: the
+    file's values where it gives them (batch size, accumulation, clipping, ZeRO stage, precision), the
+    flags' elsewhere."""
     config: dict[str, Any] = {}
     source = args.deepspeed_config
     if source is not None:
@@ -67,19 +81,18 @@ def build_deepspeed_config(args: argparse.Namespace, world_size: int) -> dict[st
         elif dest in args.given_flags and in_file != getattr(args, dest):
             raise UserError(f"{_flag_name(dest)} {getattr(args, dest)} contradicts {'.'.join(path)}={in_file} "
                             f"in {source}; drop one of them")
-        else:
-            setattr(args, dest, in_file)
-    _merge_precision(config, args, source)
-    global_batch = args.batch_size * args.gradient_accumulation_steps * world_size
+    precision = _merge_precision(config, args, source)
+    micro_batch, accumulation = config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]
+    global_batch = micro_batch * accumulation * world_size
     if config.get("train_batch_size", global_batch) != global_batch:
         raise UserError(f"train_batch_size={config['train_batch_size']} in {source} is not micro-batch "
-                        f"{args.batch_size} x accumulation {args.gradient_accumulation_steps} x {world_size} "
-                        f"processes = {global_batch}")
+                        f"{micro_batch} x accumulation {accumulation} x {world_size} processes = {global_batch}")
     config["train_batch_size"] = global_batch
-    return config
+    return DeepSpeedSetup(config, micro_batch, accumulation, precision)
 
 
-def _merge_precision(config: dict[str, Any], args: argparse.Namespace, source: str | None) -> None:
+def _merge_precision(config: dict[str, Any], args: argparse.Namespace, source: str | None) -> str:
+    """The run's precision: the file's, or the flags' written into the config when the file has none."""
     try:
         in_file = precision_of_config(config)
     except ValueError as err:
@@ -87,7 +100,7 @@ def _merge_precision(config: dict[str, Any], args: argparse.Namespace, source: s
     wanted = flag_precision(args)
     if in_file == "fp32":
         config.update(precision_config(wanted))
-    elif wanted != "fp32" and wanted != in_file:
+        return wanted
+    if wanted != "fp32" and wanted != in_file:
         raise UserError(f"--{wanted} contradicts the {in_file} section of {source}; drop one of them")
-    else:
-        args.fp16, args.bf16 = in_file == "fp16", in_file == "bf16"
+    return in_file

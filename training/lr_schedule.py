@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-DECAY_STYLES = ("cosine", "linear", "constant")
+from utils.lr_decay import DECAY_STYLES
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,13 @@ to fix it; `run_main` turns it into `error: ...` on stderr and exit status 2.
 from __future__ import annotations
 
 import sys
-from typing import Callable, NoReturn
+from typing import Callable
 
 EXIT_USER_ERROR = 2
 
 
 class UserError(Exception):
     """Bad input the user can fix: a missing file, an empty prompt, a mismatched checkpoint."""
-
-
-def fail(message: str) -> NoReturn:
-    """Raise a `UserError`; a shorthand for guard clauses."""
-    raise UserError(message)
 
 
 def run_main(main: Callable[[], object]) -> None:
