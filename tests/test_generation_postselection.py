@@ -35,7 +35,8 @@ def brute_force_nats(model, sequence, start: int, count: int, allowed: torch.Ten
 
 def brute_text_nats(model, tok, codes, text) -> float:
     """-ln P(text | image): the text follows `G [BOI1] codes [EOI1] [ROI1]` (64 + 4 tokens at grid 8)."""
-    return brute_force_nats(model, image2text(tok, codes, 8, text), 8 * 8 + 4, len(text), tasks.caption_ids_mask(tok))
+    sequence = image2text(tok, codes, 8, text)
+    return brute_force_nats(model, sequence, 8 * 8 + 4, len(text), tasks.caption_ids_mask(tok))
 
 
 def brute_image_nats(model, tok, codes, text, text_positions=None) -> float:
@@ -61,7 +62,8 @@ def test_image_given_text_is_the_restricted_code_likelihood_whatever_the_padding
     tok, model, geometry = setup
     geometry = dataclasses.replace(geometry, text_positions=text_positions)
     codes = torch.randint(0, tok.codebook_size, (5, 8, 8), generator=torch.Generator().manual_seed(2))
-    texts = [tok.encode_text(text, 16) if text else [] for text in ["a red circle", "", PROMPTS[1], "square", PROMPTS[2]]]
+    texts = [tok.encode_text(text, 16) if text else []  # the empty text: the unconditional sequence
+             for text in ["a red circle", "", PROMPTS[1], "square", PROMPTS[2]]]
     likelihood = scoring.image_given_text(model, tok, geometry, codes, texts, max_batch_rows=3)
     assert likelihood.tokens.tolist() == [64] * 5
     for i, text in enumerate(texts):
@@ -80,8 +82,8 @@ def test_agreement_adds_both_directions_per_token_each_read_from_its_own_model(s
             - brute_image_nats(model, tok, codes[i], text) / 64
         assert float(agreement[i]) == pytest.approx(expected, abs=1e-4)
     caption_only = scoring.match_scores("caption", model, captioner, tok, geometry, codes, texts, 8)
-    assert caption_only.tolist() == pytest.approx([-brute_text_nats(captioner, tok, c, t) for c, t in zip(codes, texts)],
-                                                  abs=1e-3)
+    expected = [-brute_text_nats(captioner, tok, c, t) for c, t in zip(codes, texts)]
+    assert caption_only.tolist() == pytest.approx(expected, abs=1e-3)
 
 
 # Recorded from the code before text_scores / caption_nats became one likelihood (commit 73f0e46):
@@ -97,8 +99,8 @@ RECORDED_CAPTIONS = {"agreement": ["qqqqqq", "qqqqqq", "llllll", "bbbbbo"],
 @pytest.mark.parametrize("post_selection", ["agreement", "caption"])
 def test_post_selection_and_caption_reranking_are_unchanged(setup, post_selection):
     tok, model, geometry = setup
-    pipe = Pipeline(model, tok, vqvae=None, geometry=geometry, caption_model=tiny_model(tok, seed=1), max_batch_rows=3,
-                    post_selection=post_selection)
+    pipe = Pipeline(model, tok, vqvae=None, geometry=geometry, caption_model=tiny_model(tok, seed=1),
+                    max_batch_rows=3, post_selection=post_selection)
     codes = torch.randint(0, tok.codebook_size, (4, 8, 8), generator=torch.Generator().manual_seed(11))
     ranking = pipe.rerank_codes(PROMPTS[1], codes)
     assert ranking.scores.tolist() == pytest.approx(RECORDED_RERANK_SCORES[post_selection], abs=1e-4)
