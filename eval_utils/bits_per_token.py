@@ -1,6 +1,6 @@
 """Validation loss in bits per token, per task, for image codes and for everything else.
 
-Bits per token. For each batch of right-padded sequences (`TaskSequenceDataset` + `collate_sequences`)
+For each batch of right-padded sequences (`TaskSequenceDataset` + `collate_sequences`)
 the model reads `input_ids[:, :-1]` (with `position_ids[:, :-1]`) and is scored on predicting
 `input_ids[:, 1:]`, exactly the training objective without `--txt-loss-scale`:
 
