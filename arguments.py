@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 
 from data_utils.sequences import POSITION_LAYOUTS, TASKS
 from fp16.precision import PRECISIONS
+from generation.decoding import DEFAULT_MAX_BATCH_ROWS
+from generation.scoring import POST_SELECTION_SCORES
 from model.config import LAYERNORM_ORDERS, ModelConfig
 from utils.errors import UserError
 from utils.lr_decay import DECAY_STYLES
@@ -184,13 +186,44 @@ def add_deepspeed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
+def add_sampling_args(group: argparse._ActionsContainer) -> None:
+    """How each token is drawn (`generation.sampling.SamplingSettings`); generate_samples.py and evaluate.py."""
+    group.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
+    group.add_argument("--top-k", type=int, default=200, help="0 turns it off (default: %(default)s)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus mass; 1 turns it off (default: %(default)s)")
+
+
+def add_post_selection_score_arg(group: argparse._ActionsContainer) -> None:
+    """How a text and an image are matched (`generation.scoring.match_scores`); both inference scripts."""
+    group.add_argument("--post-selection-score", choices=POST_SELECTION_SCORES, default="agreement",
+                       help="how post-selection and --caption-candidates match a text and an image: agreement "
+                            "(mean log-probability per token of the text given the image plus that of the "
+                            "image given the text) or caption (CogView's: the text given the image) "
+                            "(default: %(default)s)")
+
+
+def add_component_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """What a loaded checkpoint runs with: tokenizer, VQ-VAE, device, precision and batch rows (both
+    inference scripts); returns the group, for a script's own additions."""
+    models = parser.add_argument_group("models and devices")
+    models.add_argument("--text-tokenizer", metavar="FILE",
+                        help="SentencePiece .model file (default: the one recorded in the checkpoint)")
+    models.add_argument("--vqvae", metavar="PATH", help="VQ-VAE folder or CogView .pt (default: the recorded one)")
+    models.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    models.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="transformer compute precision: fp32 weights under autocast; CPUs do fp32 or bf16 "
+                             "(default: %(default)s)")
+    models.add_argument("--max-inference-batch-size", type=positive_int, default=DEFAULT_MAX_BATCH_ROWS,
+                        help="most sequences in one forward, for sampling and scoring, guided images counting "
+                             "twice; it is halved on out-of-memory (default: %(default)s)")
+    return models
+
+
 GENERATION_TASKS = ("text2image", "image2text", "post-selection", "super-resolution", "text2image-full")
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Every flag of generate_samples.py (docs/generation.md)."""
-    from generation.pipeline import DEFAULT_MAX_BATCH_ROWS, POST_SELECTION_SCORES
-
     group = parser.add_argument_group("generation")
     group.add_argument("--load", required=True, metavar="PATH",
                        help="checkpoint: a DeepSpeed save folder (any ZeRO stage) or one of its iteration folders, "
@@ -215,16 +248,10 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--batch-size", type=positive_int, default=4,
                           help="images per prompt (default: %(default)s)")
-    sampling.add_argument("--max-inference-batch-size", type=positive_int, default=DEFAULT_MAX_BATCH_ROWS,
-                          help="most sequences in one forward, guided images counting twice; prompts are packed "
-                               "together up to it, and it is halved on out-of-memory (default: %(default)s)")
     sampling.add_argument("--seed", type=int, default=0,
                           help="image j of every prompt (or input image j) is sampled with seed SEED+j "
                                "(default: %(default)s)")
-    sampling.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
-    sampling.add_argument("--top-k", type=int, default=200, help="0 turns it off (default: %(default)s)")
-    sampling.add_argument("--top-p", type=float, default=1.0,
-                          help="nucleus mass; 1 turns it off (default: %(default)s)")
+    add_sampling_args(sampling)
     sampling.add_argument("--cfg-scale", type=float, default=1.0,
                           help="classifier-free guidance for text2image: uncond + s * (cond - uncond) on "
                                "log-probabilities; 1 is no guidance (default: %(default)s)")
@@ -234,22 +261,11 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                           help="image2text: sample N captions per image and keep the one that agrees best with "
                                "the image (--post-selection-score; needs --top-k other than 1) "
                                "(default: %(default)s)")
-    sampling.add_argument("--post-selection-score", choices=POST_SELECTION_SCORES, default="agreement",
-                          help="how post-selection and --caption-candidates match a text and an image: agreement "
-                               "(mean log-probability per token of the text given the image plus that of the "
-                               "image given the text) or caption (CogView's: the text given the image) "
-                               "(default: %(default)s)")
-    models = parser.add_argument_group("models and devices")
+    add_post_selection_score_arg(sampling)
+    models = add_component_args(parser)
     models.add_argument("--caption-model", metavar="PATH",
                         help="a separate checkpoint for the image-to-text direction of post-selection scores "
                              "(default: --load itself)")
-    models.add_argument("--text-tokenizer", metavar="FILE",
-                        help="SentencePiece .model file (default: the one recorded in the checkpoint)")
-    models.add_argument("--vqvae", metavar="PATH", help="VQ-VAE folder or CogView .pt (default: the recorded one)")
-    models.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    models.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="transformer compute precision: fp32 weights under autocast; CPUs do fp32 or bf16 "
-                             "(default: %(default)s)")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--output-path", default="samples", metavar="DIR",
                          help="PNGs (settings in their metadata), a grid per prompt and manifest.jsonl "

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from data_utils.image_sources import (EMPTY_CAPTION, CaptionedImage, CaptionedImageSource, SkippedItem, load_item,
                                       open_dataset, skip_report)
-from data_utils.images import pil_to_tensor
+from data_utils.images import downscale, pil_to_tensor
 from data_utils.shards import (FORMAT_VERSION, MANIFEST_NAME, RowFormat, read_manifest, remove_unlisted_files,
                                write_manifest, write_shard)
 from data_utils.tokenizer import UnifiedTokenizer
@@ -173,11 +173,6 @@ def encode_images(vqvae: VQVAE, images: list[Image.Image], batch_size: int) -> n
     batches = [img2code(vqvae, torch.stack([pil_to_tensor(image) for image in images[start:start + batch_size]]))
                for start in range(0, len(images), batch_size)]
     return torch.cat(batches).numpy()
-
-
-def downscale(image: Image.Image) -> Image.Image:
-    """The image at half size; PIL's bicubic filter widens its support when shrinking, so it antialiases."""
-    return image.resize((image.width // 2, image.height // 2), Image.Resampling.BICUBIC)
 
 
 def encode_chunk(chunk: int) -> ChunkResult:

@@ -40,7 +40,7 @@ from utils.logging import TensorBoardLogger, get_logger
 from vqvae.api import save_vqvae
 from vqvae.config import VQVAEConfig
 from eval_utils.psnr import mean_psnr
-from vqvae.evaluation import codebook_stats, comparison_grid, reconstruct
+from eval_utils.vqvae_reconstruction import codebook_stats, comparison_grid, reconstruct
 from vqvae.model import VQVAE
 
 logger = get_logger("train_vqvae")

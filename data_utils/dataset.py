@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data_utils import sequences
+from data_utils.padding import pad_sequences
 from data_utils.shards import RowFormat, ShardedRows
 from data_utils.tokenizer import UnifiedTokenizer
 from utils.errors import UserError
@@ -107,14 +108,9 @@ class TaskSequenceDataset(Dataset):
 
 def collate_sequences(samples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, Any]:
     """Stack samples into a batch, right-padded with `pad_id` (positions padded with 0)."""
-    longest = max(len(sample["input_ids"]) for sample in samples)
-    input_ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((len(samples), longest), dtype=torch.long)
-    for i, sample in enumerate(samples):
-        length = len(sample["input_ids"])
-        input_ids[i, :length] = sample["input_ids"]
-        position_ids[i, :length] = sample["position_ids"]
-    return {"input_ids": input_ids, "position_ids": position_ids, "tasks": [sample["task"] for sample in samples]}
+    batch = pad_sequences([sample["input_ids"] for sample in samples], [sample["position_ids"] for sample in samples],
+                          pad_id)
+    return {"input_ids": batch.ids, "position_ids": batch.positions, "tasks": [sample["task"] for sample in samples]}
 
 
 def _task_lengths(row_format: RowFormat, task_weights: Mapping[str, float], measure) -> int:

@@ -28,6 +28,12 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array, mode="RGB")
 
 
+def downscale(image: Image.Image) -> Image.Image:
+    """The image at half size, as super-resolution's low-resolution inputs are made (in training data and in
+    evaluation alike); PIL's bicubic filter widens its support when shrinking, so it antialiases."""
+    return image.resize((image.width // 2, image.height // 2), Image.Resampling.BICUBIC)
+
+
 def uint8_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 array [B, H, W, 3] -> float tensor [B, 3, H, W] in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)

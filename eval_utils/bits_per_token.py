@@ -1,6 +1,6 @@
-"""Validation loss in bits per token, and CogView's caption loss as an image-text alignment score.
+"""Validation loss in bits per token, per task, for image codes and for everything else.
 
-Bits per token. For each batch of right-padded sequences (`TaskSequenceDataset` + `collate_sequences`)
+For each batch of right-padded sequences (`TaskSequenceDataset` + `collate_sequences`)
 the model reads `input_ids[:, :-1]` (with `position_ids[:, :-1]`) and is scored on predicting
 `input_ids[:, 1:]`, exactly the training objective without `--txt-loss-scale`:
 
@@ -9,21 +9,12 @@ the model reads `input_ids[:, :-1]` (with `position_ids[:, :-1]`) and is scored 
 summed in float64 over every target that is not `[PAD]` and divided by the number of such targets,
 separately for image-code targets (ids in [0, K)) and for all other targets (text pieces and command
 tokens such as `[EOI1]` or `[SEP]`), overall and per task. A model that knows nothing (all-zero
-logits over V ids) scores exactly log2(V) on both.
+logits over V ids) scores exactly log2(V) on both. Unlike the scores of `generation.scoring`, which
+normalise over the ids that may stand at a place, this is the softmax over the whole vocabulary, as
+training's loss is: it measures the model, not a decoding rule.
 
-Caption loss. CogView's paper rates text-image alignment by the "Caption Loss": the average loss of
-each image's caption under a captioning model, lower is better. One model of ours does both
-directions, so for each (image codes, caption) pair we score the image-to-text sequence
-`G [BOI1] codes [EOI1] [ROI1] text [SEP]` and take the mean over the caption's text-piece targets
-of -ln p(token | image, earlier text) in nats, with image-code logits removed before the softmax as
-CogView's post-selection does (`[SEP]` is not scored, as there). The score of a set is the mean
-over pairs (each image counts once, however long its caption).
-
-That number mixes two things: how well the image predicts the caption, and how predictable the
-caption is as text at all (short, repetitive captions score low with any image). So we also score
-every caption against another image (pair i's caption with image (i + 1) mod N) and report the
-gap `shuffled - matched`: the nats per token that the right image explains. A gap near 0 means the
-captions do not depend on the images; it is comparable between models on the same captions.
+`bits_per_token_section` is evaluate.py's bpt section: the validation shards scored as every task they
+allow and the model was trained on.
 """
 from __future__ import annotations
 
@@ -31,15 +22,21 @@ import itertools
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from data_utils import sequences
+from data_utils.dataset import TaskSequenceDataset, collate_sequences, positions_needed
+from data_utils.sequences import TASKS
+from data_utils.shards import ShardedRows
 from data_utils.tokenizer import UnifiedTokenizer
+from eval_utils.report import Section
+from fp16 import inference_autocast
+from generation.scoring import token_log_probs
+from generation.tasks import Geometry
 from utils.errors import UserError
+from vqvae.api import vqvae_fingerprint
 
 LN2 = math.log(2.0)
 
@@ -111,8 +108,7 @@ def bits_per_token(model: torch.nn.Module, batches: Iterable[Mapping], tokenizer
             position_ids = batch["position_ids"].to(device)
             logits = model(input_ids[:, :-1], position_ids[:, :-1])
             targets = input_ids[:, 1:]
-            nats = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-            nats = nats.view_as(targets).double()
+            nats = -token_log_probs(logits, targets).double()
             scored = targets != tokenizer.pad_id
             is_image = tokenizer.image_mask(targets)
             for kind, mask in (("image", scored & is_image), ("text", scored & ~is_image)):
@@ -139,87 +135,60 @@ def bits_per_token(model: torch.nn.Module, batches: Iterable[Mapping], tokenizer
     return BitsPerToken(image.bits(), text.bits(), image.tokens, text.tokens, by_task)
 
 
-@dataclass
-class CaptionLoss:
-    """Caption loss in nats per caption token: with the right image, with another image, and the gap."""
-
-    matched: float
-    shuffled: float
-    per_pair: list[float]  # matched caption loss of each pair, in input order
-
-    @property
-    def gap(self) -> float:
-        return self.shuffled - self.matched
-
-    def to_dict(self) -> dict:
-        return {"caption_loss": self.matched, "caption_loss_shuffled": self.shuffled, "caption_loss_gap": self.gap,
-                "pairs": len(self.per_pair)}
-
-    def format_table(self) -> str:
-        return "\n".join([f"{'caption loss (nats/token)':<34}{self.matched:>10.4f}",
-                          f"{'  with a shuffled image':<34}{self.shuffled:>10.4f}",
-                          f"{'  gap (shuffled - matched)':<34}{self.gap:>10.4f}",
-                          f"{'pairs':<34}{len(self.per_pair):>10d}"])
+def bpt_tasks(rows: ShardedRows, trained: Sequence[str] | None = None) -> list[str]:
+    """Every task the rows can make (super-resolution needs their low-res codes) that the model was trained
+    on (`trained`, from the checkpoint's metadata; None when it does not say, as in CogView's release):
+    an untrained task's bits would say nothing about the model and swamp the average."""
+    return [task for task in TASKS if (task != "super_resolution" or rows.format.lowres_grid)
+            and (trained is None or task in trained)]
 
 
-@torch.no_grad()
-def caption_nats(model: torch.nn.Module, tokenizer: UnifiedTokenizer, image_codes: torch.Tensor,
-                 text_ids: Sequence[Sequence[int]], batch_size: int = 16) -> torch.Tensor:
-    """Mean caption NLL in nats per text token of each (codes [h, w], unified text ids) pair -> [N].
-
-    Image-code logits are removed from the softmax; only text-piece targets are scored.
-    """
-    if image_codes.dim() != 3 or image_codes.shape[1] != image_codes.shape[2]:
-        raise UserError(f"expected square image code grids [N, h, h], got shape {tuple(image_codes.shape)}")
-    if len(text_ids) != image_codes.shape[0]:
-        raise UserError(f"{image_codes.shape[0]} images but {len(text_ids)} captions")
-    if any(len(ids) == 0 for ids in text_ids):
-        raise UserError("every caption needs at least one text token to be scored")
-    grid = image_codes.shape[1]
-    longest_caption = max(len(ids) for ids in text_ids)
-    needed = sequences.max_length("image2text", longest_caption, grid)
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if positions is not None and needed > positions:
-        raise UserError(f"a caption of {longest_caption} tokens after a {grid}x{grid} image needs {needed} "
-                        f"positions, but the model has {positions}; shorten the captions")
-    device = _model_device(model)
-    was_training = model.training
-    model.eval()
-    scores = []
-    try:
-        for start in tqdm(range(0, len(text_ids), batch_size), desc="caption loss", unit="batch"):
-            built = [sequences.image2text(tokenizer, codes, grid, ids)
-                     for codes, ids in zip(image_codes[start:start + batch_size], text_ids[start:start + batch_size])]
-            longest = max(len(seq) for seq in built)
-            input_ids = torch.full((len(built), longest), tokenizer.pad_id, dtype=torch.long)
-            position_ids = torch.zeros_like(input_ids)
-            for row, seq in enumerate(built):
-                input_ids[row, :len(seq)] = torch.tensor(seq.ids)
-                position_ids[row, :len(seq)] = torch.tensor(seq.position_ids)
-            input_ids, position_ids = input_ids.to(device), position_ids.to(device)
-            logits = model(input_ids[:, :-1], position_ids[:, :-1]).float()
-            logits[..., :tokenizer.codebook_size] = -math.inf
-            targets = input_ids[:, 1:]
-            nats = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
-            caption = tokenizer.text_mask(targets)
-            # Codes score inf once masked out of the softmax; only caption targets may enter the sum.
-            caption_nats_sum = torch.where(caption, nats.double(), 0.0).sum(dim=1)
-            scores.append((caption_nats_sum / caption.sum(dim=1)).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(scores)
+def trained_tasks(metadata: dict[str, Any]) -> list[str] | None:
+    """The tasks the checkpoint's training mixed, when its metadata records them."""
+    tasks = (metadata.get("data") or {}).get("tasks")
+    return list(tasks) if tasks is not None else None
 
 
-def caption_loss_alignment(model: torch.nn.Module, tokenizer: UnifiedTokenizer, image_codes: torch.Tensor,
-                           captions: Sequence[str], batch_size: int = 16) -> CaptionLoss:
-    """CogView's caption loss of (image codes [N, h, w], caption) pairs, and its shuffled-pair baseline.
+def open_validation_rows(path: str, tokenizer: UnifiedTokenizer, vqvae: torch.nn.Module,
+                         geometry: Geometry) -> ShardedRows:
+    """Validation shards made with this model's tokenizer and VQ-VAE, at its image grid and positions."""
+    rows = ShardedRows(path, tokenizer, vqvae_fingerprint(vqvae))
+    grid = geometry.image_grid
+    if rows.format.image_grid != grid:
+        raise UserError(f"{path} holds {rows.format.image_grid}x{rows.format.image_grid} code grids, the model "
+                        f"makes {grid}x{grid}; preprocess the data at the model's image size")
+    needed = positions_needed(rows.format, dict.fromkeys(bpt_tasks(rows), 1.0))
+    if needed > geometry.max_positions:
+        raise UserError(f"rows of {path} need {needed} positions, the model has {geometry.max_positions}; "
+                        f"preprocess with a smaller --text-max-tokens")
+    budget = geometry.text_positions
+    if budget is not None and rows.format.text_max_tokens != budget:
+        raise UserError(f"{path} holds texts of up to {rows.format.text_max_tokens} tokens, the model reserves "
+                        f"{budget} positions for text; preprocess with --text-max-tokens {budget}")
+    return rows
 
-    Needs N >= 2 pairs (the baseline pairs caption i with image (i + 1) mod N); every caption must be
-    non-empty. See the module docstring for the definition and why the gap is reported.
-    """
-    if len(captions) < 2:
-        raise UserError(f"the caption loss needs at least 2 image-caption pairs, got {len(captions)}")
-    text_ids = [tokenizer.encode_text(caption) for caption in captions]
-    matched = caption_nats(model, tokenizer, image_codes, text_ids, batch_size)
-    shuffled = caption_nats(model, tokenizer, torch.roll(image_codes, shifts=-1, dims=0), text_ids, batch_size)
-    return CaptionLoss(float(matched.mean()), float(shuffled.mean()), matched.tolist())
+
+def bits_per_token_section(model: torch.nn.Module, tokenizer: UnifiedTokenizer, rows: ShardedRows, count: int,
+                           batch_size: int, data_seed: int, precision: str = "fp32",
+                           trained: Sequence[str] | None = None) -> Section:
+    """Bits per image and per text token of the first `count` rows (in the permutation of `data_seed`),
+    each scored as every task the rows allow and the model was trained on; the model runs in `precision`,
+    as in generation."""
+    used = min(count, len(rows))
+    tasks = bpt_tasks(rows, trained)
+    if not tasks:
+        raise UserError(f"the model was trained on {', '.join(trained or [])}, which the rows in {rows.data_dir} "
+                        f"cannot make (super-resolution needs shards written with --with-lowres)")
+
+    def batches():
+        for task in tasks:
+            dataset = TaskSequenceDataset(rows, tokenizer, {task: 1.0}, seed=data_seed,
+                                          position_layout=model.config.position_layout)
+            for start in range(0, used, batch_size):
+                samples = [dataset[position] for position in range(start, min(start + batch_size, used))]
+                yield collate_sequences(samples, tokenizer.pad_id)
+
+    with inference_autocast(next(model.parameters()).device, precision):
+        result = bits_per_token(model, batches(), tokenizer, max_batches=len(tasks) * -(-used // batch_size))
+    return Section("bpt", {**result.to_dict(), "rows": used, "data": str(rows.data_dir)},
+                   f"{result.format_table()}\n{'rows':<18}{used:>12d}")

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from data_utils.padding import pad_sequences
 from data_utils.sequences import TokenSequence
 from generation.sampling import (SamplingSettings, cfg_combine, filter_logits, make_generators, mask_disallowed,
                                  sample_rows)
@@ -27,6 +28,7 @@ from utils.logging import get_logger
 
 logger = get_logger(__name__)
 
+DEFAULT_MAX_BATCH_ROWS = 32  # sequences per forward unless a caller says otherwise (out-of-memory halves it)
 SAMPLE = -1  # value in `DecodeRequest.forced` for a token that is sampled rather than fixed
 
 
@@ -59,23 +61,6 @@ class DecodeSpec:
 def is_out_of_memory(err: BaseException) -> bool:
     """CUDA's `torch.OutOfMemoryError`, or the plain RuntimeError other backends raise."""
     return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
-
-
-def left_pad(prompts: Sequence[TokenSequence], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prompts as `[B, L]` ids, positions and a real-token mask, each right-aligned (left padding).
-
-    Padding takes position 0; it is never attended to, so its position does not matter.
-    """
-    length = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
-    positions = torch.zeros((len(prompts), length), dtype=torch.long)
-    real = torch.zeros((len(prompts), length), dtype=torch.bool)
-    for row, prompt in enumerate(prompts):
-        start = length - len(prompt)
-        ids[row, start:] = torch.tensor(prompt.ids, dtype=torch.long)
-        positions[row, start:] = torch.tensor(prompt.position_ids, dtype=torch.long)
-        real[row, start:] = True
-    return ids.to(device), positions.to(device), real.to(device)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -112,7 +97,8 @@ def decode_batch(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec
     if guided and any(r.uncond_prompt is None for r in requests):
         raise ValueError("guidance needs an unconditional prompt in every request")
     prompts = [r.prompt for r in requests] + ([r.uncond_prompt for r in requests] if guided else [])
-    ids, positions, real = left_pad(prompts, spec.pad_id, device)
+    batch = pad_sequences([p.ids for p in prompts], [p.position_ids for p in prompts], spec.pad_id, "left").to(device)
+    ids, positions, real = batch.ids, batch.positions, batch.real
     num = len(requests)
     forced = torch.full((num, spec.steps), SAMPLE, dtype=torch.long)
     for row, request in enumerate(requests):

@@ -23,14 +23,14 @@ from PIL import Image
 from data_utils.images import pil_to_tensor, tensor_to_pil
 from data_utils.tokenizer import UnifiedTokenizer
 from fp16 import PRECISIONS, inference_autocast
-from generation import tasks
+from generation import scoring, tasks
+from generation.decoding import DEFAULT_MAX_BATCH_ROWS
 from generation.sampling import SamplingSettings
+from generation.scoring import POST_SELECTION_SCORES
 from generation.tasks import Geometry
 from utils.errors import UserError
 
-DEFAULT_MAX_BATCH_ROWS = 32
 DEFAULT_MAX_CAPTION_TOKENS = 32
-POST_SELECTION_SCORES = ("agreement", "caption")
 
 ImagesLike = Sequence[Image.Image] | torch.Tensor
 
@@ -200,13 +200,10 @@ class Pipeline:
 
     def match_scores(self, codes: torch.Tensor, text_ids: Sequence[Sequence[int]]) -> torch.Tensor:
         """How well each code grid and its own text agree, by `self.post_selection`: "agreement" (both
-        directions, `tasks.agreement_scores`) or "caption" (CogView's caption likelihood, `tasks.text_scores`)."""
+        directions) or "caption" (CogView's caption likelihood); `scoring.match_scores`."""
         with self._autocast():
-            if self.post_selection == "caption":
-                return tasks.text_scores(self.caption_model, self.tokenizer, self.geometry, codes, text_ids,
-                                         self.max_batch_rows)
-            return tasks.agreement_scores(self.model, self.caption_model, self.tokenizer, self.geometry, codes,
-                                          text_ids, self.max_batch_rows)
+            return scoring.match_scores(self.post_selection, self.model, self.caption_model, self.tokenizer,
+                                        self.geometry, codes, text_ids, self.max_batch_rows)
 
     def rerank_codes(self, text: str, codes: torch.Tensor) -> Ranking:
         scores = self.match_scores(codes, [self._text_ids(text)] * len(codes))

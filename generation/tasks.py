@@ -1,8 +1,8 @@
-"""The inference tasks in token space: text -> codes, codes -> caption, caption scores, codes -> 2x codes.
+"""The generation tasks in token space: text -> codes, codes -> caption, codes -> 2x codes.
 
-Everything here speaks unified token ids and code grids; images (PIL, VQ-VAE) live in `pipeline.py`.
-Each task builds its prompts with `data_utils.sequences` (the only place that knows token order) and
-hands them to `decoding.decode` (or, for scoring, one plain forward per batch).
+Everything here speaks unified token ids and code grids; images (PIL, VQ-VAE) live in `pipeline.py`,
+and scoring a text against an image (post-selection) in `scoring.py`. Each task builds its prompts with
+`data_utils.sequences` (the only place that knows token order) and hands them to `decoding.decode`.
 
 Seeds: the request for item j (image j of a prompt, or input image j) uses seed `base_seed + j`, the
 same for every prompt. Image j of any prompt can be made again on its own with `--seed base_seed+j`
@@ -17,7 +17,7 @@ import torch
 
 from data_utils.sequences import TokenSequence, image2text, super_resolution, text2image
 from data_utils.tokenizer import UnifiedTokenizer
-from generation.decoding import SAMPLE, DecodeRequest, DecodeSpec, decode, map_in_batches, model_device
+from generation.decoding import SAMPLE, DecodeRequest, DecodeSpec, decode
 from generation.sampling import SamplingSettings, allowed_mask
 from utils.errors import UserError
 
@@ -104,7 +104,7 @@ def caption_candidates(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: 
     """`candidates` captions of each code grid `[N, grid, grid]`, as text ids (`[SEP]` dropped): text ids
     only, stopping at `[SEP]` or after `max_tokens` text tokens. Candidate j of image i samples with
     `candidate_seed(seed + i, j)`, so a single candidate is image i's caption under seed `seed + i`.
-    Rows finish independently. Choosing among candidates is `agreement_scores`' job (`Pipeline.caption`).
+    Rows finish independently. Choosing among candidates is `scoring.match_scores`' job (`Pipeline.caption`).
     """
     if max_tokens < 1:
         raise UserError(f"--max-caption-tokens must be >= 1, got {max_tokens}")
@@ -113,7 +113,7 @@ def caption_candidates(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: 
     if candidates > 1 and settings.top_k == 1:
         raise UserError("caption candidates of greedy decoding (top-k 1) are all the same caption; "
                         "sample them (top-k 0 or above 1)")
-    grid = _grid_of(codes, geometry.image_grid, "captioning")
+    grid = grid_of(codes, geometry.image_grid, "captioning")
     requests = []
     for i, image_codes in enumerate(codes):
         prompt = image2text(tok, image_codes, grid)
@@ -124,110 +124,6 @@ def caption_candidates(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: 
     outputs = [[t for t in tokens.tolist() if t != tok["[SEP]"]]
                for tokens in decode(model, requests, spec, max_batch_rows, description="captioning")]
     return [outputs[i * candidates:(i + 1) * candidates] for i in range(len(codes))]
-
-
-# --- likelihood scores: post-selection and caption reranking ----------------------------------------
-def _summed_log_probs(logits: torch.Tensor, ids: torch.Tensor, first: torch.Tensor, counts: torch.Tensor,
-                      allowed: torch.Tensor) -> list[torch.Tensor]:
-    """Per row r, the sum of log P(ids[r, t]) for t = first[r] … first[r] + counts[r] - 1, each read from
-    the logits of the token before it and normalised over the `allowed` ids only."""
-    offsets = torch.arange(int(counts.max()), device=ids.device)
-    scored = offsets < counts.unsqueeze(1)                                                  # [B, T]
-    columns = (first.unsqueeze(1) + offsets).clamp(max=ids.shape[1] - 1)
-    rows = torch.arange(len(ids), device=ids.device).unsqueeze(1)
-    predicting = logits[rows, columns - 1].float()                                          # [B, T, V]
-    log_probs = torch.log_softmax(predicting.masked_fill(~allowed, float("-inf")), dim=-1)
-    picked = log_probs.gather(-1, ids[rows, columns].unsqueeze(-1)).squeeze(-1)
-    return list(picked.where(scored, 0.0).sum(dim=-1).cpu())
-
-
-def _score_pairs(model: torch.nn.Module, sequences: list[TokenSequence], first: list[int], counts: list[int],
-                 allowed: torch.Tensor, pad_id: int, max_batch_rows: int) -> torch.Tensor:
-    """`_summed_log_probs` of each sequence, `[N]`, in batches of similar lengths.
-
-    Right padding: attention is causal, so the pads after a sequence change nothing in it."""
-    device = model_device(model)
-    allowed = allowed.to(device)
-
-    def run(chunk: list[int]) -> list[torch.Tensor]:
-        length = max(len(sequences[i]) for i in chunk)
-        ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
-        positions = torch.zeros((len(chunk), length), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            ids[row, :len(sequences[i])] = torch.tensor(sequences[i].ids)
-            positions[row, :len(sequences[i])] = torch.tensor(sequences[i].position_ids)
-        ids = ids.to(device)
-        return _summed_log_probs(model(ids, positions.to(device)), ids, torch.tensor([first[i] for i in chunk],
-                                 device=device), torch.tensor([counts[i] for i in chunk], device=device), allowed)
-
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    return torch.stack(map_in_batches(len(sequences), max_batch_rows, run, order))
-
-
-@torch.inference_mode()
-def text_scores(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Geometry, codes: torch.Tensor,
-                text_ids: Sequence[Sequence[int]], max_batch_rows: int) -> torch.Tensor:
-    """log P(text | image) of each code grid `[N, grid, grid]` with its own text, `[N]` float: CogView's
-    post-selection score.
-
-    The sum over the text tokens t_i of log P(t_i | image, t_<i), read from the image-to-text sequence
-    `G [BOI1] codes [EOI1] [ROI1] text [SEP]` in one forward per batch. P is normalised over the ids a
-    caption may hold (text pieces and `[SEP]`): every other logit is masked out before the log-softmax,
-    as in CogView. `[SEP]` itself is not scored. Higher is better.
-    """
-    grid = _grid_of(codes, geometry.image_grid, "post-selection")
-    if len(text_ids) != len(codes):
-        raise ValueError(f"{len(codes)} images but {len(text_ids)} texts")
-    if not all(text_ids):
-        raise UserError("post-selection needs a non-empty text to score the images against")
-    sequences = [image2text(tok, image_codes, grid, text) for image_codes, text in zip(codes, text_ids)]
-    check_fits(max(sequences, key=len), 0, geometry, "post-selection")
-    text_start = grid * grid + 4  # index of the first text token: G [BOI1] codes [EOI1] [ROI1]
-    return _score_pairs(model, sequences, [text_start] * len(sequences), [len(t) for t in text_ids],
-                        caption_ids_mask(tok), tok.pad_id, max_batch_rows)
-
-
-@torch.inference_mode()
-def image_scores(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Geometry, codes: torch.Tensor,
-                 text_ids: Sequence[Sequence[int]], max_batch_rows: int) -> torch.Tensor:
-    """log P(codes | text) of each code grid `[N, grid, grid]` under its own text, `[N]` float.
-
-    The sum over the grid's codes c_i of log P(c_i | text, c_<i), read from the text-to-image sequence
-    (in the model's position layout) in one forward per batch and normalised over the image ids, which
-    generation samples from. For one image and several texts it ranks the texts as Bayes' rule would
-    with a flat prior over texts: the reverse direction of `text_scores`. Higher is better.
-    """
-    grid = _grid_of(codes, geometry.image_grid, "image scoring")
-    if len(text_ids) != len(codes):
-        raise ValueError(f"{len(codes)} images but {len(text_ids)} texts")
-    sequences = [text2image(tok, text, grid, image_codes, text_positions=geometry.text_positions)
-                 for image_codes, text in zip(codes, text_ids)]
-    check_fits(max(sequences, key=lambda s: s.position_ids[-1]), 0, geometry, "image scoring")
-    steps = grid * grid
-    first = [len(sequence) - 1 - steps for sequence in sequences]  # the codes end before [EOI1]
-    return _score_pairs(model, sequences, first, [steps] * len(sequences), image_ids_mask(tok), tok.pad_id,
-                        max_batch_rows)
-
-
-@torch.inference_mode()
-def agreement_scores(model: torch.nn.Module, caption_model: torch.nn.Module, tok: UnifiedTokenizer,
-                     geometry: Geometry, codes: torch.Tensor, text_ids: Sequence[Sequence[int]],
-                     max_batch_rows: int) -> torch.Tensor:
-    """How well each code grid `[N, grid, grid]` and its own text agree, read both ways, `[N]` float:
-    the mean log-probability per text token of the text given the image (`text_scores`, by
-    `caption_model`) plus the mean per code of the image given the text (`image_scores`, by `model`).
-
-    Why both: image-to-text alone, CogView's post-selection score, is weakest exactly where a caption
-    must say which object is where, and text-to-image places objects far more reliably, so each
-    direction catches what the other misses. Why means: summed, the 64 codes of an 8x8 grid would
-    outweigh a 12-token text fivefold. The image direction also prefers typical images, which misleads a
-    model far from converged: there the caption score alone chooses better. docs/tasks/post_selection.md
-    has the measurements.
-    """
-    per_token = text_scores(caption_model, tok, geometry, codes, text_ids, max_batch_rows) / torch.tensor(
-        [len(text) for text in text_ids], dtype=torch.float)
-    per_code = image_scores(model, tok, geometry, codes, text_ids, max_batch_rows) / geometry.image_grid ** 2
-    return per_token + per_code
 
 
 # --- super-resolution -------------------------------------------------------------------------------
@@ -320,7 +216,7 @@ def _generate_windows(model, tok: UnifiedTokenizer, geometry: Geometry, codes: t
     return target
 
 
-def _grid_of(codes: torch.Tensor, expected: int, what: str) -> int:
+def grid_of(codes: torch.Tensor, expected: int, what: str) -> int:
     if codes.dim() != 3 or codes.shape[1:] != (expected, expected):
         raise UserError(f"{what} takes {expected}x{expected} code grids (this model's image size), "
                         f"got shape {list(codes.shape[1:]) if codes.dim() == 3 else list(codes.shape)}")

@@ -31,11 +31,10 @@ from tqdm import tqdm  # noqa: E402
 
 from arguments import non_negative_float, positive_float, positive_int  # noqa: E402
 from data_utils.image_sources import open_dataset  # noqa: E402
-from data_utils.images import pil_to_tensor, tensor_to_pil  # noqa: E402
+from data_utils.images import downscale, pil_to_tensor, tensor_to_pil  # noqa: E402
 from eval_utils.psnr import bicubic_upsample  # noqa: E402
 from generation.outputs import make_grid, save_png  # noqa: E402
 from generation.pipeline import Pipeline  # noqa: E402
-from preprocess_data import downscale  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 
 # Layout, in pixels. Every image is shown in a square tile twice the model's image side (the model's images
@@ -193,7 +192,7 @@ def post_selection_picture(pipe: Pipeline, prompt: str, candidates: int, cfg_sca
 
 def super_resolution_picture(pipe: Pipeline, captions: list[str], images: list[Image.Image], temperature: float,
                              seed: int, tile: int) -> Image.Image:
-    """Inputs made as training made them (`preprocess_data.downscale`), so the model sees its own task;
+    """Inputs made as training made them (`data_utils.images.downscale`), so the model sees its own task;
     bicubic upsampling is the baseline evaluate.py measures PSNR against."""
     lowres = [downscale(image) for image in images]
     upscaled = pipe.super_resolve(lowres, captions, seed=seed, temperature=temperature)

@@ -227,3 +227,22 @@ def test_sequence_length_is_the_longest_sample(data, tokenizer, task):
     assert max(len(s["input_ids"]) for s in samples) == len(dataset[full_row]["input_ids"]) \
         == sequence_length(rows.format, {task: 1.0})
     assert max(int(s["position_ids"].max()) for s in samples) + 1 == positions_needed(rows.format, {task: 1.0})
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_pad_sequences_places_rows_on_their_side_with_pads_at_position_zero(side):
+    from data_utils.padding import pad_sequences
+
+    ids = [[5, 6, 7], [8], torch.tensor([9, 10])]
+    positions = [[0, 1, 2], [4], torch.tensor([3, 4])]
+    batch = pad_sequences(ids, positions, pad_id=-1, side=side)
+    if side == "right":
+        assert batch.ids.tolist() == [[5, 6, 7], [8, -1, -1], [9, 10, -1]]
+        assert batch.positions.tolist() == [[0, 1, 2], [4, 0, 0], [3, 4, 0]]
+    else:
+        assert batch.ids.tolist() == [[5, 6, 7], [-1, -1, 8], [-1, 9, 10]]
+        assert batch.positions.tolist() == [[0, 1, 2], [0, 0, 4], [0, 3, 4]]
+    assert torch.equal(batch.real, batch.ids != -1)
+    assert batch.ids.dtype == batch.positions.dtype == torch.long
+    with pytest.raises(ValueError, match="row 1 has 1 ids but 2 positions"):
+        pad_sequences([[1], [2]], [[0], [0, 1]], pad_id=0)

@@ -218,15 +218,15 @@ def test_load_feature_net_errors(tmp_path):
 
 
 # --- codebook usage ----------------------------------------------------------------------------------
-def test_codebook_usage_known_answers():
-    from eval_utils.codebook import code_histogram, codebook_usage
+def test_codebook_stats_known_answers():
+    from eval_utils.vqvae_reconstruction import codebook_stats
 
-    usage = codebook_usage(code_histogram(torch.tensor([[0, 0], [1, 1]]), codebook_size=4))
-    assert usage.perplexity == pytest.approx(2.0) and usage.used_fraction == 0.5 and usage.tokens == 4
-    assert codebook_usage(code_histogram(torch.arange(8).repeat(3), 8)).perplexity == pytest.approx(8.0)
-    assert codebook_usage(code_histogram(torch.full((10,), 3), 8)).perplexity == pytest.approx(1.0)
-    with pytest.raises(UserError, match="outside the codebook"):
-        code_histogram(torch.tensor([0, 9]), codebook_size=8)
+    perplexity, used = codebook_stats(torch.tensor([2.0, 2.0, 0.0, 0.0]))
+    assert perplexity == pytest.approx(2.0) and used == 0.5
+    assert codebook_stats(torch.full((8,), 3.0)) == pytest.approx((8.0, 1.0))
+    assert codebook_stats(torch.tensor([0.0, 0.0, 0.0, 10.0, 0.0, 0.0, 0.0, 0.0])) == pytest.approx((1.0, 1 / 8))
+    # p = (1/2, 1/4, 1/4): entropy 1.5 ln 2, so perplexity 2 ** 1.5
+    assert codebook_stats(torch.tensor([2.0, 1.0, 1.0]))[0] == pytest.approx(2 ** 1.5)
 
 
 # --- shapes prompt following -------------------------------------------------------------------------
@@ -432,30 +432,28 @@ class SeesFirstCode(torch.nn.Module):
 
 
 def test_caption_loss_alignment_known_answers():
-    from eval_utils.bits_per_token import caption_loss_alignment
+    from eval_utils.caption_loss import caption_loss_alignment
+    from generation.tasks import Geometry
 
     tokenizer = _tokenizer()
+    geometry = Geometry(image_grid=GRID, text_max_tokens=8, max_positions=32)
     codes = torch.randint(0, CODEBOOK, (4, GRID, GRID), generator=torch.Generator().manual_seed(0))
     codes[:, 0, 0] = torch.tensor([3, 7, 1, 12])  # distinct first codes, so every shuffled pair is wrong
     captions = [f"w{int(c)} w{int(c)} w{int(c)}" for c in codes[:, 0, 0]]
-    text_ids = tokenizer.vocab_size - CODEBOOK  # image codes are removed from the softmax
+    allowed = TEXT_PIECES + 1  # a caption token is normalised over the text pieces and [SEP] only
 
-    uniform = caption_loss_alignment(ConstantLogits(tokenizer.vocab_size), tokenizer, codes, captions)
-    assert uniform.matched == pytest.approx(math.log(text_ids), rel=1e-6)
+    uniform = caption_loss_alignment(ConstantLogits(tokenizer.vocab_size), tokenizer, geometry, codes, captions)
+    assert uniform.matched == pytest.approx(math.log(allowed), rel=1e-6)
     assert uniform.gap == pytest.approx(0.0, abs=1e-6)
 
-    seeing = caption_loss_alignment(SeesFirstCode(tokenizer), tokenizer, codes, captions, batch_size=3)
-    log_partition = math.log(math.exp(10.0) + text_ids - 1)
+    seeing = caption_loss_alignment(SeesFirstCode(tokenizer), tokenizer, geometry, codes, captions, batch_size=3)
+    log_partition = math.log(math.exp(10.0) + allowed - 1)
     assert seeing.matched == pytest.approx(log_partition - 10.0, abs=1e-6)  # float32 log-softmax
-    assert seeing.shuffled == pytest.approx(log_partition, abs=1e-6)
+    assert seeing.shuffled == pytest.approx(log_partition, abs=1e-5)
     assert seeing.per_pair == pytest.approx([log_partition - 10.0] * 4, abs=1e-6)
     assert seeing.to_dict()["caption_loss_gap"] == pytest.approx(10.0, abs=1e-5)
     with pytest.raises(UserError, match="at least 2"):
-        caption_loss_alignment(SeesFirstCode(tokenizer), tokenizer, codes[:1], captions[:1])
+        caption_loss_alignment(SeesFirstCode(tokenizer), tokenizer, geometry, codes[:1], captions[:1])
     with pytest.raises(UserError, match="positions"):
-        from model.config import ModelConfig
-        from model.gpt import CogViewGPT
-
-        small = CogViewGPT(ModelConfig(vocab_size=tokenizer.vocab_size, num_layers=1, hidden_size=16,
-                                       num_attention_heads=2, max_position_embeddings=16))
-        caption_loss_alignment(small, tokenizer, codes, captions)
+        small = Geometry(image_grid=GRID, text_max_tokens=8, max_positions=16)
+        caption_loss_alignment(ConstantLogits(tokenizer.vocab_size), tokenizer, small, codes, captions)

@@ -17,7 +17,12 @@ import evaluate
 from data_utils.image_sources import FILES_VAL_FRACTION, in_split, open_dataset
 from data_utils.images import pil_to_tensor
 from data_utils.shapes import ShapeObject, ShapesDataset
+from eval_utils.bits_per_token import bpt_tasks, trained_tasks
+from eval_utils.image_quality import fid_section
 from eval_utils.inception import InceptionOutputs
+from eval_utils.prompt_following import JudgedImages, caption_section, text_to_image_section
+from eval_utils.report import flat_scalars
+from eval_utils.super_resolution import super_resolution_section
 from tests.generation_helpers import tiny_model
 from utils.errors import UserError
 
@@ -75,9 +80,9 @@ def test_ground_truth_images_follow_their_prompts_perfectly():
 
     def images_at(scale):
         asked.append(scale)
-        return evaluate.JudgedImages(images, first=blank)
+        return JudgedImages(images, first=blank)
 
-    section = evaluate.text_to_image_section(objects, [1.0, 3.0], images_at, candidates=4)
+    section = text_to_image_section(objects, [1.0, 3.0], images_at, candidates=4)
     assert asked == [1.0, 3.0] and set(section.results["by_cfg_scale"]) == {"1", "3"}
     row = section.results["by_cfg_scale"]["3"]
     assert set(row["judged"]["groups"]) == {"all", "1 object", "2 objects"}
@@ -90,16 +95,16 @@ def test_ground_truth_images_follow_their_prompts_perfectly():
 
 def test_caption_section_scores_true_captions_right_and_nonsense_unparsed():
     images, captions, objects = held_out(8)
-    exact = evaluate.caption_section(images, objects, lambda given: captions)
+    exact = caption_section(images, objects, lambda given: captions)
     assert exact.results["groups"]["all"]["correct"] == 1.0 and exact.results["unparsed"] == 0.0
     assert exact.results["examples"] == captions
-    nonsense = evaluate.caption_section(images, objects, lambda given: ["qqq"] * len(given))
+    nonsense = caption_section(images, objects, lambda given: ["qqq"] * len(given))
     assert nonsense.results["groups"]["all"]["correct"] == 0.0 and nonsense.results["unparsed"] == 1.0
 
 
 def test_super_resolution_section_compares_with_the_originals_and_bicubic():
+    from data_utils.images import downscale
     from eval_utils.psnr import bicubic_upsample
-    from preprocess_data import downscale
 
     images, captions, _ = held_out(4)
     seen = []
@@ -109,13 +114,13 @@ def test_super_resolution_section_compares_with_the_originals_and_bicubic():
         upsampled = bicubic_upsample(torch.stack([pil_to_tensor(image) for image in lowres]), 2)
         return [Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy()) for image in upsampled]
 
-    section = evaluate.super_resolution_section(images, captions, bicubic)
+    section = super_resolution_section(images, captions, bicubic)
     lowres, texts = seen[0]
     assert texts == captions and [image.size for image in lowres] == [(32, 32)] * 4
     assert all(np.array_equal(np.asarray(a), np.asarray(downscale(b))) for a, b in zip(lowres, images))
     assert 10 < section.results["bicubic_psnr"] < 60
     assert abs(section.results["gain_over_bicubic"]) < 0.05  # the same images, up to uint8 rounding
-    perfect = evaluate.super_resolution_section(images, captions, lambda lowres, texts: images)
+    perfect = super_resolution_section(images, captions, lambda lowres, texts: images)
     assert perfect.results["psnr"] == math.inf
 
 
@@ -141,9 +146,8 @@ def test_fid_section_compares_generated_with_real_features():
     shifted = [Image.fromarray(np.roll(np.asarray(image), 9, axis=(0, 1))) for image in images[::-1]]
     torch.manual_seed(0)
     network, inception = FeatureNet(FeatureNetConfig(label_ids=(1, 2), widths=(4, 8))).eval(), MeanColours()
-    section = evaluate.fid_section(real, [1.0, 2.0], lambda scale: evaluate.JudgedImages(images if scale == 1.0
-                                                                                          else shifted),
-                                   inception, network)
+    section = fid_section(real, [1.0, 2.0], lambda scale: JudgedImages(images if scale == 1.0 else shifted),
+                          inception, network)
     same, moved = section.results["by_cfg_scale"]["1"], section.results["by_cfg_scale"]["2"]
     assert same["fid"] < 1e-9 and same["self_fid"] < 1e-9
     generated = torch.stack([pil_to_tensor(image) for image in shifted])
@@ -176,12 +180,12 @@ def test_contradictory_flags_are_refused_before_anything_loads(tmp_path, flags, 
 def test_bits_per_token_scores_the_tasks_the_rows_allow_and_the_model_learned():
     with_lowres, without = SimpleNamespace(format=SimpleNamespace(lowres_grid=4)), \
         SimpleNamespace(format=SimpleNamespace(lowres_grid=None))
-    assert evaluate.bpt_tasks(with_lowres) == ["text2image", "image2text", "super_resolution"]
-    assert evaluate.bpt_tasks(without) == ["text2image", "image2text"]
-    assert evaluate.bpt_tasks(with_lowres, ["image2text", "text2image"]) == ["text2image", "image2text"]
-    assert evaluate.bpt_tasks(without, ["super_resolution"]) == []
-    assert evaluate.trained_tasks({"data": {"image_grid": 8, "tasks": ["text2image"]}}) == ["text2image"]
-    assert evaluate.trained_tasks({"data": {"image_grid": 8}}) is None and evaluate.trained_tasks({}) is None
+    assert bpt_tasks(with_lowres) == ["text2image", "image2text", "super_resolution"]
+    assert bpt_tasks(without) == ["text2image", "image2text"]
+    assert bpt_tasks(with_lowres, ["image2text", "text2image"]) == ["text2image", "image2text"]
+    assert bpt_tasks(without, ["super_resolution"]) == []
+    assert trained_tasks({"data": {"image_grid": 8, "tasks": ["text2image"]}}) == ["text2image"]
+    assert trained_tasks({"data": {"image_grid": 8}}) is None and trained_tasks({}) is None
 
 
 def test_default_sections_follow_the_inputs():
@@ -199,8 +203,8 @@ def test_checkpoint_iteration_and_flat_scalars(tmp_path):
     assert evaluate.checkpoint_iteration(tmp_path / "run" / "1200") == 1200
     assert evaluate.checkpoint_iteration(tmp_path) is None  # an exported folder has no iteration
     results = {"sr": {"psnr": 20.5, "images": 3}, "t2i": {"by_cfg_scale": {"3": {"ok": True, "correct": 0.5}}}}
-    assert evaluate.flat_scalars(results, "eval") == {"eval/sr/psnr": 20.5, "eval/sr/images": 3.0,
-                                                      "eval/t2i/by_cfg_scale/3/correct": 0.5}
+    assert flat_scalars(results, "eval") == {"eval/sr/psnr": 20.5, "eval/sr/images": 3.0,
+                                             "eval/t2i/by_cfg_scale/3/correct": 0.5}
 
 
 # --- the command end to end on a tiny checkpoint ----------------------------------------------------------
@@ -226,16 +230,16 @@ def sequence_bits(model, tokenizer, rows, task) -> tuple[float, int]:
 
 
 def test_evaluate_end_to_end_matches_direct_metric_calls(checkpoint, tmp_path):
+    from data_utils.images import downscale
     from data_utils.shards import ShardedRows
-    from eval_utils.bits_per_token import caption_loss_alignment
+    from eval_utils.caption_loss import caption_loss_alignment
     from eval_utils.feature_net import feature_net_fingerprint, features, load_feature_net
     from eval_utils.fid import fid_from_features
     from eval_utils.psnr import bicubic_upsample, mean_psnr
     from eval_utils.shapes_accuracy import image_accuracy
+    from eval_utils.vqvae_reconstruction import reconstruct
     from generation.pipeline import Pipeline
-    from preprocess_data import downscale
     from vqvae.api import vqvae_fingerprint
-    from vqvae.evaluation import reconstruct
 
     out = tmp_path / "eval.json"
     command = ["--load", checkpoint / "gpt", "--num-prompts", NUM_PROMPTS, "--valid-data", checkpoint / "val",
@@ -298,7 +302,8 @@ def test_evaluate_end_to_end_matches_direct_metric_calls(checkpoint, tmp_path):
     assert bpt["image_tokens"] + bpt["text_tokens"] == count
     assert bpt["bits"] == pytest.approx(nats / count / math.log(2), rel=1e-5)
 
-    expected_loss = caption_loss_alignment(pipe.model, pipe.tokenizer, pipe.encode_images(truth), captions)
+    expected_loss = caption_loss_alignment(pipe.model, pipe.tokenizer, pipe.geometry, pipe.encode_images(truth),
+                                           captions)
     assert sections["caption-loss"]["caption_loss"] == pytest.approx(expected_loss.matched, rel=1e-6)
     assert sections["caption-loss"]["caption_loss_gap"] == pytest.approx(expected_loss.gap, abs=1e-6)
 

@@ -134,54 +134,6 @@ def test_captions_stop_at_sep_independently_and_match_the_reference(setup):
     assert captions == [[[t for t in o.tolist() if t != tok["[SEP]"]]] for o in outputs]
 
 
-def test_post_selection_scores_are_restricted_text_log_likelihoods(setup):
-    tok, model, geometry = setup
-    codes = torch.randint(0, tok.codebook_size, (5, 8, 8), generator=torch.Generator().manual_seed(1))
-    texts = [text_ids(tok, text) for text in [*PROMPTS, "a red circle"]]  # texts of unequal length: padded rows
-    scores = tasks.text_scores(model, tok, geometry, codes, texts, max_batch_rows=2)
-    allowed = tasks.caption_ids_mask(tok)
-    for i, ids in enumerate(texts):
-        sequence = image2text(tok, codes[i], 8, ids)
-        with torch.no_grad():
-            logits = model(torch.tensor([sequence.ids]), torch.tensor([sequence.position_ids]))[0].float()
-        log_probs = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)
-        start = 8 * 8 + 4
-        expected = sum(float(log_probs[start + t - 1, ids[t]]) for t in range(len(ids)))
-        assert abs(float(scores[i]) - expected) < 1e-3
-    with pytest.raises(UserError, match="non-empty text"):
-        tasks.text_scores(model, tok, geometry, codes[:1], [[]], max_batch_rows=2)
-
-
-@pytest.mark.parametrize("text_positions", [None, 16])
-def test_image_scores_are_restricted_code_log_likelihoods_whatever_the_padding(setup, text_positions):
-    tok, model, geometry = setup
-    geometry = dataclasses.replace(geometry, text_positions=text_positions)
-    codes = torch.randint(0, tok.codebook_size, (5, 8, 8), generator=torch.Generator().manual_seed(2))
-    texts = [text_ids(tok, text) if text else [] for text in ["a red circle", "", "a large blue diamond in the center",
-                                                               "square", "左上角有一个大的红色圆形"]]
-    scores = tasks.image_scores(model, tok, geometry, codes, texts, max_batch_rows=3)  # rows of unequal length
-    allowed = tasks.image_ids_mask(tok)
-    for i in range(5):
-        sequence = text2image(tok, texts[i], 8, codes[i], text_positions=text_positions)
-        with torch.no_grad():
-            logits = model(torch.tensor([sequence.ids]), torch.tensor([sequence.position_ids]))[0].float()
-        log_probs = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)
-        start = len(texts[i]) + 3  # [ROI1] text G [BOI1]
-        expected = sum(float(log_probs[start + t - 1, codes[i].flatten()[t]]) for t in range(64))
-        assert abs(float(scores[i]) - expected) < 1e-3
-
-
-def test_agreement_is_the_mean_log_probability_per_token_of_both_directions(setup):
-    tok, model, geometry = setup
-    other = tiny_model(tok, seed=1)  # a separate captioner scores the image-to-text direction
-    codes = torch.randint(0, tok.codebook_size, (3, 8, 8), generator=torch.Generator().manual_seed(4))
-    texts = [text_ids(tok, text) for text in PROMPTS[:3]]
-    agreement = tasks.agreement_scores(model, other, tok, geometry, codes, texts, 8)
-    per_text_token = tasks.text_scores(other, tok, geometry, codes, texts, 8) / torch.tensor([len(t) for t in texts])
-    per_code = tasks.image_scores(model, tok, geometry, codes, texts, 8) / 64
-    torch.testing.assert_close(agreement, per_text_token + per_code)
-
-
 @pytest.mark.parametrize("post_selection", ["agreement", "caption"])
 def test_reranked_captions_keep_the_candidate_that_agrees_best_with_the_image(setup, post_selection):
     tok, model, geometry = setup

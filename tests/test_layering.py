@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("module, forbidden", [("data_utils.sequences", "model"),
-                                               ("arguments", "training")])
+                                               ("arguments", "training"),
+                                               ("arguments", "generation.pipeline"),
+                                               ("vqvae.api", "eval_utils")])
 def test_a_module_does_not_import_a_higher_layer(module, forbidden):
     code = (f"import sys, {module}; "
             f"print(sorted(m for m in sys.modules if m == {forbidden!r} or m.startswith({forbidden + '.'!r})))")

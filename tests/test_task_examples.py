@@ -1,4 +1,5 @@
-"""scripts/task_examples.py: the four pictures, at the sizes their layout gives, and a missing checkpoint."""
+"""scripts/task_examples.py: the pictures hold the images the pipeline makes, in the order it ranks them,
+and a missing checkpoint is one error line."""
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from PIL import Image
 
 from data_utils.image_sources import open_dataset
 from generation.outputs import read_png_metadata
+from generation.pipeline import Pipeline
 from scripts import task_examples as te
 from tests.generation_helpers import write_tiny_checkpoint
 from utils.files import read_json
@@ -20,13 +22,13 @@ SAMPLES, CANDIDATES = 2, 3
 
 
 @pytest.fixture(scope="module")
-def pictures(tmp_path_factory) -> tuple[Path, int]:
-    """The script run on a tiny checkpoint; returns the output folder and the model's image side."""
+def pictures(tmp_path_factory) -> tuple[Path, int, Path]:
+    """The script run on a tiny checkpoint; returns the output folder, the model's image side and the checkpoint."""
     folder = tmp_path_factory.mktemp("task_examples")
     checkpoint = write_tiny_checkpoint(folder, grid=GRID)
-    te.main(["--load", str(checkpoint), "--output", str(folder / "out"), "--seed", "5", "--temperature", "0.5",
+    te.main(["--load", str(checkpoint), "--output", str(folder / "out"), "--seed", "5", "--temperature", "1.25",
              "--samples", str(SAMPLES), "--candidates", str(CANDIDATES)])
-    return folder / "out", GRID * read_json(folder / "vqvae" / "config.json")["downsample"]
+    return folder / "out", GRID * read_json(folder / "vqvae" / "config.json")["downsample"], checkpoint
 
 
 def size_of(path: Path) -> tuple[int, int]:
@@ -34,29 +36,50 @@ def size_of(path: Path) -> tuple[int, int]:
         return image.size
 
 
-def test_each_picture_has_the_size_of_its_layout(pictures):
-    out, side = pictures
-    tile = te.DISPLAY_SCALE * side + 2 * te.FRAME
-    line, gap = te.LINE_HEIGHT, te.GAP
+def tile_at(path: Path, left: int, top: int, tile: int) -> np.ndarray:
+    with Image.open(path) as picture:
+        return np.asarray(picture.convert("RGB").crop((left, top, left + tile, top + tile)))
 
-    def across(count: int, width: int) -> int:
-        return count * width + (count - 1) * gap
 
-    def titled_rows(rows: int) -> int:           # header line, then per row: its title line and its tiles
-        return line + rows * (gap + line + gap + tile)
+def shown(image: Image.Image, tile: int) -> np.ndarray:
+    return np.asarray(te.enlarge(image, tile))
 
-    assert size_of(out / "text2image.png") == (across(2 * SAMPLES, tile), titled_rows(sum(te.TEXT2IMAGE_PROMPTS)))
-    assert size_of(out / "super_resolution.png") == (across(te.SR_COLUMNS, tile),
-                                                     titled_rows(sum(te.SUPER_RESOLUTION_IMAGES)))
-    assert size_of(out / "post_selection.png") == (across(CANDIDATES, tile), line + gap + tile + gap + line)
-    cell_height = tile + gap + 3 * te.CAPTION_LINES * line  # the true, the greedy and the reranked caption
-    rows = -(-sum(te.CAPTIONED_IMAGES) // te.CAPTION_COLUMNS)
-    assert size_of(out / "image2text.png") == (across(te.CAPTION_COLUMNS, te.CAPTION_CELL_TILES * tile),
-                                               across(rows, cell_height))
+
+def test_text2image_cells_hold_the_pipelines_images_without_and_with_guidance(pictures):
+    out, side, checkpoint = pictures
+    tile, line, gap = te.DISPLAY_SCALE * side + 2 * te.FRAME, te.LINE_HEIGHT, te.GAP
+    pipe = Pipeline.from_checkpoint(checkpoint, device="cpu")
+    prompts = te.held_out(side, te.TEXT2IMAGE_PROMPTS)[0]
+    plain = pipe.text2image(prompts, n=SAMPLES, seed=5, temperature=1.25)
+    guided = pipe.text2image(prompts, n=SAMPLES, seed=5, cfg_scale=1.5, temperature=1.25)
+    differ = 0
+    for row, (a, b) in enumerate(zip(plain, guided)):
+        top = line + gap + row * (line + gap + tile + gap) + line + gap   # column titles, then each row's title
+        for j in range(SAMPLES):
+            plain_left, guided_left = j * (tile + gap), (SAMPLES + j) * (tile + gap)
+            assert np.array_equal(tile_at(out / "text2image.png", plain_left, top, tile), shown(a.images[j], tile))
+            assert np.array_equal(tile_at(out / "text2image.png", guided_left, top, tile), shown(b.images[j], tile))
+            differ += not np.array_equal(np.asarray(a.images[j]), np.asarray(b.images[j]))
+    assert differ, "the guided half must show other images than the unguided half"
+
+
+def test_post_selection_cells_hold_the_candidates_best_first(pictures):
+    out, side, checkpoint = pictures
+    tile, line, gap = te.DISPLAY_SCALE * side + 2 * te.FRAME, te.LINE_HEIGHT, te.GAP
+    pipe = Pipeline.from_checkpoint(checkpoint, device="cpu")
+    prompt = te.held_out(side, te.POST_SELECTION_PROMPT)[0][0]
+    result = pipe.text2image(prompt, n=CANDIDATES, seed=5, cfg_scale=1.5, temperature=1.25)[0]
+    scores = pipe.rerank_codes(prompt, result.codes).scores.tolist()
+    best_first = sorted(range(CANDIDATES), key=lambda i: -scores[i])
+    distinct = {np.asarray(image).tobytes() for image in result.images}
+    assert len(distinct) == CANDIDATES, "the test needs distinct candidates"
+    for rank, index in enumerate(best_first):
+        cell = tile_at(out / "post_selection.png", rank * (tile + gap), line + gap, tile)
+        assert np.array_equal(cell, shown(result.images[index], tile)), f"rank {rank + 1}"
 
 
 def test_pictures_show_the_held_out_images_and_record_their_settings(pictures):
-    out, side = pictures
+    out, side, _ = pictures
     tile = te.DISPLAY_SCALE * side + 2 * te.FRAME
     captions, images = te.held_out(side, te.SUPER_RESOLUTION_IMAGES)
     assert len(captions) == sum(te.SUPER_RESOLUTION_IMAGES) and all(image.size == (side, side) for image in images)
@@ -69,7 +92,7 @@ def test_pictures_show_the_held_out_images_and_record_their_settings(pictures):
         shown = picture.convert("RGB").crop((left, top, left + tile, top + tile))
     assert np.array_equal(np.asarray(shown), np.asarray(te.enlarge(images[0], tile)))
     metadata = read_png_metadata(out / "text2image.png")
-    assert metadata["seed"] == 5 and metadata["cfg_scale"] == 1.5 and metadata["temperature"] == 0.5
+    assert metadata["seed"] == 5 and metadata["cfg_scale"] == 1.5 and metadata["temperature"] == 1.25
     assert metadata["checkpoint"].endswith("gpt")
 
 

@@ -3,7 +3,7 @@ DeepSpeed config merging and checkpoint folder bookkeeping."""
 from __future__ import annotations
 
 import json
-import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -233,11 +233,20 @@ def test_tracker_and_stale_temporary_folders(tmp_path):
         read_tracker(tmp_path)
 
 
-def test_matmul_probe_counts_flops():
+def test_matmul_probe_counts_flops(monkeypatch):
+    from training import metrics
     from training.metrics import measure_matmul_flops, throughput
 
-    rate = measure_matmul_flops("cpu", torch.float32, size=128, repeats=2)
-    assert math.isfinite(rate) and rate > 1e6
+    # A scripted clock: the untimed warm-up, then timed matmuls of 0.5, 0.25 and 0.4 s.
+    ticks = iter([0.0, 1.0, 1.5, 2.0, 2.25, 3.0, 3.4])
+    monkeypatch.setattr(metrics, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    shapes = []
+    real_mm = torch.mm
+    monkeypatch.setattr(metrics.torch, "mm",
+                        lambda a, b: shapes.append((a.shape, a.dtype, b.shape)) or real_mm(a, b))
+    rate = measure_matmul_flops("cpu", torch.float64, size=128, repeats=3)
+    assert rate == 2 * 128**3 / 0.25  # a multiply and an add per term of each of the 128 x 128 outputs, best run
+    assert shapes == [((128, 128), torch.float64, (128, 128))] * 4
     values = throughput(tokens=1000, flops=4e9, seconds=2.0, peak_flops=1e9, devices=2)
     assert values == {"tokens_per_second": 500.0, "mfu": 1.0}
 

@@ -1,6 +1,9 @@
 """How good a VQ-VAE is on held-out images: PSNR of the token round trip and codebook usage.
 
-PSNR is `eval_utils.psnr`'s: the mean over images of 10 * log10(1 / MSE) on [0, 1] images.
+PSNR is `eval_utils.psnr`'s: the mean over images of 10 * log10(1 / MSE) on [0, 1] images. Codebook
+usage is the perplexity exp(-sum_k p_k ln p_k) of the histogram of codes chosen (p_k = n_k / N, 0 ln 0
+= 0), the effective number of codes in use, and the fraction of the K codes chosen at least once. Both
+`train_vqvae.py`'s report and evaluate.py's vqvae section (`vqvae_section`) come from here.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from PIL import Image
 
 from data_utils.images import tensor_to_uint8, uint8_to_tensor
 from eval_utils.psnr import psnr_per_image
+from eval_utils.report import Section
 from vqvae.api import code2img, img2code
 from vqvae.model import VQVAE
 
@@ -85,3 +89,14 @@ def comparison_grid(originals: np.ndarray, reconstructions: np.ndarray, columns:
             tile = Image.fromarray(source[index], mode="RGB")
             canvas.paste(tile.resize((width * scale, height * scale), Image.Resampling.NEAREST), (x, y))
     return canvas
+
+
+def vqvae_section(vqvae: VQVAE, images: list[Image.Image]) -> Section:
+    """evaluate.py's vqvae section: `reconstruct` of held-out images, the report `train_vqvae.py` gives,
+    so the numbers compare with it."""
+    _, report = reconstruct(vqvae, np.stack([np.asarray(image.convert("RGB")) for image in images]))
+    table = "\n".join([f"{'round-trip PSNR':<22}{report.psnr:>12.2f} dB",
+                       f"{'codebook perplexity':<22}{report.perplexity:>12.1f} of {vqvae.config.codebook_size}",
+                       f"{'codes used':<22}{100 * report.codes_used:>11.1f}%",
+                       f"{'images':<22}{report.images:>12d}"])
+    return Section("vqvae", report.to_dict(), table)
