@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from arguments import add_component_args, add_post_selection_score_arg, add_sampling_args, positive_int
+from arguments import add_component_args, add_post_selection_score_arg, add_sampling_args, parse_noting_given, positive_int
 from eval_utils.bits_per_token import bits_per_token_section, open_validation_rows, trained_tasks
 from eval_utils.caption_loss import caption_loss_section
 from eval_utils.held_out import load_split
@@ -70,7 +70,7 @@ def section_list(text: str) -> list[str]:
     return [name for name in SECTIONS if name in names]  # canonical order, duplicates dropped
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = parser.add_argument_group("what to evaluate")
     what.add_argument("--load", required=True, metavar="PATH",
@@ -130,11 +130,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse
     models = add_component_args(parser)
     models.add_argument("--tensorboard-dir", metavar="DIR",
                         help="log every number as a scalar at the checkpoint's iteration")
-    return parser.parse_args(argv), parser
+    return parse_noting_given(parser, argv)
 
 
-def choose_sections(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
-    """The sections to run, from --sections or the inputs given; refuses flags no chosen section reads."""
+def choose_sections(args: argparse.Namespace) -> list[str]:
+    """The sections to run, from --sections or the inputs given; refuses given flags (`args.given_flags`,
+    even at their default value) that no chosen section reads."""
+    given = args.given_flags
     wants_fid = bool(args.inception_weights or args.feature_net or args.train_feature_net)
     if args.sections is None:
         sections = [s for s in SECTIONS if (s != "bpt" or args.valid_data) and (s != "fid" or wants_fid)]
@@ -145,7 +147,7 @@ def choose_sections(args: argparse.Namespace, parser: argparse.ArgumentParser) -
         if "fid" in sections and not wants_fid:
             raise UserError("the fid section needs --inception-weights, --feature-net or --train-feature-net")
     for dest, readers in FLAG_SECTIONS.items():
-        if getattr(args, dest) != parser.get_default(dest) and not set(readers) & set(sections):
+        if dest in given and not set(readers) & set(sections):
             raise UserError(f"--{dest.replace('_', '-')} is read only by the {' and '.join(readers)} section(s), "
                             f"which are not run")
     if args.candidates > 1 and not args.post_select:
@@ -153,19 +155,18 @@ def choose_sections(args: argparse.Namespace, parser: argparse.ArgumentParser) -
                         "which is the image --candidates 1 makes")
     if args.post_select and args.candidates < 2:
         raise UserError("--post-select chooses among candidates: give --candidates 2 or more")
-    if (args.post_selection_score != parser.get_default("post_selection_score") and not args.post_select
-            and args.caption_candidates < 2):
+    if "post_selection_score" in given and not args.post_select and args.caption_candidates < 2:
         raise UserError("--post-selection-score needs --post-select or --caption-candidates 2 or more")
     if args.feature_net and args.train_feature_net:
         raise UserError("give either --feature-net (use a saved network) or --train-feature-net (make one)")
     for flag in ("feature_net_steps", "feature_net_items"):
-        if getattr(args, flag) != parser.get_default(flag) and not args.train_feature_net:
+        if flag in given and not args.train_feature_net:
             raise UserError(f"--{flag.replace('_', '-')} is read only with --train-feature-net")
     for scale in args.cfg_scale:
         SamplingSettings(args.temperature, args.top_k, args.top_p, scale)  # one-line errors for bad values
     if args.caption_top_k < 0:
         raise UserError(f"--caption-top-k must be >= 0 (0 = off, 1 = greedy), got {args.caption_top_k}")
-    if args.caption_temperature != parser.get_default("caption_temperature") and args.caption_candidates < 2:
+    if "caption_temperature" in given and args.caption_candidates < 2:
         raise UserError("--caption-temperature samples the --caption-candidates: give --caption-candidates 2 or more")
     SamplingSettings(args.caption_temperature, 0, 1.0)  # a one-line error for a bad temperature
     return sections
@@ -186,8 +187,8 @@ def checkpoint_iteration(path: Path) -> int | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, parser = parse_args(argv)
-    sections = choose_sections(args, parser)
+    args = parse_args(argv)
+    sections = choose_sections(args)
     if Path(args.output_json).is_dir():
         raise UserError(f"--output-json {args.output_json} is a folder; give a file name")
     device = resolve_device(args.device)

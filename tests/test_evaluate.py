@@ -189,11 +189,20 @@ def test_bits_per_token_scores_the_tasks_the_rows_allow_and_the_model_learned():
 
 
 def test_default_sections_follow_the_inputs():
-    args, parser = evaluate.parse_args(["--load", "x", "--output-json", "e.json"])
-    assert evaluate.choose_sections(args, parser) == ["t2i", "caption", "sr", "caption-loss", "vqvae"]
-    args, parser = evaluate.parse_args(["--load", "x", "--output-json", "e.json", "--valid-data", "v",
-                                        "--feature-net", "f", "--sections", "vqvae,fid,bpt"])
-    assert evaluate.choose_sections(args, parser) == ["bpt", "fid", "vqvae"]
+    args = evaluate.parse_args(["--load", "x", "--output-json", "e.json"])
+    assert evaluate.choose_sections(args) == ["t2i", "caption", "sr", "caption-loss", "vqvae"]
+    args = evaluate.parse_args(["--load", "x", "--output-json", "e.json", "--valid-data", "v",
+                                "--feature-net", "f", "--sections", "vqvae,fid,bpt"])
+    assert evaluate.choose_sections(args) == ["bpt", "fid", "vqvae"]
+
+
+@pytest.mark.parametrize("flags", [["--caption-temperature", "1.0"], ["--feature-net-steps", "1000"],
+                                   ["--post-selection-score", "agreement"], ["--sections", "vqvae", "--cfg-scale", "1"]])
+def test_a_flag_given_at_its_default_value_is_refused_where_nothing_reads_it(flags):
+    """The same refusal as for any other value: the one "was it given" mechanism (arguments.given_flags)."""
+    args = evaluate.parse_args(["--load", "x", "--output-json", "e.json", *flags])
+    with pytest.raises(UserError):
+        evaluate.choose_sections(args)
 
 
 def test_checkpoint_iteration_and_flat_scalars(tmp_path):
