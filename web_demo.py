@@ -221,7 +221,8 @@ def rank_tab(demo: Demo) -> None:
     prompt = gr.Textbox(label="Prompt")
     uploads = gr.File(label="Images", file_count="multiple", file_types=["image"])
     run = gr.Button("Rank", variant="primary")
-    gallery = gr.Gallery(label="Best first: rank · score · file", columns=4, height=320, object_fit="contain")
+    gallery = gr.Gallery(label="Best first: rank · score · file", columns=4, fit_columns=False, height=320,
+                         object_fit="contain")
     run.click(messages_on_page(_with_progress(demo.rank)), [prompt, uploads], gallery)
 
 

@@ -17,8 +17,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from generation.outputs import read_png_metadata
+from generation.pipeline import Pipeline
 from tests.generation_helpers import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,6 +134,24 @@ def test_generate_download_and_errors_in_a_browser(demo_url, tmp_path):
             expect(page.get_by_text("cannot read image")).to_be_visible()
         finally:
             browser.close()
+
+
+def test_captions_are_the_seeded_captions_best_first(checkpoint, tmp_path):
+    """Caption j is what `Pipeline.caption` gives the image under seed SEED+j (so the command line
+    remakes it), and the rows are in descending score order. (At temperature 5 the tiny model's three
+    captions differ, and their scores do not follow their seeds.)"""
+    import web_demo
+
+    pipe = Pipeline.from_checkpoint(checkpoint)
+    image = Image.radial_gradient("L").convert("RGB").resize((64, 64))
+    image.save(tmp_path / "input.png")
+    _, rows = web_demo.Demo(pipe, str(checkpoint), tmp_path).caption(str(tmp_path / "input.png"), 3, 5.0, 0, 1.0, SEED)
+    assert sorted(seed for *_, seed in rows) == [SEED, SEED + 1, SEED + 2] and [r[0] for r in rows] == [1, 2, 3]
+    for _, caption, _, seed in rows:
+        assert caption == pipe.caption([image], seed=seed, max_tokens=pipe.geometry.text_max_tokens, top_k=0,
+                                       temperature=5.0)[0]
+    scores = [score for _, _, score, _ in rows]
+    assert None not in scores and scores == sorted(scores, reverse=True)
 
 
 def test_a_checkpoint_that_does_not_load_is_one_line_at_start_up(tmp_path):
