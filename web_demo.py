@@ -186,12 +186,12 @@ def text2image_tab(demo: Demo) -> None:
     pick = gr.State(0)
     with gr.Row():
         gallery = gr.Gallery(label="Candidates, best first: rank · score · seed (click one to pick it)",
-                             columns=4, height=320, object_fit="contain", elem_id="candidates")
-        with gr.Column():
+                             columns=4, height=400, object_fit="contain", elem_id="candidates", scale=3)
+        with gr.Column(scale=2):
             upscale = gr.Button("Super-resolve the pick")
             upscaled = gr.Image(label="Super-resolved", type="filepath", elem_id="upscaled")
     downloads = gr.File(label="PNGs with prompt, seed and settings in their metadata", file_count="multiple",
-                        interactive=False, elem_id="downloads")
+                        interactive=False, height=240, elem_id="downloads")
 
     def picked(event: gr.SelectData) -> int:
         return event.index
