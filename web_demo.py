@@ -50,7 +50,6 @@ class Candidates:
     """One text-to-image request, kept per visitor so the pick can be super-resolved later."""
 
     prompt: str
-    negative_prompt: str | None
     settings: SamplingSettings
     seeds: list[int]              # in ranked order, best first
     codes: torch.Tensor           # [n, grid, grid], ranked order
@@ -95,7 +94,7 @@ class Demo:
                                                             score=score, rank=rank))
             files.append(str(path))
             captions.append(f"#{rank + 1} · {score:.2f} · seed {image_seed}")
-        state = Candidates(prompt, negative, settings, [result.seeds[j] for j in ranking.order],
+        state = Candidates(prompt, settings, [result.seeds[j] for j in ranking.order],
                            result.codes[ranking.order], [float(ranking.scores[j]) for j in ranking.order], files)
         return list(zip(files, captions)), files, state
 

@@ -87,7 +87,7 @@ def screenshot_path(tmp_path: Path) -> Path:
 
 
 @needs_browser
-def test_generate_download_and_errors_in_a_browser(demo_url, tmp_path):
+def test_generate_download_and_errors_in_a_browser(demo_url, checkpoint, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
@@ -100,6 +100,8 @@ def test_generate_download_and_errors_in_a_browser(demo_url, tmp_path):
             prompt.fill(PROMPT)
             page.get_by_role("spinbutton", name="number input for Candidates").fill(str(CANDIDATES))
             page.get_by_label("Seed").fill(str(SEED))
+            # At temperature 2 the tiny model's 8 candidates all differ, so a wrong seed shows in the pixels.
+            page.get_by_role("spinbutton", name="number input for Temperature").first.fill("2")
             generate = page.get_by_role("button", name="Generate")
             started = time.monotonic()
             generate.click()
@@ -116,7 +118,11 @@ def test_generate_download_and_errors_in_a_browser(demo_url, tmp_path):
             metadata = read_png_metadata(saved)
             assert metadata["prompt"] == PROMPT and metadata["rank"] == 0
             assert saved.name == f"seed{metadata['seed']}.png" and SEED <= metadata["seed"] < SEED + CANDIDATES
-            assert metadata["task"] == "text2image-full" and metadata["top_k"] == 200
+            assert metadata["task"] == "text2image-full" and (metadata["temperature"], metadata["top_k"]) == (2.0, 200)
+            settings = {key: metadata[key] for key in ("cfg_scale", "temperature", "top_k", "top_p")}
+            again = Pipeline.from_checkpoint(checkpoint).text2image(PROMPT, n=1, seed=metadata["seed"], **settings)
+            with Image.open(saved) as image:       # the page's image is the command line's, pixel for pixel
+                assert image.convert("RGB").tobytes() == again[0].images[0].tobytes()
 
             page.get_by_role("button", name="Super-resolve").click()
             expect(page.locator("#downloads")).to_contain_text(f"seed{metadata['seed']}_sr", timeout=60_000)
