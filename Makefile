@@ -6,7 +6,7 @@ export DS_ACCELERATOR ?= cpu
 export DS_BUILD_OPS ?= 0
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: venv test quickstart emoji-font clean
+.PHONY: venv test quickstart demo emoji-font chromium clean
 
 venv: $(VENV)/.installed
 
@@ -17,16 +17,31 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-test: venv
+# The web demo's extras (gradio, playwright), apart so training machines need not install them.
+$(VENV)/.installed-demo: $(VENV)/.installed requirements-demo.txt
+	$(PY) -m pip install -q -r requirements-demo.txt
+	touch $@
+
+test: venv $(VENV)/.installed-demo
 	$(PY) -m pytest -q tests
 
 quickstart: venv
 	$(PY) scripts/quickstart.py
 
+# The web page over the quick start's model; other checkpoints: make demo DEMO_FLAGS="--load runs/gpt".
+demo: $(VENV)/.installed-demo
+	$(PY) web_demo.py $(DEMO_FLAGS)
+
 # The emoji dataset renders Noto Color Emoji (a Debian package); tests that need it skip without it.
 emoji-font:
 	@dpkg -s fonts-noto-color-emoji >/dev/null 2>&1 || \
 	  (apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji >/dev/null)
+
+# The web demo's browser test drives Debian's chromium (Playwright never downloads one); it skips without it.
+# Not pinned to a version: Debian's security updates replace chromium in bookworm, and the old one leaves the mirror.
+chromium:
+	@dpkg -s chromium >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 clean:
 	rm -rf $(VENV)
