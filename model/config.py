@@ -5,12 +5,10 @@ never needs the training command line.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from utils.errors import UserError
-from utils.files import atomic_write_json, read_json
 
 LAYERNORM_ORDERS = ("pre", "sandwich")
 # CogView's heads are 64 wide; used to infer the head count from a checkpoint that has no config.
@@ -33,7 +31,8 @@ class ModelConfig:
     max_position_embeddings: int
     # "sandwich": CogView's Sandwich-LN (four LayerNorms per layer); "pre": GPT-2's pre-LN (two).
     layernorm_order: str = "sandwich"
-    # PB-relax as in the released CogView code: LN(x / (max|x| / 8)) and (Q / sqrt(d)) K^T.
+    # PB-relax as in the released CogView code, LN(x / (max|x| / 8)) and (Q / sqrt(d)) K^T, except that the
+    # maximum is taken per token rather than over the whole tensor (see model/gpt.py's LayerNorm).
     pb_relax: bool = False
     # PB-relax as in the paper: softmax((Q / (alpha sqrt d)) K^T - max) * alpha). None = off.
     pb_relax_alpha: float | None = None
@@ -89,19 +88,6 @@ class ModelConfig:
             return cls(**data)
         except TypeError as err:
             raise UserError(f"bad model config: {err}") from None
-
-    def save_json(self, path: str | os.PathLike) -> None:
-        atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load_json(cls, path: str | os.PathLike) -> "ModelConfig":
-        return cls.from_dict(read_json(path))
-
-
-def cogview_config() -> ModelConfig:
-    """The sizes of CogView's released 4B-parameter model."""
-    return ModelConfig(vocab_size=58240, num_layers=48, hidden_size=2560, num_attention_heads=40,
-                       max_position_embeddings=1089, layernorm_order="sandwich")
 
 
 def count_parameters(config: ModelConfig) -> int:
