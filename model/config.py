@@ -11,8 +11,6 @@ from typing import Any, Mapping
 from utils.errors import UserError
 
 LAYERNORM_ORDERS = ("pre", "sandwich")
-# CogView's heads are 64 wide; used to infer the head count from a checkpoint that has no config.
-COGVIEW_HEAD_DIM = 64
 # The MLP is 4x as wide as the hidden state, as in GPT-2 and CogView.
 FFN_MULTIPLIER = 4
 # How sequences number their positions (data_utils/sequences.py): CogView's "consecutive", or "fixed-image",
@@ -123,12 +121,3 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> float:
     matmul_params = count_parameters(config) - config.max_position_embeddings * config.hidden_size
     attention = 12 * config.num_layers * config.hidden_size * seq_len
     return float(6 * matmul_params + attention)
-
-
-def infer_num_heads(hidden_size: int, head_dim: int = COGVIEW_HEAD_DIM) -> int:
-    """Head count for a checkpoint without a config: CogView's 64-wide heads."""
-    if hidden_size % head_dim:
-        raise UserError(f"cannot infer the number of attention heads: hidden size {hidden_size} is not a "
-                        f"multiple of {head_dim}; give --num-attention-heads")
-    return hidden_size // head_dim
-
