@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 
 from PIL import Image
 
-from arguments import add_generation_args
+from arguments import add_generation_args, load_time_model_settings
 from data_utils.images import load_image
 from generation.outputs import Manifest, make_grid, save_png
 from generation.pipeline import Pipeline
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe = Pipeline.from_checkpoint(args.load, vqvae=args.vqvae, text_tokenizer=args.text_tokenizer,
                                     device=args.device, precision=args.precision, caption_model=args.caption_model,
                                     max_batch_rows=args.max_inference_batch_size,
-                                    post_selection=args.post_selection_score)
+                                    post_selection=args.post_selection_score, **load_time_model_settings(args))
     run = Run(args, pipe)
     try:
         {"text2image": run.text2image, "text2image-full": run.text2image_full, "image2text": run.image2text,
