@@ -31,7 +31,7 @@ def checkpoint(tmp_path_factory) -> Path:
     import preprocess_data
     from data_utils.text_tokenizer import TextTokenizer, train_sentencepiece
     from data_utils.tokenizer import UnifiedTokenizer
-    from model.checkpoint import save_exported
+    from model.export import save_exported
     from vqvae.api import save_vqvae, vqvae_fingerprint
     from vqvae.config import VQVAEConfig
     from vqvae.model import VQVAE
