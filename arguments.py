@@ -91,7 +91,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--layernorm-order", choices=LAYERNORM_ORDERS, default="sandwich",
                        help="'sandwich': CogView's Sandwich-LN; 'pre': GPT-2's pre-LN (default: %(default)s)")
     group.add_argument("--pb-relax", action="store_true",
-                       help="PB-relax as in CogView's released code (LayerNorm inputs scaled by max|x|/8)")
+                       help="PB-relax as in CogView's released code (LayerNorm inputs scaled by each token's max|x|/8)")
     group.add_argument("--pb-relax-alpha", metavar="ALPHA", type=positive_float, default=None,
                        help="PB-relax attention as in CogView's paper with this alpha (the paper: 32)")
     group.add_argument("--hidden-dropout", metavar="P", type=dropout_probability, default=0.1,

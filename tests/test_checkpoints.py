@@ -14,7 +14,8 @@ def test_vqvae_fingerprint_is_the_one_existing_checkpoints_record():
     vqvae = VQVAE(VQVAEConfig(codebook_size=16, embed_dim=8, hidden_channels=16, num_res_blocks=0))
     with torch.no_grad():
         for tensor in vqvae.state_dict().values():
-            values = torch.linspace(-1, 1, tensor.numel()) if tensor.is_floating_point() else torch.arange(tensor.numel())
+            count = tensor.numel()
+            values = torch.linspace(-1, 1, count) if tensor.is_floating_point() else torch.arange(count)
             tensor.copy_(values.view_as(tensor))
     assert vqvae_fingerprint(vqvae) == "f14589cf711d7a0f"
 
