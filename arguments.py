@@ -95,7 +95,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--layernorm-order", choices=LAYERNORM_ORDERS, default="sandwich",
                        help="'sandwich': CogView's Sandwich-LN; 'pre': GPT-2's pre-LN (default: %(default)s)")
     group.add_argument("--pb-relax", action="store_true",
-                       help="PB-relax as in CogView's released code (LayerNorm inputs scaled by max|x|/8)")
+                       help="PB-relax as in CogView's released code (LayerNorm inputs scaled by each token's max|x|/8)")
     group.add_argument("--pb-relax-alpha", metavar="ALPHA", type=positive_float, default=None,
                        help="PB-relax attention as in CogView's paper with this alpha (the paper: 32)")
     group.add_argument("--hidden-dropout", metavar="P", type=dropout_probability, default=0.1,
@@ -222,6 +222,33 @@ def add_component_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
 GENERATION_TASKS = ("text2image", "image2text", "post-selection", "super-resolution", "text2image-full")
 
 
+def add_load_time_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags for the model settings that a checkpoint's tensors do not show, for scripts that load one.
+
+    Each defaults to None ("take the checkpoint's"): `model_config.json` records them, CogView's release
+    implies them (Sandwich-LN when its tensors are there, PB-relax on); a given value that contradicts
+    `model_config.json` is refused when the model loads. Pass `load_time_model_settings(args)` on to
+    `load_model_for_inference` / `Pipeline.from_checkpoint` / `load_components`.
+    """
+    group = parser.add_argument_group("model settings at load time",
+                                      "default: what model_config.json records (CogView's release: what its code did)")
+    group.add_argument("--layernorm-order", choices=LAYERNORM_ORDERS, default=None,
+                       help="'sandwich': CogView's Sandwich-LN; 'pre': GPT-2's pre-LN")
+    group.add_argument("--pb-relax", action=argparse.BooleanOptionalAction, default=None,
+                       help="PB-relax LayerNorm (inputs scaled by each token's max|x|/8), as CogView's released "
+                            "code always did; --no-pb-relax turns it off")
+    group.add_argument("--pb-relax-alpha", metavar="ALPHA", type=positive_float, default=None,
+                       help="PB-relax attention as in CogView's paper with this alpha (the paper: 32)")
+    return parser
+
+
+def load_time_model_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The load-time model settings given on the command line (`args.given_flags`, see
+    `add_load_time_model_args`)."""
+    return {name: getattr(args, name) for name in ("layernorm_order", "pb_relax", "pb_relax_alpha")
+            if name in args.given_flags}
+
+
 def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Every flag of generate_samples.py (docs/generation.md)."""
     group = parser.add_argument_group("generation")
@@ -272,6 +299,7 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                               "(default: %(default)s)")
     outputs.add_argument("--tensorboard-dir", metavar="DIR",
                          help="log throughput and each prompt's grid to TensorBoard here")
+    add_load_time_model_args(parser)
     return parser
 
 

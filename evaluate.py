@@ -29,7 +29,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from arguments import add_component_args, add_post_selection_score_arg, add_sampling_args, parse_noting_given, positive_int
+from arguments import (add_component_args, add_load_time_model_args, add_post_selection_score_arg,
+                       add_sampling_args, load_time_model_settings, parse_noting_given, positive_int)
+from checkpoints.trackers import checkpoint_iteration
 from eval_utils.bits_per_token import bits_per_token_section, open_validation_rows, trained_tasks
 from eval_utils.caption_loss import caption_loss_section
 from eval_utils.held_out import load_split
@@ -42,7 +44,6 @@ from eval_utils.vqvae_reconstruction import vqvae_section
 from generation.loading import load_components, resolve_device
 from generation.pipeline import Pipeline
 from generation.sampling import SamplingSettings
-from model.checkpoint import LATEST_FILES
 from utils.errors import UserError, run_main
 from utils.files import atomic_write_json
 from utils.logging import TensorBoardLogger, get_logger
@@ -128,6 +129,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     fid.add_argument("--feature-net-items", type=positive_int, default=2000,
                      help="training-split items --train-feature-net learns from (default: %(default)s)")
     models = add_component_args(parser)
+    add_load_time_model_args(parser)
     models.add_argument("--tensorboard-dir", metavar="DIR",
                         help="log every number as a scalar at the checkpoint's iteration")
     return parse_noting_given(parser, argv)
@@ -172,17 +174,6 @@ def choose_sections(args: argparse.Namespace) -> list[str]:
     return sections
 
 
-# ---------------------------------------------------------------- checkpoint identity
-
-def checkpoint_iteration(path: Path) -> int | None:
-    """The training iteration of a save folder or iteration folder; None for other layouts."""
-    for name in LATEST_FILES:
-        if (path / name).is_file():
-            tag = (path / name).read_text(encoding="utf-8").strip()
-            return int(tag) if tag.isdigit() else None
-    return int(path.name) if path.is_dir() and path.name.isdigit() else None
-
-
 # ---------------------------------------------------------------- main
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -194,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = resolve_device(args.device)
     inception, feature_net = (load_fid_networks(args.inception_weights, args.feature_net, args.train_feature_net,
                                                 device) if "fid" in sections else (None, None))
-    parts = load_components(args.load, vqvae=args.vqvae, text_tokenizer=args.text_tokenizer, device=device)
+    parts = load_components(args.load, vqvae=args.vqvae, text_tokenizer=args.text_tokenizer, device=device,
+                            model_settings=load_time_model_settings(args))
     pipe = Pipeline(parts.model, parts.tokenizer, parts.vqvae, parts.geometry,
                     max_batch_rows=args.max_inference_batch_size, precision=args.precision,
                     post_selection=args.post_selection_score)

@@ -8,7 +8,8 @@ Works for every checkpoint `pretrain_gpt2.py` writes, whatever its ZeRO stage: s
 gathered from all ranks' shards with DeepSpeed's own `zero_to_fp32`. The weights are written in fp32
 and `model_config.json` keeps the tokenizer and VQ-VAE that the training data recorded, so
 `generate_samples.py --load runs/gpt-export` needs nothing else. (Generation also loads the training
-folder directly; exporting gives one self-contained, pickle-free file to share.)
+folder directly; exporting gives one self-contained, pickle-free file to share.) The load-time model
+flags (--pb-relax ...) are for a checkpoint without model_config.json; the export records them.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from model.checkpoint import load_model_for_inference, save_exported
-from training.checkpointing import read_tracker
+from arguments import add_load_time_model_args, load_time_model_settings, parse_noting_given
+from checkpoints.trackers import TRACKER_FILE, read_latest_iteration
+from model.checkpoint import load_model_for_inference
+from model.export import save_exported
 from utils.errors import UserError, run_main
 from utils.logging import get_logger
 
@@ -31,14 +34,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="iteration to export (default: the newest, from latest_checkpointed_iteration.txt)")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="folder for model.safetensors + model_config.json")
-    return parser.parse_args(argv)
+    add_load_time_model_args(parser)
+    return parse_noting_given(parser, argv)
 
 
 def checkpoint_folder(load: Path, iteration: int | None) -> Path:
     if iteration is None:
-        iteration = read_tracker(load)
+        iteration = read_latest_iteration(load)
         if iteration is None:
-            raise UserError(f"no checkpoint in {load} (no latest_checkpointed_iteration.txt); give --iteration "
+            raise UserError(f"no checkpoint in {load} (no {TRACKER_FILE}); give --iteration "
                             f"or the folder of a training run")
     folder = load / str(iteration)
     if not folder.is_dir():
@@ -50,7 +54,7 @@ def checkpoint_folder(load: Path, iteration: int | None) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     folder = checkpoint_folder(Path(args.load), args.iteration)
-    model, metadata = load_model_for_inference(folder)
+    model, metadata = load_model_for_inference(folder, **load_time_model_settings(args))
     save_exported(model, args.output, metadata)
     logger.info("exported %s (%s parameters) to %s", folder, f"{model.num_parameters():,}", args.output)
 

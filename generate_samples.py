@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator
 
 from PIL import Image
 
-from arguments import add_generation_args, parse_noting_given
+from arguments import add_generation_args, load_time_model_settings, parse_noting_given
 from generation.inputs import read_image_inputs
 from generation.outputs import Manifest, make_grid, save_png, write_skip_report
 from generation.pipeline import Pipeline
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe = Pipeline.from_checkpoint(args.load, vqvae=args.vqvae, text_tokenizer=args.text_tokenizer,
                                     device=args.device, precision=args.precision, caption_model=args.caption_model,
                                     max_batch_rows=args.max_inference_batch_size,
-                                    post_selection=args.post_selection_score)
+                                    post_selection=args.post_selection_score, **load_time_model_settings(args))
     run = Run(args, pipe)
     try:
         {"text2image": run.text2image, "text2image-full": run.text2image_full, "image2text": run.image2text,

@@ -31,12 +31,13 @@ from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from arguments import check_flags_match_config, model_config_from_args, parse_training_args  # noqa: E402
+from checkpoints.trackers import TRACKER_FILE, read_latest_iteration  # noqa: E402
 from data_utils.dataset import TaskSequenceDataset, positions_needed  # noqa: E402
 from data_utils.shards import RowFormat, ShardedRows, read_manifest  # noqa: E402
 from data_utils.tokenizer import UnifiedTokenizer  # noqa: E402
 from fp16 import torch_dtype  # noqa: E402
-from model.checkpoint import CONFIG_FILE, read_model_config, write_model_config  # noqa: E402
 from model.config import ModelConfig, flops_per_token  # noqa: E402
+from model.config_file import CONFIG_FILE, read_model_config, write_model_config  # noqa: E402
 from model.gpt import CogViewGPT  # noqa: E402
 from training import checkpointing  # noqa: E402
 from training.data import MicroBatchPositions, train_loader, validation_batches  # noqa: E402
@@ -354,12 +355,12 @@ def checked_resume_iteration(args: argparse.Namespace) -> int | None:
     this run would overwrite."""
     resume_iteration = None
     if args.load is not None:
-        resume_iteration = checkpointing.read_tracker(args.load)
+        resume_iteration = read_latest_iteration(args.load)
         if resume_iteration is None:
-            raise UserError(f"no checkpoint to resume in {args.load} (no {checkpointing.TRACKER_FILE}); "
+            raise UserError(f"no checkpoint to resume in {args.load} (no {TRACKER_FILE}); "
                             f"drop --load to start a new run")
     if args.save is not None:
-        saved = checkpointing.read_tracker(args.save)
+        saved = read_latest_iteration(args.save)
         if saved is not None and (args.load is None or Path(args.load).resolve() != Path(args.save).resolve()):
             raise UserError(f"--save {args.save} already holds checkpoints (newest: iteration {saved}); continue "
                             f"that run with --load {args.save}, or choose an empty --save folder")

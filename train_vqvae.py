@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import random
 import signal
 import time
@@ -30,10 +29,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from checkpoints.readers import read_torch_file
 from data_utils.image_sources import SkippedItem, load_item, open_dataset, skip_report
 from data_utils.images import uint8_to_tensor
 from data_utils.shapes import ShapeObject
 from data_utils.shapes_checker import check_image
+from training.lr_schedule import cosine_decay
+from training.rng import rng_state, set_rng_state
 from utils.errors import UserError, run_main
 from utils.files import atomic_torch_save, atomic_write_bytes, atomic_write_json
 from utils.logging import TensorBoardLogger, get_logger
@@ -149,28 +151,6 @@ def batch_indices(seed: int, step: int, batch_size: int, num_items: int) -> np.n
     return indices
 
 
-def learning_rate(peak: float, progress: float) -> float:
-    """Cosine decay from `peak` to FINAL_LR_FRACTION * peak as `progress` goes from 0 to 1; the
-    small final steps let a short run settle into a sharp minimum instead of stopping mid-stride."""
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    return peak * (FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * cosine)
-
-
-def rng_state() -> dict:
-    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                      "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)}}
-
-
-def restore_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["gauss"]))
-
-
 class Clock:
     """CPU seconds (all threads of this process) and wall seconds since this run started, plus those
     of the runs it resumes."""
@@ -187,10 +167,9 @@ class Clock:
 
 
 def load_train_state(path: Path, config: VQVAEConfig, identity: dict) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say which, without a traceback
-        raise UserError(f"cannot read {path} to resume: {str(err).splitlines()[0]}") from None
+    state = read_torch_file(path)
+    if not isinstance(state, dict):
+        raise UserError(f"cannot resume from {path}: it holds no training state")
     if state.get("config") != config.to_dict():
         differing = sorted(k for k, v in config.to_dict().items() if state.get("config", {}).get(k) != v)
         raise UserError(f"--resume: the run in {path.parent} has another model config ({', '.join(differing)} "
@@ -268,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
         state = load_train_state(state_path, config, identity)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         step, clock.cpu_before, clock.wall_before = state["step"], state["cpu_seconds"], state["wall_seconds"]
         logger.info("resuming %s at step %d (%.0f CPU-s used)", output, step, state["cpu_seconds"])
     budget_s = 60.0 * args.time_budget_minutes
@@ -315,7 +294,9 @@ def main(argv: list[str] | None = None) -> dict:
             # stays bit-identical), else the CPU-time budget.
             progress = step / args.max_steps if args.max_steps else clock.cpu() / budget_s
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(args.lr, progress)
+                # Cosine decay to FINAL_LR_FRACTION: the small final steps let a short run settle into a
+                # sharp minimum instead of stopping mid-stride.
+                group["lr"] = cosine_decay(args.lr, FINAL_LR_FRACTION, progress)
             batch = uint8_to_tensor(train_images[batch_indices(args.seed, step, args.batch_size, len(train_images))])
             out = model(batch)
             optimizer.zero_grad(set_to_none=True)

@@ -18,7 +18,6 @@ fingerprint).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from checkpoints.fingerprint import module_fingerprint
 from utils.errors import UserError
 from utils.files import atomic_save_safetensors, atomic_write_json, read_json
 from utils.logging import TensorBoardLogger, get_logger
@@ -145,12 +145,8 @@ def train_feature_net(images: torch.Tensor, caption_tokens: Sequence[Sequence[in
 
 
 def feature_net_fingerprint(network: FeatureNet) -> str:
-    """SHA-256 (first 16 hex digits) of the weights: two self-FIDs are comparable iff these agree."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(network.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """The weights' fingerprint (checkpoints/fingerprint.py): two self-FIDs are comparable iff these agree."""
+    return module_fingerprint(network)
 
 
 def save_feature_net(network: FeatureNet, folder: str | os.PathLike) -> None:

@@ -103,23 +103,29 @@ def geometry_from(metadata: Mapping[str, Any], config: ModelConfig) -> Geometry:
     return geometry
 
 
-def _load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """fp32 weights: lower precision is applied by autocast while running (`fp16.inference_autocast`)."""
+def _load_model(path: Path, device: torch.device, settings: Mapping[str, Any] | None = None
+                ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """fp32 weights: lower precision is applied by autocast while running (`fp16.inference_autocast`).
+    `settings`: load-time model settings (`model.checkpoint.load_model_for_inference`'s keywords)."""
     from model.checkpoint import load_model_for_inference
 
-    return load_model_for_inference(path, device=device)
+    return load_model_for_inference(path, device=device, **(settings or {}))
 
 
 def load_components(checkpoint: str | os.PathLike, vqvae: str | os.PathLike | None = None,
                     text_tokenizer: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                    caption_model: str | os.PathLike | None = None) -> Components:
-    """Everything generation needs, checked against each other (see the module docstring)."""
+                    caption_model: str | os.PathLike | None = None,
+                    model_settings: Mapping[str, Any] | None = None) -> Components:
+    """Everything generation needs, checked against each other (see the module docstring).
+
+    `model_settings` (layernorm_order, pb_relax, pb_relax_alpha) apply to `checkpoint`, not to
+    `caption_model`, which has its own config."""
     from data_utils.text_tokenizer import TextTokenizer
     from vqvae.api import load_vqvae, vqvae_fingerprint
 
     checkpoint = Path(checkpoint)
     device = resolve_device(device)
-    model, metadata = _load_model(checkpoint, device)
+    model, metadata = _load_model(checkpoint, device, model_settings)
 
     vqvae_path = _need_path(vqvae, _recorded_path(metadata, "vqvae", checkpoint), "VQ-VAE", "--vqvae", checkpoint)
     vq = load_vqvae(vqvae_path, device=device)

@@ -1,6 +1,6 @@
 """The transformer: config, model, KV cache and checkpoint loading (see docs/model.md)."""
-from model.config import ModelConfig, cogview_config, count_parameters, flops_per_token
+from model.config import ModelConfig, count_parameters, flops_per_token
 from model.gpt import CogViewGPT
 from model.kv_cache import KVCache
 
-__all__ = ["ModelConfig", "CogViewGPT", "KVCache", "cogview_config", "count_parameters", "flops_per_token"]
+__all__ = ["ModelConfig", "CogViewGPT", "KVCache", "count_parameters", "flops_per_token"]

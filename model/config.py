@@ -5,17 +5,13 @@ never needs the training command line.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from data_utils.sequences import POSITION_LAYOUTS
 from utils.errors import UserError
-from utils.files import atomic_write_json, read_json
 
 LAYERNORM_ORDERS = ("pre", "sandwich")
-# CogView's heads are 64 wide; used to infer the head count from a checkpoint that has no config.
-COGVIEW_HEAD_DIM = 64
 # The MLP is 4x as wide as the hidden state, as in GPT-2 and CogView.
 FFN_MULTIPLIER = 4
 
@@ -31,7 +27,8 @@ class ModelConfig:
     max_position_embeddings: int
     # "sandwich": CogView's Sandwich-LN (four LayerNorms per layer); "pre": GPT-2's pre-LN (two).
     layernorm_order: str = "sandwich"
-    # PB-relax as in the released CogView code: LN(x / (max|x| / 8)) and (Q / sqrt(d)) K^T.
+    # PB-relax as in the released CogView code, LN(x / (max|x| / 8)) and (Q / sqrt(d)) K^T, except that the
+    # maximum is taken per token rather than over the whole tensor (see model/gpt.py's LayerNorm).
     pb_relax: bool = False
     # PB-relax as in the paper: softmax((Q / (alpha sqrt d)) K^T - max) * alpha). None = off.
     pb_relax_alpha: float | None = None
@@ -88,19 +85,6 @@ class ModelConfig:
         except TypeError as err:
             raise UserError(f"bad model config: {err}") from None
 
-    def save_json(self, path: str | os.PathLike) -> None:
-        atomic_write_json(path, self.to_dict())
-
-    @classmethod
-    def load_json(cls, path: str | os.PathLike) -> "ModelConfig":
-        return cls.from_dict(read_json(path))
-
-
-def cogview_config() -> ModelConfig:
-    """The sizes of CogView's released 4B-parameter model."""
-    return ModelConfig(vocab_size=58240, num_layers=48, hidden_size=2560, num_attention_heads=40,
-                       max_position_embeddings=1089, layernorm_order="sandwich")
-
 
 def count_parameters(config: ModelConfig) -> int:
     """Number of parameters of `CogViewGPT(config)`, computed from the sizes alone (no allocation).
@@ -135,12 +119,3 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> float:
     matmul_params = count_parameters(config) - config.max_position_embeddings * config.hidden_size
     attention = 12 * config.num_layers * config.hidden_size * seq_len
     return float(6 * matmul_params + attention)
-
-
-def infer_num_heads(hidden_size: int, head_dim: int = COGVIEW_HEAD_DIM) -> int:
-    """Head count for a checkpoint without a config: CogView's 64-wide heads."""
-    if hidden_size % head_dim:
-        raise UserError(f"cannot infer the number of attention heads: hidden size {hidden_size} is not a "
-                        f"multiple of {head_dim}; give --num-attention-heads")
-    return hidden_size // head_dim
-

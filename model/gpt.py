@@ -33,11 +33,14 @@ PB_RELAX_LAYERNORM_RANGE = 8.0
 
 
 class LayerNorm(nn.LayerNorm):
-    """LayerNorm; with PB-relax the input is first scaled into [-8, 8] by one detached scalar.
+    """LayerNorm; with PB-relax each token is first scaled into [-8, 8] by its own detached maximum.
 
-    LayerNorm is invariant to scaling its input (up to `eps`), so the result is the same in exact
-    arithmetic, while fp16 kernels that compute the statistics in fp16 no longer overflow on huge
-    activations. Like CogView's code, the maximum is taken over the whole tensor (all rows at once).
+    LayerNorm is invariant to scaling its input (up to `eps`: LN(x / s; eps) = LN(x; eps * s^2)), so
+    the result is the same in exact arithmetic, while fp16 kernels that compute the statistics in
+    fp16 no longer overflow on huge activations. CogView's code took one maximum over the whole
+    tensor, which made a token's output depend on the other rows of the batch, on padding and on
+    prefill versus one-token decoding (each changes s, and so eps's weight); one maximum per token
+    (over the hidden dimension) keeps every token's output its own.
     """
 
     def __init__(self, hidden_size: int, eps: float, pb_relax: bool):
@@ -46,8 +49,8 @@ class LayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pb_relax:
-            scale = x.detach().abs().amax() / PB_RELAX_LAYERNORM_RANGE
-            # An all-zero input has nothing to relax; the floor keeps 0 / 0 from making NaN.
+            scale = x.detach().abs().amax(dim=-1, keepdim=True) / PB_RELAX_LAYERNORM_RANGE
+            # An all-zero token has nothing to relax; the floor keeps 0 / 0 from making NaN.
             x = x / scale.clamp_min(torch.finfo(x.dtype).tiny)
         return super().forward(x)
 
@@ -204,9 +207,15 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, kv_cache: KVCache | None = None,
                 memory: torch.Tensor | None = None) -> torch.Tensor:
-        """`memory`: this layer's input hidden states at earlier positions, for CogView's
-        recompute-the-prefix decoding (see `SelfAttention.project`); normally None."""
-        normed_memory = None if memory is None else self.input_layernorm(memory)
+        """`memory`: this layer's input hidden states at the P positions before `x`, for CogView's
+        recompute-the-prefix decoding (see `SelfAttention.project`); normally None. Without a mask, new
+        query i then sees keys 0..P+i: the causal triangle is aligned to the end of the keys (SDPA's
+        `is_causal` would align it to their start)."""
+        normed_memory = None
+        if memory is not None:
+            normed_memory = self.input_layernorm(memory)
+            if attn_mask is None:
+                attn_mask = build_attention_mask(x.shape[1], memory.shape[1], None, x.device)
         a = self.attention(self.input_layernorm(x), attn_mask, kv_cache, self.index, normed_memory)
         x = x + (self.third_layernorm(a) if self.sandwich else a)
         m = self.mlp(self.post_attention_layernorm(x))

@@ -67,10 +67,6 @@ class KVCache:
         self.check_room(new_positions)
         self.length += new_positions
 
-    def reset(self) -> None:
-        """Forget every position (buffers are kept and overwritten by the next forward)."""
-        self.length = 0
-
     def select(self, batch_indices: torch.Tensor | list[int]) -> "KVCache":
         """A new cache holding only the given rows (in that order), e.g. to drop finished rows or
         split a batch; `self` is left unchanged."""

@@ -117,7 +117,7 @@ def write_tiny_checkpoint(folder, grid: int = 8, max_positions: int = 112):
     from pathlib import Path
 
     from data_utils.text_tokenizer import TextTokenizer, train_sentencepiece
-    from model.checkpoint import save_exported
+    from model.export import save_exported
     from vqvae.api import save_vqvae, vqvae_fingerprint
     from vqvae.config import VQVAEConfig
     from vqvae.model import VQVAE

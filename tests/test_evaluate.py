@@ -24,6 +24,7 @@ from eval_utils.prompt_following import JudgedImages, caption_section, text_to_i
 from eval_utils.report import flat_scalars
 from eval_utils.super_resolution import super_resolution_section
 from tests.generation_helpers import tiny_model
+from checkpoints.trackers import checkpoint_iteration
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +37,7 @@ def checkpoint(tmp_path_factory) -> Path:
     import preprocess_data
     from data_utils.text_tokenizer import TextTokenizer, train_sentencepiece
     from data_utils.tokenizer import UnifiedTokenizer
-    from model.checkpoint import save_exported
+    from model.export import save_exported
     from vqvae.api import save_vqvae, vqvae_fingerprint
     from vqvae.config import VQVAEConfig
     from vqvae.model import VQVAE
@@ -208,9 +209,9 @@ def test_a_flag_given_at_its_default_value_is_refused_where_nothing_reads_it(fla
 def test_checkpoint_iteration_and_flat_scalars(tmp_path):
     (tmp_path / "run" / "1200").mkdir(parents=True)
     (tmp_path / "run" / "latest_checkpointed_iteration.txt").write_text("1200\n")
-    assert evaluate.checkpoint_iteration(tmp_path / "run") == 1200
-    assert evaluate.checkpoint_iteration(tmp_path / "run" / "1200") == 1200
-    assert evaluate.checkpoint_iteration(tmp_path) is None  # an exported folder has no iteration
+    assert checkpoint_iteration(tmp_path / "run") == 1200
+    assert checkpoint_iteration(tmp_path / "run" / "1200") == 1200
+    assert checkpoint_iteration(tmp_path) is None  # an exported folder has no iteration
     results = {"sr": {"psnr": 20.5, "images": 3}, "t2i": {"by_cfg_scale": {"3": {"ok": True, "correct": 0.5}}}}
     assert flat_scalars(results, "eval") == {"eval/sr/psnr": 20.5, "eval/sr/images": 3.0,
                                              "eval/t2i/by_cfg_scale/3/correct": 0.5}

@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from model import CogViewGPT, ModelConfig
-from model.checkpoint import load_model_for_inference, load_state_dict_strict, save_exported
+from model.checkpoint import LOAD_TIME_SETTINGS, load_model_for_inference
+from model.export import save_exported
+from model.strict_load import load_state_dict_strict
 from utils.errors import UserError
 
 VOCAB, HIDDEN, LAYERS, POSITIONS = 96, 128, 2, 20
@@ -58,14 +60,15 @@ def sample_logits(model):
     return model(ids, torch.arange(6).expand(2, 6))
 
 
-def test_cogview_release_loads_with_inferred_sizes(tmp_path):
+def test_cogview_release_loads_with_inferred_sizes_and_pb_relax_on(tmp_path):
+    """CogView's released code always applies the relaxed LayerNorm, so its checkpoints load with it."""
     state = cogview_release_state_dict()
     write_deepspeed_folder(tmp_path, state)
     model, metadata = load_model_for_inference(tmp_path)
     assert metadata == {}
     assert model.config == ModelConfig(vocab_size=VOCAB, num_layers=LAYERS, hidden_size=HIDDEN,
                                        num_attention_heads=HIDDEN // 64, max_position_embeddings=POSITIONS,
-                                       layernorm_order="sandwich")
+                                       layernorm_order="sandwich", pb_relax=True)
     assert not model.training
     for key, tensor in model.state_dict().items():
         assert tensor.dtype == torch.float32
@@ -80,6 +83,28 @@ def test_pre_layernorm_and_head_override_are_inferred(tmp_path):
     assert model.word_embeddings.weight.dtype == torch.bfloat16
 
 
+def test_settings_given_at_load_time_fill_what_the_release_lacks(tmp_path):
+    write_deepspeed_folder(tmp_path, cogview_release_state_dict())
+    model, _ = load_model_for_inference(tmp_path, pb_relax=False, pb_relax_alpha=32.0)
+    assert not model.config.pb_relax and model.config.pb_relax_alpha == 32.0
+    assert one_line_error(tmp_path, layernorm_order="pre").endswith(
+        "unexpected tensor transformer.layers.0.third_layernorm.weight (check --layernorm-order)")
+
+
+@pytest.mark.parametrize("setting", [dict(pb_relax=False), dict(layernorm_order="sandwich"),
+                                     dict(pb_relax_alpha=32.0), dict(num_attention_heads=4)])
+def test_a_setting_contradicting_model_config_json_is_one_line(tmp_path, setting):
+    config = ModelConfig(vocab_size=VOCAB, num_layers=LAYERS, hidden_size=64, num_attention_heads=2,
+                         max_position_embeddings=POSITIONS, layernorm_order="pre", pb_relax=True)
+    save_exported(CogViewGPT(config), tmp_path)
+    (name, value), = setting.items()
+    assert one_line_error(tmp_path, **setting) == (
+        f"{name}={value!r} ({LOAD_TIME_SETTINGS[name]}) contradicts {tmp_path / 'model_config.json'}, which records "
+        f"{name}={config.to_dict()[name]!r}; leave the setting out to use the checkpoint's")
+    agreeing = {name: config.to_dict()[name]}
+    assert load_model_for_inference(tmp_path, **agreeing)[0].config == config
+
+
 def test_swissarmytransformer_layout_loads(tmp_path):
     """A `latest` file as DeepSpeed writes, `transformer.word_embeddings`, and SAT's own
     model_config.json (some fields ours, some not)."""
@@ -91,6 +116,7 @@ def test_swissarmytransformer_layout_loads(tmp_path):
     (tmp_path / "model_config.json").write_text(json.dumps(sat_config))
     model, metadata = load_model_for_inference(tmp_path)
     assert model.config.num_attention_heads == 4 and model.config.vocab_size == VOCAB
+    assert model.config.layernorm_order == "sandwich" and not model.config.pb_relax
     assert metadata == {"model_class": "CachedAutoregressiveModel", "max_sequence_length": POSITIONS}
 
 
@@ -142,7 +168,7 @@ def test_checkpoint_disagreeing_with_its_config_names_the_first_key(tmp_path):
     write_deepspeed_folder(tmp_path, cogview_release_state_dict())
     config = ModelConfig(vocab_size=VOCAB, num_layers=3, hidden_size=HIDDEN, num_attention_heads=2,
                          max_position_embeddings=POSITIONS)
-    config.save_json(tmp_path / "model_config.json")
+    (tmp_path / "model_config.json").write_text(json.dumps(config.to_dict()))
     assert re.fullmatch(r"checkpoint \S+ does not match the model: transformer\.layers\.2\.input_layernorm\.weight "
                         r"is missing from the checkpoint \(check --hidden-size / --num-layers\)", one_line_error(tmp_path))
 
@@ -178,3 +204,12 @@ def test_unsafe_objects_and_zero3_placeholders_are_refused(tmp_path):
     assert "weights-only loading refuses" in one_line_error(path)
     torch.save({"module": {"word_embeddings.weight": torch.empty(0)}}, path)
     assert "ZeRO stage 3" in one_line_error(path)
+
+
+def test_numpy_arrays_in_a_checkpoint_read_under_numpy_1_too(tmp_path, monkeypatch):
+    """numpy 1.x has no `numpy._core` (its arrays rebuild through `numpy.core`); the reader must not need it."""
+    write_deepspeed_folder(tmp_path, cogview_release_state_dict())
+    monkeypatch.delattr(np, "_core")
+    with pytest.warns(DeprecationWarning, match="numpy.core"):  # numpy 2's shim of the numpy 1 name
+        model, _ = load_model_for_inference(tmp_path)
+    assert model.config.num_layers == LAYERS

@@ -27,8 +27,9 @@ from data_utils.image_sources import open_dataset
 from data_utils.shards import FORMAT_VERSION, RowFormat, ShardedRows, write_manifest, write_shard
 from data_utils.text_tokenizer import train_sentencepiece
 from data_utils.tokenizer import UnifiedTokenizer
+from checkpoints.trackers import DEEPSPEED_LATEST_FILE, read_latest_iteration
 from model.checkpoint import load_model_for_inference
-from training.checkpointing import DEEPSPEED_LATEST_FILE, KILL_AT_ENV, TEMP_PREFIX, read_tracker
+from training.checkpointing import TEMP_PREFIX
 from training.data import validation_batches
 from training.loss import SUM_FIELDS, next_token_loss, summarize
 
@@ -119,7 +120,7 @@ def uninterrupted(data, tmp_path_factory) -> dict[str, torch.Tensor]:
 def resume(data, save: Path) -> None:
     ok(run(command(data.train, save, RESUME_ITERS, *RESUME_FLAGS, "--load", str(save))))
     assert not [p for p in save.iterdir() if p.name.startswith(TEMP_PREFIX)]
-    assert read_tracker(save) == RESUME_ITERS
+    assert read_latest_iteration(save) == RESUME_ITERS
 
 
 def test_sigkill_then_resume_is_bit_identical(data, uninterrupted, tmp_path):
@@ -136,7 +137,7 @@ def test_sigkill_then_resume_is_bit_identical(data, uninterrupted, tmp_path):
         process.kill()
         process.stderr.close()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert 3 <= read_tracker(save) < RESUME_ITERS
+    assert 3 <= read_latest_iteration(save) < RESUME_ITERS
     resume(data, save)
     assert_bit_identical(weights(save, RESUME_ITERS), uninterrupted)
 
@@ -144,12 +145,13 @@ def test_sigkill_then_resume_is_bit_identical(data, uninterrupted, tmp_path):
 @pytest.mark.parametrize("step", ["before-rename", "before-tracker"])
 def test_kill_during_a_checkpoint_write_keeps_the_previous_one(data, uninterrupted, tmp_path, step):
     save = tmp_path / "run"
-    killed = run(command(data.train, save, RESUME_ITERS, *RESUME_FLAGS), env={KILL_AT_ENV: f"{step}:6"})
+    pretrain = command(data.train, save, RESUME_ITERS, *RESUME_FLAGS)
+    killed = run([sys.executable, str(ROOT / "tests" / "kill_during_checkpoint_write.py"), step, "6", *pretrain[2:]])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     # the write of iteration 6 got as far as `step`; both trackers still name iteration 3
     assert (save / f"{TEMP_PREFIX}6").is_dir() == (step == "before-rename")
     assert (save / "6").is_dir() == (step == "before-tracker")
-    assert read_tracker(save) == 3 and (save / DEEPSPEED_LATEST_FILE).read_text() == "3"
+    assert read_latest_iteration(save) == 3 and (save / DEEPSPEED_LATEST_FILE).read_text() == "3"
     model, metadata = load_model_for_inference(save)  # loadable as it is, no repair step
     assert model.config.num_layers == 2 and metadata["tokenizer"]["fingerprint"] == data.tokenizer.fingerprint()
     assert metadata["data"]["tasks"] == ["text2image", "image2text"]  # RESUME_FLAGS' task mix, for evaluate.py
@@ -224,7 +226,7 @@ def test_model_flag_contradicting_the_checkpoint_is_one_line_exit_2(curves, data
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: --num-layers 3 contradicts the checkpoint in {save / str(CURVE_ITERS)} (num_layers=2); "
         "drop the flag to resume, or start a new run")
-    assert read_tracker(save) == CURVE_ITERS  # untouched
+    assert read_latest_iteration(save) == CURVE_ITERS  # untouched
 
 
 def test_each_log_line_times_its_optimizer_steps(curves):

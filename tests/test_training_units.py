@@ -11,7 +11,8 @@ import torch
 from arguments import check_flags_match_config, model_config_from_args, parse_training_args
 from model.config import ModelConfig
 from model.gpt import CogViewGPT
-from training.checkpointing import TEMP_PREFIX, TRACKER_FILE, read_tracker, remove_stale_temporaries
+from checkpoints.trackers import DEEPSPEED_LATEST_FILE, TRACKER_FILE, read_latest_iteration, write_latest_iteration
+from training.checkpointing import TEMP_PREFIX, remove_stale_temporaries
 from training.data import MicroBatchPositions
 from training.ds_config import build_deepspeed_config
 from training.loss import next_token_loss, summarize
@@ -217,20 +218,24 @@ def test_deepspeed_config_file_is_filled_in_and_never_overridden(tmp_path):
 # ---------------------------------------------------------------- checkpoint folders
 
 def test_tracker_and_stale_temporary_folders(tmp_path):
-    assert read_tracker(tmp_path) is None
+    assert read_latest_iteration(tmp_path) is None
     (tmp_path / "3").mkdir()
     (tmp_path / f"{TEMP_PREFIX}6").mkdir()
     (tmp_path / f"{TEMP_PREFIX}6" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"partial")
-    (tmp_path / TRACKER_FILE).write_text("3\n")
-    assert read_tracker(tmp_path) == 3
+    write_latest_iteration(tmp_path, 3)
+    assert read_latest_iteration(tmp_path) == 3
+    assert (tmp_path / TRACKER_FILE).read_text() == "3\n" and (tmp_path / DEEPSPEED_LATEST_FILE).read_text() == "3"
     assert remove_stale_temporaries(tmp_path) == [f"{TEMP_PREFIX}6"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["3", TRACKER_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3", DEEPSPEED_LATEST_FILE, TRACKER_FILE]
     (tmp_path / TRACKER_FILE).write_text("9\n")
-    with pytest.raises(UserError, match="names iteration 9 but .* is missing"):
-        read_tracker(tmp_path)
+    with pytest.raises(UserError, match="names iteration '9', but .* is not a folder"):
+        read_latest_iteration(tmp_path)
+    (tmp_path / "garbage").mkdir()
     (tmp_path / TRACKER_FILE).write_text("garbage")
     with pytest.raises(UserError, match="should hold an iteration number"):
-        read_tracker(tmp_path)
+        read_latest_iteration(tmp_path)
+    (tmp_path / TRACKER_FILE).unlink()  # DeepSpeed's own tracker alone counts too
+    assert read_latest_iteration(tmp_path) == 3
 
 
 def test_matmul_probe_counts_flops(monkeypatch):

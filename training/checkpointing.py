@@ -13,58 +13,33 @@ tracker update leaves an iteration folder the trackers do not name, which the ne
 iteration replaces. Either way the trackers keep naming the previous complete checkpoint.
 
 `client_state` carries what DeepSpeed does not know about: the iteration, how many samples the data
-stream has consumed, and every rank's RNG states (dropout draws from torch's generator), so a resumed
-run continues bit for bit (see docs/checkpoints.md).
+stream has consumed, and every rank's RNG states (training/rng.py; dropout draws from torch's generator),
+so a resumed run continues bit for bit (see docs/checkpoints.md). The tracker files are read and written
+by checkpoints/trackers.py, which every reader of a save folder shares.
 """
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import signal
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import torch
 import torch.distributed as dist
 
 import mpu
-from model.checkpoint import CONFIG_FILE, load_state_dict_strict
+from checkpoints.trackers import write_latest_iteration
+from model.config_file import CONFIG_FILE
+from model.strict_load import load_state_dict_strict
+from training.rng import rng_state, set_rng_state
 from utils.errors import UserError
-from utils.files import atomic_write_text
 from utils.logging import get_logger
 
 logger = get_logger(__name__)
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
-DEEPSPEED_LATEST_FILE = "latest"
 TEMP_PREFIX = ".tmp-"
-# Tests set this to "{step}:{iteration}" (step: before-rename or before-tracker) to SIGKILL the
-# process at that step of writing that checkpoint: a deterministic stand-in for a kill from outside.
-KILL_AT_ENV = "COGVIEW_TEST_KILL_AT"
 
 
-def _kill_point(step: str, iteration: int) -> None:
-    if os.environ.get(KILL_AT_ENV) == f"{step}:{iteration}":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-# ---------------------------------------------------------------- trackers and folders
-
-def read_tracker(save_dir: str | os.PathLike) -> int | None:
-    """The newest complete iteration in `save_dir`, or None when it holds no checkpoint."""
-    path = Path(save_dir) / TRACKER_FILE
-    if not path.is_file():
-        return None
-    text = path.read_text(encoding="utf-8").strip()
-    if not text.isdigit():
-        raise UserError(f"{path} should hold an iteration number, found {text[:40]!r}")
-    iteration = int(text)
-    if not (Path(save_dir) / str(iteration)).is_dir():
-        raise UserError(f"{path} names iteration {iteration} but {Path(save_dir) / str(iteration)} is missing")
-    return iteration
-
+# ---------------------------------------------------------------- folders
 
 def remove_stale_temporaries(save_dir: str | os.PathLike) -> list[str]:
     """Delete the `.tmp-*` folders of writes that a kill interrupted (rank 0, before training)."""
@@ -80,22 +55,6 @@ def remove_stale_temporaries(save_dir: str | os.PathLike) -> list[str]:
 
 # ---------------------------------------------------------------- RNG states
 
-def rng_state() -> dict[str, Any]:
-    """This process's random generators: torch (CPU and current GPU), numpy and Python."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 def gather_rng_states() -> list[dict[str, Any]]:
     """Every rank's RNG state, indexed by rank (a collective: all ranks must call it)."""
     states: list[Any] = [None] * mpu.get_world_size()
@@ -107,6 +66,14 @@ def gather_rng_states() -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- save and load
+
+def _move_into_place(temporary: Path, final: Path) -> None:
+    """Rename a finished write to its iteration folder (replacing one that an earlier, killed write
+    renamed but never reached the trackers)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+
 
 def save_checkpoint(engine, save_dir: str | os.PathLike, iteration: int, client_state: dict[str, Any],
                     write_model_config: Callable[[Path], None]) -> Path:
@@ -123,13 +90,8 @@ def save_checkpoint(engine, save_dir: str | os.PathLike, iteration: int, client_
     final = save_dir / str(iteration)
     if mpu.is_main_process():
         write_model_config(save_dir / tag / CONFIG_FILE)
-        _kill_point("before-rename", iteration)
-        if final.exists():  # an earlier write got renamed but never reached the trackers
-            shutil.rmtree(final)
-        os.replace(save_dir / tag, final)
-        _kill_point("before-tracker", iteration)
-        atomic_write_text(save_dir / TRACKER_FILE, f"{iteration}\n")
-        atomic_write_text(save_dir / DEEPSPEED_LATEST_FILE, str(iteration))
+        _move_into_place(save_dir / tag, final)
+        write_latest_iteration(save_dir, iteration)
     mpu.barrier()
     return final
 

@@ -16,6 +16,16 @@ import torch
 from utils.lr_decay import DECAY_STYLES
 
 
+def cosine_decay(lr: float, min_lr_ratio: float, progress: float) -> float:
+    """Half a cosine from `lr` (progress 0) down to `min_lr_ratio * lr` (progress 1 and beyond).
+
+    Shared by the transformer's schedule and train_vqvae.py, whose `progress` may also be a fraction of a
+    CPU-time budget rather than of a step count.
+    """
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return lr * (min_lr_ratio + (1.0 - min_lr_ratio) * cosine)
+
+
 @dataclass(frozen=True)
 class LRSchedule:
     """`warmup_fraction` of `total_steps` rise linearly to `lr`; the rest decay by `decay_style`."""
@@ -41,13 +51,12 @@ class LRSchedule:
         warmup = self.warmup_steps
         if step < warmup:
             return self.lr * (step + 1) / warmup
-        min_lr = self.lr * self.min_lr_ratio
         if self.decay_style == "constant" or self.total_steps <= warmup:
             return self.lr
         progress = min(1.0, (step - warmup) / (self.total_steps - warmup))
         if self.decay_style == "linear":
-            return self.lr - (self.lr - min_lr) * progress
-        return min_lr + (self.lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+            return self.lr - (self.lr - self.lr * self.min_lr_ratio) * progress
+        return cosine_decay(self.lr, self.min_lr_ratio, progress)
 
 
 class WarmupDecayScheduler:

@@ -5,16 +5,16 @@ come back on the device of the input tensor, whatever device the model is on.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 import torch
 
+from checkpoints.fingerprint import module_fingerprint
+from checkpoints.readers import read_safetensors
 from utils.errors import UserError
 from utils.files import atomic_save_safetensors, atomic_write_json, read_json
-from vqvae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checked, read_safetensors, read_torch_state_dict
+from vqvae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checked, read_torch_state_dict
 from vqvae.config import VQVAEConfig, cogview_config
 from vqvae.model import VQVAE
 
@@ -73,11 +73,6 @@ def code2img(vqvae: VQVAE, codes: torch.Tensor) -> torch.Tensor:
 
 
 def vqvae_fingerprint(vqvae: VQVAE) -> str:
-    """16 hex digits of SHA-256 over the config and every tensor of the state dict (name, dtype,
-    shape, bytes); equal for a model and its saved-and-loaded copy, different after any update."""
-    digest = hashlib.sha256(json.dumps(vqvae.config.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(vqvae.state_dict().items()):
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}|".encode())
-        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """16 hex digits over the config and every tensor (checkpoints/fingerprint.py); equal for a model and
+    its saved-and-loaded copy, different after any update. Training data and checkpoints record it."""
+    return module_fingerprint(vqvae, vqvae.config.to_dict())

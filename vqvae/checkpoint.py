@@ -5,13 +5,13 @@ not with PyTorch's wall of every missing key (or, worse, a silent partial load).
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
 
+from checkpoints.readers import read_torch_file, strip_data_parallel_prefix
 from utils.errors import UserError
 from utils.state_dicts import check_state_dict
 
@@ -34,14 +34,9 @@ def _is_state_dict(obj: object) -> bool:
 def read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a `.pt` file: stored directly, or under `state_dict`/`model`/`module`.
 
-    Loads with `weights_only=True` (no code from the file runs); a `module.` prefix left by
-    DataParallel is removed.
+    No code from the file runs (`checkpoints.readers`); a `module.` prefix left by DataParallel is removed.
     """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read {path} as a PyTorch weights file: {first_line}") from None
+    obj = read_torch_file(path)
     if not _is_state_dict(obj) and isinstance(obj, dict):
         nested = [obj[key] for key in _NESTING_KEYS if _is_state_dict(obj.get(key))]
         if nested:
@@ -50,16 +45,4 @@ def read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
         described = f"a dict with keys {sorted(map(str, obj))[:5]}" if isinstance(obj, dict) else type(obj).__name__
         raise UserError(f"{path} holds no state dict (found {described}); expected tensors at the top "
                         f"level or under one of {_NESTING_KEYS}")
-    if all(name.startswith("module.") for name in obj):
-        obj = {name[len("module."):]: tensor for name, tensor in obj.items()}
-    return obj
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
+    return strip_data_parallel_prefix(obj)
