@@ -29,7 +29,8 @@ def provenance(args: argparse.Namespace, argv: Sequence[str], parts: Components,
     its weights, size, tokenizer, VQ-VAE and geometry) and Inception weights (hash) the numbers came from."""
     recorded_vqvae = parts.metadata.get("vqvae") or {}
     record: dict[str, Any] = {
-        "command": shlex.join(["python", "evaluate.py", *argv]), "args": vars(args), "seed": args.seed,
+        "command": shlex.join(["python", "evaluate.py", *argv]), "seed": args.seed,
+        "args": {**vars(args), "given_flags": sorted(args.given_flags)},
         "checkpoint": {"path": str(Path(args.load).resolve()), "iteration": iteration,
                        "weights_fingerprint": module_fingerprint(parts.model),
                        "parameters": sum(p.numel() for p in parts.model.parameters()),
