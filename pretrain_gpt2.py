@@ -133,25 +133,31 @@ def resolve_model_config(args: argparse.Namespace, data: TrainingData, resume_it
 
 
 def dropout_seed(seed: int, rank: int) -> int:
-    """Each rank's dropout stream, distinct from the stream that initialised the weights."""
+    """Each replica's dropout stream, distinct from the stream that initialised the weights (the ranks of
+    one tensor-parallel replica share it, so their replicated activations stay identical)."""
     return int(np.random.SeedSequence([seed, rank, 0xD509]).generate_state(1)[0])
 
 
 def build_engine(args: argparse.Namespace, config: ModelConfig, ds_config: dict[str, Any]):
     """The model (initialised from `--seed` on every rank), AdamW and our lr schedule inside DeepSpeed.
 
-    Under ZeRO-3 the output projection reads the word embedding outside the embedding module's own
+    Under ZeRO-3 the model is partitioned as it is built (`mpu.build_partitioned`), so no rank ever holds
+    all of it. The output projection reads the word embedding outside the embedding module's own
     forward; DeepSpeed detects such parameters and keeps them gathered (the tests compare ZeRO-3 with
-    ZeRO-0 step by step).
+    ZeRO-0 step by step). With `--tensor-parallel-size N` > 1 the engine splits every layer across the
+    N ranks of a replica (`mpu.tensor_parallel`).
     """
     torch.manual_seed(args.seed)
-    model = CogViewGPT(config)
+    model = mpu.build_partitioned(lambda: CogViewGPT(config), ds_config)
     model.checkpoint_activations = args.checkpoint_activations
+    groups = mpu.parallel_groups()
+    if groups is not None:
+        mpu.parallelize_vocabulary(model, groups)
     schedule = LRSchedule(lr=args.lr, total_steps=args.train_iters, warmup_fraction=args.warmup,
                           min_lr_ratio=args.min_lr_ratio, decay_style=args.lr_decay_style)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, args.lr, args.weight_decay),
                                            lr_scheduler=lambda optimizer: WarmupDecayScheduler(optimizer, schedule),
-                                           config=ds_config)
+                                           config=ds_config, mpu=groups)
     return engine
 
 
@@ -198,9 +204,10 @@ def micro_step(engine, batch: Mapping[str, Any], config: ModelConfig, pad_id: in
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    """Sum over replicas (the ranks of a tensor-parallel replica hold the same sums)."""
+    if dist.is_initialized() and mpu.get_data_parallel_world_size() > 1:
         values = values.clone()
-        dist.all_reduce(values)
+        dist.all_reduce(values, group=mpu.get_data_parallel_group())
     return values
 
 
@@ -212,8 +219,8 @@ def evaluate(engine, data: TrainingData, config: ModelConfig, args: argparse.Nam
     total = torch.zeros(len(SUM_FIELDS) + 2, dtype=torch.float64, device=engine.device)
     for task, dataset in data.valid.items():
         sums = torch.zeros_like(total)
-        for batch in validation_batches(dataset, args.batch_size, args.eval_iters, mpu.get_world_size(),
-                                        mpu.get_rank(), data.tokenizer.pad_id):
+        for batch in validation_batches(dataset, args.batch_size, args.eval_iters, mpu.get_data_parallel_world_size(),
+                                        mpu.get_data_parallel_rank(), data.tokenizer.pad_id):
             sums += forward_loss(engine, batch, config, data.tokenizer.pad_id, data.tokenizer.codebook_size,
                                  args.txt_loss_scale)[1]
         sums = all_reduce_sum(sums)
@@ -290,7 +297,7 @@ class Interval:
 def train(args: argparse.Namespace, engine, data: TrainingData, config: ModelConfig, start_iteration: int,
           data_position: int) -> None:
     positions = MicroBatchPositions(data_position, args.batch_size, args.gradient_accumulation_steps,
-                                    mpu.get_world_size(), mpu.get_rank())
+                                    mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank())
     batches: Iterator[Mapping[str, Any]] = iter(train_loader(data.train, positions, data.tokenizer.pad_id,
                                                              args.num_workers))
     dtype = torch_dtype(flag_precision(args))
@@ -360,11 +367,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = load_data(args, position_layout_to_train(args, resume_iteration))
     config = resolve_model_config(args, data, resume_iteration)
     mpu.init_distributed(args.local_rank)
-    ds_config = build_deepspeed_config(args, mpu.get_world_size())  # may adopt a config file's batch/precision
+    if args.tensor_parallel_size > 1:
+        mpu.init_parallel_groups(args.tensor_parallel_size)
+        mpu.check_tensor_parallel_size(config, args.tensor_parallel_size)
+    # may adopt a config file's batch/precision
+    ds_config = build_deepspeed_config(args, mpu.get_data_parallel_world_size())
     if args.save and mpu.is_main_process():
         checkpointing.remove_stale_temporaries(args.save)
     engine = build_engine(args, config, ds_config)
-    torch.manual_seed(dropout_seed(args.seed, mpu.get_rank()))
+    torch.manual_seed(dropout_seed(args.seed, mpu.get_data_parallel_rank()))
     start_iteration, data_position = 0, 0
     if resume_iteration is not None:
         client_state = checkpointing.load_checkpoint(engine, args.load, resume_iteration)

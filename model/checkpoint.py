@@ -197,6 +197,9 @@ def _read_deepspeed_state_dict(iteration_dir: Path) -> dict[str, torch.Tensor]:
     """
     if _is_zero3_dir(iteration_dir):
         return read_zero3_state_dict(iteration_dir)
+    if (iteration_dir / "mp_rank_01_model_states.pt").is_file():  # saved with --tensor-parallel-size > 1
+        from mpu.tp_checkpoint import read_tensor_parallel_state_dict
+        return read_tensor_parallel_state_dict(iteration_dir)
     path = iteration_dir / MODEL_STATES_FILE
     if not path.is_file():
         raise UserError(f"checkpoint folder {iteration_dir} has no {MODEL_STATES_FILE}")

@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from fp16 import precision_config, precision_of_config
+from mpu.tensor_parallel import deepspeed_tensor_parallel_config
 from utils.errors import UserError
 from utils.files import read_json
 
@@ -23,7 +24,8 @@ _SHARED_SETTINGS = (
     (("zero_optimization", "stage"), "zero_stage"),
 )
 _OWNED_SECTIONS = {"optimizer": "the optimizer is torch AdamW built from --lr and --weight-decay",
-                   "scheduler": "the lr schedule is set by --lr, --warmup, --lr-decay-style and --min-lr-ratio"}
+                   "scheduler": "the lr schedule is set by --lr, --warmup, --lr-decay-style and --min-lr-ratio",
+                   "tensor_parallel": "tensor parallelism is set by --tensor-parallel-size"}
 
 
 def flag_precision(args: argparse.Namespace) -> str:
@@ -50,7 +52,8 @@ def _set(config: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 def build_deepspeed_config(args: argparse.Namespace, world_size: int) -> dict[str, Any]:
     """The config for `deepspeed.initialize`; also writes the file's values back into `args`
-    (batch size, accumulation, clipping, ZeRO stage, precision) so the rest of the run uses them."""
+    (batch size, accumulation, clipping, ZeRO stage, precision) so the rest of the run uses them.
+    `world_size` counts data-parallel replicas (processes / --tensor-parallel-size)."""
     config: dict[str, Any] = {}
     source = args.deepspeed_config
     if source is not None:
@@ -76,6 +79,11 @@ def build_deepspeed_config(args: argparse.Namespace, world_size: int) -> dict[st
                         f"{args.batch_size} x accumulation {args.gradient_accumulation_steps} x {world_size} "
                         f"processes = {global_batch}")
     config["train_batch_size"] = global_batch
+    if args.tensor_parallel_size > 1:
+        if args.zero_stage == 3:
+            raise UserError("--tensor-parallel-size needs --zero-stage 0, 1 or 2: under ZeRO-3 the weights are "
+                            "already partitioned as they are built, before tensor parallelism splits them")
+        config["tensor_parallel"] = deepspeed_tensor_parallel_config(args.tensor_parallel_size)
     return config
 
 
