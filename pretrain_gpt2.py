@@ -38,6 +38,7 @@ from fp16 import torch_dtype  # noqa: E402
 from model.checkpoint import CONFIG_FILE, read_model_config, write_model_config  # noqa: E402
 from model.config import ModelConfig, flops_per_token  # noqa: E402
 from model.gpt import CogViewGPT  # noqa: E402
+from mpu.tp_checkpoint import check_resume_tensor_parallel_size  # noqa: E402
 from training import checkpointing  # noqa: E402
 from training.data import MicroBatchPositions, train_loader, validation_batches  # noqa: E402
 from training.ds_config import build_deepspeed_config, flag_precision  # noqa: E402
@@ -219,8 +220,9 @@ def evaluate(engine, data: TrainingData, config: ModelConfig, args: argparse.Nam
     total = torch.zeros(len(SUM_FIELDS) + 2, dtype=torch.float64, device=engine.device)
     for task, dataset in data.valid.items():
         sums = torch.zeros_like(total)
-        for batch in validation_batches(dataset, args.batch_size, args.eval_iters, mpu.get_data_parallel_world_size(),
-                                        mpu.get_data_parallel_rank(), data.tokenizer.pad_id):
+        replicas, replica = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
+        for batch in validation_batches(dataset, args.batch_size, args.eval_iters, replicas, replica,
+                                        data.tokenizer.pad_id):
             sums += forward_loss(engine, batch, config, data.tokenizer.pad_id, data.tokenizer.codebook_size,
                                  args.txt_loss_scale)[1]
         sums = all_reduce_sum(sums)
@@ -366,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     resume_iteration = checked_resume_iteration(args)
     data = load_data(args, position_layout_to_train(args, resume_iteration))
     config = resolve_model_config(args, data, resume_iteration)
+    if resume_iteration is not None:
+        check_resume_tensor_parallel_size(Path(args.load) / str(resume_iteration), args.tensor_parallel_size)
     mpu.init_distributed(args.local_rank)
     if args.tensor_parallel_size > 1:
         mpu.init_parallel_groups(args.tensor_parallel_size)

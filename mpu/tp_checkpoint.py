@@ -88,6 +88,15 @@ def tensor_parallel_files(iteration_dir: str | os.PathLike) -> list[Path]:
     return files
 
 
+def check_resume_tensor_parallel_size(iteration_dir: str | os.PathLike, tensor_parallel_size: int) -> None:
+    """DeepSpeed resumes the engine's own shards, so a run resumes at the tensor-parallel size it was saved
+    with (ZeRO-3 folders, saved without tensor parallelism, hold no `mp_rank_*` file: size 1)."""
+    saved = len(tensor_parallel_files(iteration_dir)) or 1
+    if saved != tensor_parallel_size:
+        raise UserError(f"{iteration_dir} was saved with --tensor-parallel-size {saved}; resume it with the same "
+                        f"size (generation and export read it at any size)")
+
+
 def read_tensor_parallel_state_dict(iteration_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The merged (TP=1) weights of a DeepSpeed iteration folder saved at any tensor-parallel size."""
     shards = []

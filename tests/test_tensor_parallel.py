@@ -1,6 +1,6 @@
 """Tensor parallelism (mpu/) against the plain model, and merging/splitting its checkpoints.
 
-Two processes on gloo (loopback) form one replica split two ways (TP=2, ZeRO-1 over the one replica),
+Two processes on gloo (loopback) form one replica split two ways (TP=2, ZeRO-2 over the one replica),
 built by pretrain_gpt2.py's own `build_engine`, and must match a plain single-process model and torch
 AdamW: same initial shards as a split of the plain weights, same logits, loss parts and gradient norm
 (clipped, so the norm of the split gradients matters), the same weights after the step once merged, a
@@ -34,7 +34,7 @@ def training_args(**overrides) -> SimpleNamespace:
     return SimpleNamespace(**{
         "seed": 7, "checkpoint_activations": False, "lr": 1e-2, "train_iters": 10, "warmup": 0.0,
         "min_lr_ratio": 0.1, "lr_decay_style": "cosine", "weight_decay": 0.01, "batch_size": 2,
-        "gradient_accumulation_steps": 1, "clip_grad": 0.05, "zero_stage": 1, "deepspeed_config": None,
+        "gradient_accumulation_steps": 1, "clip_grad": 0.05, "zero_stage": 2, "deepspeed_config": None,
         "fp16": False, "bf16": False, "given_flags": set(), "tensor_parallel_size": TP, **overrides})
 
 
@@ -159,3 +159,13 @@ def test_split_refuses_a_size_that_cuts_heads():
     config = ModelConfig(**{**CONFIG, "num_attention_heads": 4})
     with pytest.raises(UserError, match="must divide the number of attention heads"):
         split_tensor_parallel(CogViewGPT(config).state_dict(), config, 3)
+
+
+def test_resume_at_another_tensor_parallel_size_is_refused(tmp_path: Path):
+    from mpu.tp_checkpoint import check_resume_tensor_parallel_size
+
+    for rank in range(2):
+        (tmp_path / f"mp_rank_{rank:02d}_model_states.pt").touch()
+    check_resume_tensor_parallel_size(tmp_path, 2)
+    with pytest.raises(UserError, match="saved with --tensor-parallel-size 2; resume it with the same size"):
+        check_resume_tensor_parallel_size(tmp_path, 1)

@@ -80,9 +80,9 @@ def build_deepspeed_config(args: argparse.Namespace, world_size: int) -> dict[st
                         f"processes = {global_batch}")
     config["train_batch_size"] = global_batch
     if args.tensor_parallel_size > 1:
-        if args.zero_stage == 3:
-            raise UserError("--tensor-parallel-size needs --zero-stage 0, 1 or 2: under ZeRO-3 the weights are "
-                            "already partitioned as they are built, before tensor parallelism splits them")
+        if args.zero_stage not in (1, 2):
+            raise UserError(f"--tensor-parallel-size needs --zero-stage 1 or 2, not {args.zero_stage} (the stages "
+                            f"tested with it; docs/training.md says why not 0 or 3)")
         config["tensor_parallel"] = deepspeed_tensor_parallel_config(args.tensor_parallel_size)
     return config
 
