@@ -169,3 +169,20 @@ def test_resume_at_another_tensor_parallel_size_is_refused(tmp_path: Path):
     check_resume_tensor_parallel_size(tmp_path, 2)
     with pytest.raises(UserError, match="saved with --tensor-parallel-size 2; resume it with the same size"):
         check_resume_tensor_parallel_size(tmp_path, 1)
+
+
+def test_the_engine_config_gets_the_plan_and_refuses_what_is_untested(tmp_path: Path):
+    from arguments import parse_training_args
+    from training.ds_config import build_deepspeed_config
+    from utils.files import atomic_write_json
+
+    required = ["--train-data", "data", "--train-iters", "10", "--tensor-parallel-size", "2"]
+    config = build_deepspeed_config(parse_training_args(required + ["--batch-size", "3"]), world_size=4)
+    assert config["train_batch_size"] == 12 and config["tensor_parallel"]["autotp_size"] == 2
+    for stage in ("0", "3"):
+        with pytest.raises(UserError, match=f"needs --zero-stage 1 or 2, not {stage}"):
+            build_deepspeed_config(parse_training_args(required + ["--zero-stage", stage]), world_size=1)
+    atomic_write_json(tmp_path / "ds.json", {"tensor_parallel": {"autotp_size": 2}})
+    with pytest.raises(UserError, match="has a 'tensor_parallel' section"):
+        build_deepspeed_config(parse_training_args(required + ["--deepspeed_config", str(tmp_path / "ds.json")]), 1)
+    assert "tensor_parallel" not in build_deepspeed_config(parse_training_args(required[:4]), world_size=1)
