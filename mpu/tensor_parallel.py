@@ -34,7 +34,7 @@ from model.config import ModelConfig
 from mpu.parallel_state import ParallelGroups, get_tensor_parallel_size, parallel_groups
 from utils.errors import UserError
 
-# Weight and bias names (suffixes of CogView's parameter names) by how they are split.
+# Module names (suffixes of CogView's parameter names) by how their weights are split.
 FUSED_QKV = "attention.query_key_value"
 COLUMN_SPLIT = ("mlp.dense_h_to_4h",)
 ROW_SPLIT = ("attention.dense", "mlp.dense_4h_to_h")
