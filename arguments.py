@@ -172,6 +172,10 @@ def add_training_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     group.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=1,
                        help="DeepSpeed ZeRO stage: 1 partitions optimizer states, 2 also gradients, 3 also "
                             "weights (default: %(default)s, CogView's)")
+    group.add_argument("--tensor-parallel-size", metavar="N", type=positive_int, default=1,
+                       help="split every layer across N consecutive processes (Megatron-style tensor parallelism "
+                            "on DeepSpeed AutoTP, with ZeRO 0-2 across the processes / N replicas); N must divide "
+                            "the attention heads and the processes (default: %(default)s)")
     return parser
 
 

@@ -39,6 +39,7 @@ from fp16 import torch_dtype  # noqa: E402
 from model.config import ModelConfig, flops_per_token  # noqa: E402
 from model.config_file import CONFIG_FILE, read_model_config, write_model_config  # noqa: E402
 from model.gpt import CogViewGPT  # noqa: E402
+from mpu.tp_checkpoint import check_resume_tensor_parallel_size  # noqa: E402
 from training import checkpointing  # noqa: E402
 from training.data import MicroBatchPositions, train_loader, validation_batches  # noqa: E402
 from training.ds_config import DeepSpeedSetup, build_deepspeed_config  # noqa: E402
@@ -134,25 +135,31 @@ def resolve_model_config(args: argparse.Namespace, data: TrainingData, resume_it
 
 
 def dropout_seed(seed: int, rank: int) -> int:
-    """Each rank's dropout stream, distinct from the stream that initialised the weights."""
+    """Each replica's dropout stream, distinct from the stream that initialised the weights (the ranks of
+    one tensor-parallel replica share it, so their replicated activations stay identical)."""
     return int(np.random.SeedSequence([seed, rank, 0xD509]).generate_state(1)[0])
 
 
 def build_engine(args: argparse.Namespace, config: ModelConfig, ds_config: dict[str, Any]):
     """The model (initialised from `--seed` on every rank), AdamW and our lr schedule inside DeepSpeed.
 
-    Under ZeRO-3 the output projection reads the word embedding outside the embedding module's own
+    Under ZeRO-3 the model is partitioned as it is built (`mpu.build_partitioned`), so no rank ever holds
+    all of it. The output projection reads the word embedding outside the embedding module's own
     forward; DeepSpeed detects such parameters and keeps them gathered (the tests compare ZeRO-3 with
-    ZeRO-0 step by step).
+    ZeRO-0 step by step). With `--tensor-parallel-size N` > 1 the engine splits every layer across the
+    N ranks of a replica (`mpu.tensor_parallel`).
     """
     torch.manual_seed(args.seed)
-    model = CogViewGPT(config)
+    model = mpu.build_partitioned(lambda: CogViewGPT(config), ds_config)
     model.checkpoint_activations = args.checkpoint_activations
+    groups = mpu.parallel_groups()
+    if groups is not None:
+        mpu.parallelize_vocabulary(model, groups)
     schedule = LRSchedule(lr=args.lr, total_steps=args.train_iters, warmup_fraction=args.warmup,
                           min_lr_ratio=args.min_lr_ratio, decay_style=args.lr_decay_style)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(model, args.lr, args.weight_decay),
                                            lr_scheduler=lambda optimizer: WarmupDecayScheduler(optimizer, schedule),
-                                           config=ds_config)
+                                           config=ds_config, mpu=groups)
     return engine
 
 
@@ -199,9 +206,10 @@ def micro_step(engine, batch: Mapping[str, Any], config: ModelConfig, pad_id: in
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    """Sum over replicas (the ranks of a tensor-parallel replica hold the same sums)."""
+    if dist.is_initialized() and mpu.get_data_parallel_world_size() > 1:
         values = values.clone()
-        dist.all_reduce(values)
+        dist.all_reduce(values, group=mpu.get_data_parallel_group())
     return values
 
 
@@ -214,8 +222,9 @@ def evaluate(engine, data: TrainingData, config: ModelConfig, args: argparse.Nam
     total = torch.zeros(len(SUM_FIELDS) + 2, dtype=torch.float64, device=engine.device)
     for task, dataset in data.valid.items():
         sums = torch.zeros_like(total)
-        for batch in validation_batches(dataset, micro_batch_size, args.eval_iters, mpu.get_world_size(),
-                                        mpu.get_rank(), data.tokenizer.pad_id):
+        replicas, replica = mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank()
+        for batch in validation_batches(dataset, micro_batch_size, args.eval_iters, replicas, replica,
+                                        data.tokenizer.pad_id):
             sums += forward_loss(engine, batch, config, data.tokenizer.pad_id, data.tokenizer.codebook_size,
                                  args.txt_loss_scale)[1]
         sums = all_reduce_sum(sums)
@@ -302,7 +311,7 @@ class Interval:
 def train(args: argparse.Namespace, setup: DeepSpeedSetup, engine, data: TrainingData, config: ModelConfig,
           start_iteration: int, data_position: int) -> None:
     positions = MicroBatchPositions(data_position, setup.micro_batch_size, setup.gradient_accumulation_steps,
-                                    mpu.get_world_size(), mpu.get_rank())
+                                    mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank())
     batches: Iterator[Mapping[str, Any]] = iter(train_loader(data.train, positions, data.tokenizer.pad_id,
                                                              args.num_workers))
     dtype = torch_dtype(setup.precision)
@@ -372,12 +381,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     resume_iteration = checked_resume_iteration(args)
     data = load_data(args, position_layout_to_train(args, resume_iteration))
     config = resolve_model_config(args, data, resume_iteration)
+    if resume_iteration is not None:
+        check_resume_tensor_parallel_size(Path(args.load) / str(resume_iteration), args.tensor_parallel_size)
     mpu.init_distributed(args.local_rank)
-    setup = build_deepspeed_config(args, mpu.get_world_size())  # a config file's batch/precision win over defaults
+    if args.tensor_parallel_size > 1:
+        mpu.init_parallel_groups(args.tensor_parallel_size)
+        mpu.check_tensor_parallel_size(config, args.tensor_parallel_size)
+    # a config file's batch/precision win over defaults
+    setup = build_deepspeed_config(args, mpu.get_data_parallel_world_size())
     if args.save and mpu.is_main_process():
         checkpointing.remove_stale_temporaries(args.save)
     engine = build_engine(args, config, setup.config)
-    torch.manual_seed(dropout_seed(args.seed, mpu.get_rank()))
+    torch.manual_seed(dropout_seed(args.seed, mpu.get_data_parallel_rank()))
     start_iteration, data_position = 0, 0
     if resume_iteration is not None:
         client_state = checkpointing.load_checkpoint(engine, args.load, resume_iteration)

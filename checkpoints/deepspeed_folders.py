@@ -22,6 +22,8 @@ from checkpoints.trackers import read_latest_tag
 from utils.errors import UserError
 
 MODEL_STATES_FILE = "mp_rank_00_model_states.pt"
+# A tensor-parallel run writes one model-states file per tensor-parallel rank (mpu/tp_checkpoint.py).
+TENSOR_PARALLEL_RANK_1_FILE = "mp_rank_01_model_states.pt"
 # ZeRO stage 3 writes one model-states file per rank (placeholders only) instead of MODEL_STATES_FILE.
 ZERO3_MODEL_STATES_GLOB = "zero_pp_rank_*_mp_rank_00_model_states.pt"
 
@@ -64,13 +66,22 @@ def gather_zero3_weights(iteration_dir: str | os.PathLike) -> dict[str, torch.Te
 
 
 def read_module_weights(iteration_dir: Path) -> dict[str, torch.Tensor]:
-    """The full model weights of one iteration folder: `module` of the model states (ZeRO 0-2), or the
-    stage 3 partitions gathered."""
+    """The full model weights of one iteration folder: `module` of the model states (ZeRO 0-2), merged
+    across the `mp_rank_*` files of a tensor-parallel run, or the stage 3 partitions gathered."""
     if is_zero3_folder(iteration_dir):
         return gather_zero3_weights(iteration_dir)
     path = iteration_dir / MODEL_STATES_FILE
     if not path.is_file():
         raise UserError(f"checkpoint folder {iteration_dir} has no {MODEL_STATES_FILE}")
+    if (iteration_dir / TENSOR_PARALLEL_RANK_1_FILE).is_file():  # saved with --tensor-parallel-size > 1
+        from mpu.tp_checkpoint import merge_tensor_parallel, tensor_parallel_files
+
+        return merge_tensor_parallel([_module_weights(file) for file in tensor_parallel_files(iteration_dir)])
+    return _module_weights(path)
+
+
+def _module_weights(path: Path) -> dict[str, torch.Tensor]:
+    """`module` of one model-states file, refusing ZeRO-3's empty placeholders."""
     states = read_torch_file(path)
     module = states.get("module") if isinstance(states, dict) else None
     if not isinstance(module, dict) or not module:

@@ -245,16 +245,21 @@ class CogViewGPT(nn.Module):
     def reset_parameters(self) -> None:
         """CogView's init: N(0, 0.02); the projections that write into the residual stream
         N(0, 0.02 / sqrt(2 * layers)) so its variance does not grow with depth; biases 0, LN gains 1."""
-        output_std = 0.02 / math.sqrt(2 * self.config.num_layers)
         for name, param in self.named_parameters():
-            if "layernorm" in name:
-                param.fill_(1.0 if name.endswith("weight") else 0.0)
-            elif name.endswith("bias"):
-                param.zero_()
-            elif name.endswith(("attention.dense.weight", "mlp.dense_4h_to_h.weight")):
-                param.normal_(0.0, output_std)
-            else:
-                param.normal_(0.0, 0.02)
+            self.init_parameter(name, param)
+
+    @torch.no_grad()
+    def init_parameter(self, name: str, param: torch.Tensor) -> None:
+        """CogView's init of the parameter `name` (see `reset_parameters`); one at a time, so a model
+        partitioned across ranks (ZeRO-3) can be initialised one gathered module after another."""
+        if "layernorm" in name:
+            param.fill_(1.0 if name.endswith("weight") else 0.0)
+        elif name.endswith("bias"):
+            param.zero_()
+        elif name.endswith(("attention.dense.weight", "mlp.dense_4h_to_h.weight")):
+            param.normal_(0.0, 0.02 / math.sqrt(2 * self.config.num_layers))
+        else:
+            param.normal_(0.0, 0.02)
 
     def num_parameters(self) -> int:
         """Parameters counted once each (the tied output projection is the word embedding)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fp16 import precision_config, precision_of_config
+from mpu.tensor_parallel import deepspeed_tensor_parallel_config
 from utils.errors import UserError
 from utils.files import read_json
 
@@ -26,7 +27,8 @@ _SHARED_SETTINGS = (
     (("zero_optimization", "stage"), "zero_stage"),
 )
 _OWNED_SECTIONS = {"optimizer": "the optimizer is torch AdamW built from --lr and --weight-decay",
-                   "scheduler": "the lr schedule is set by --lr, --warmup, --lr-decay-style and --min-lr-ratio"}
+                   "scheduler": "the lr schedule is set by --lr, --warmup, --lr-decay-style and --min-lr-ratio",
+                   "tensor_parallel": "tensor parallelism is set by --tensor-parallel-size"}
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ def _set(config: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def build_deepspeed_config(args: argparse.Namespace, world_size: int) -> DeepSpeedSetup:
     """The config for `deepspeed.initialize`, and the batch sizes and precision the run follows: the
     file's values where it gives them (batch size, accumulation, clipping, ZeRO stage, precision), the
-    flags' elsewhere."""
+    flags' elsewhere. `world_size` counts data-parallel replicas (processes / --tensor-parallel-size)."""
     config: dict[str, Any] = {}
     source = args.deepspeed_config
     if source is not None:
@@ -88,6 +90,12 @@ def build_deepspeed_config(args: argparse.Namespace, world_size: int) -> DeepSpe
         raise UserError(f"train_batch_size={config['train_batch_size']} in {source} is not micro-batch "
                         f"{micro_batch} x accumulation {accumulation} x {world_size} processes = {global_batch}")
     config["train_batch_size"] = global_batch
+    if args.tensor_parallel_size > 1:
+        stage = config["zero_optimization"]["stage"]
+        if stage not in (1, 2):
+            raise UserError(f"--tensor-parallel-size needs ZeRO stage 1 or 2, not {stage} (the stages tested with "
+                            f"it; docs/training.md says why not 0 or 3)")
+        config["tensor_parallel"] = deepspeed_tensor_parallel_config(args.tensor_parallel_size)
     return DeepSpeedSetup(config, micro_batch, accumulation, precision)
 
 

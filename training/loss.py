@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+import mpu
 
 # Order of the entries of `LossParts.sums`.
 SUM_FIELDS = ("weighted_loss", "weight", "image_loss", "image_targets", "text_loss", "text_targets")
@@ -24,8 +25,9 @@ class LossParts:
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int, codebook_size: int,
                     txt_loss_scale: float) -> LossParts:
-    """`logits [B, T, V]` predicting `targets [B, T]` (the inputs shifted by one)."""
-    losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+    """`logits [B, T, V]` predicting `targets [B, T]` (the inputs shifted by one); under tensor
+    parallelism `V` is this rank's block of the vocabulary (`mpu.cross_entropy`)."""
+    losses = mpu.cross_entropy(logits.float().flatten(0, 1), targets.flatten()).view_as(targets)
     real = targets != pad_id
     image = real & (targets >= 0) & (targets < codebook_size)
     text = real & ~image
