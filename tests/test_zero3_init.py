@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from model.checkpoint import load_model_for_inference
 from model.config import ModelConfig
 from model.gpt import CogViewGPT
-from training.checkpointing import DEEPSPEED_LATEST_FILE, TRACKER_FILE
+from checkpoints.trackers import DEEPSPEED_LATEST_FILE, TRACKER_FILE
 from test_training_runs import assert_bit_identical, command, data, ok, run, scalars  # noqa: F401 (fixture)
 
 CONFIG = dict(vocab_size=75, num_layers=2, hidden_size=32, num_attention_heads=4, max_position_embeddings=16)
