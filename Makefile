@@ -17,8 +17,16 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-test: venv
+test: venv kernels
 	$(PY) -m pytest -q tests
+
+# Triton for the kernel tests (requirements-kernels.txt): optional for the model, installed for `make test`.
+.PHONY: kernels
+kernels: $(VENV)/.kernels-installed
+
+$(VENV)/.kernels-installed: $(VENV)/.installed requirements-kernels.txt
+	$(PY) -m pip install -q -r requirements-kernels.txt
+	touch $@
 
 quickstart: venv
 	$(PY) scripts/quickstart.py

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 from data_utils.sequences import TASKS
 from fp16.precision import PRECISIONS
 from model.config import LAYERNORM_ORDERS, POSITION_LAYOUTS, ModelConfig
+from model.kernels import ATTENTION_BACKENDS
 from training.lr_schedule import DECAY_STYLES
 from utils.errors import UserError
 
@@ -100,7 +101,15 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="dropout on attention probabilities (default: %(default)s)")
     group.add_argument("--checkpoint-activations", action="store_true",
                        help="recompute each layer's activations in the backward pass (less memory, ~30%% slower)")
+    add_attention_backend_flag(group)
     return parser
+
+
+def add_attention_backend_flag(group: argparse._ArgumentGroup) -> None:
+    """`--attention-backend`, shared by training and generation (docs/kernels.md)."""
+    group.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto",
+                       help="auto: the fused Triton kernels on CUDA when triton is installed and attention "
+                            "dropout is off, else SDPA; or force triton, sdpa or torch (default: %(default)s)")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -248,6 +257,7 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     models.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="transformer compute precision: fp32 weights under autocast; CPUs do fp32 or bf16 "
                              "(default: %(default)s)")
+    add_attention_backend_flag(models)
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--output-path", default="samples", metavar="DIR",
                          help="PNGs (settings in their metadata), a grid per prompt and manifest.jsonl "
