@@ -119,19 +119,23 @@ def test_fp16_scores_beyond_fp16_range_stay_finite(form):
 
 
 @needs_triton
+@pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("form", PB_RELAX_FORMS)
-def test_cached_decoding_equals_a_full_forward(form):
+def test_cached_decoding_equals_a_full_forward(form, padded):
     """Prefill, a 3-token chunk after the cache (flash kernel with an offset), then single-token decode
-    steps (decode kernel) on a left-padded batch give the logits of one full forward in torch."""
+    steps (decode kernel), with or without a left-padded row, give the logits of one full forward in torch."""
     torch.manual_seed(0)
     model = CogViewGPT(ModelConfig(vocab_size=40, num_layers=2, hidden_size=32, num_attention_heads=2,
                                    max_position_embeddings=32, hidden_dropout=0.0, attention_dropout=0.0,
                                    **PB_RELAX_FORMS[form])).eval()
     length, pads = 21, 5
     ids = torch.randint(0, 40, (2, length), generator=torch.Generator().manual_seed(4))
-    key_padding = torch.ones(2, length, dtype=torch.bool)
-    key_padding[1, :pads] = False
-    positions = torch.stack([torch.arange(length), (torch.arange(length) - pads).clamp_min(0)])
+    positions = torch.arange(length).expand(2, length)
+    key_padding = None
+    if padded:
+        key_padding = torch.ones(2, length, dtype=torch.bool)
+        key_padding[1, :pads] = False
+        positions = torch.stack([torch.arange(length), (torch.arange(length) - pads).clamp_min(0)])
     with torch.no_grad():
         set_attention_backend("torch")
         expected = model(ids, positions, key_padding)
@@ -139,7 +143,8 @@ def test_cached_decoding_equals_a_full_forward(form):
         cache = model.new_kv_cache(2, length)
         pieces = []
         for start, end in [(0, 16), (16, 19), (19, 20), (20, 21)]:
-            pieces.append(model(ids[:, start:end], positions[:, start:end], key_padding[:, :end], cache))
+            mask = None if key_padding is None else key_padding[:, :end]
+            pieces.append(model(ids[:, start:end], positions[:, start:end], mask, cache))
     torch.testing.assert_close(torch.cat(pieces, dim=1), expected, atol=1e-4, rtol=0)
 
 
