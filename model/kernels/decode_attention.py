@@ -25,7 +25,7 @@ def _decode_kernel(Q, K, V, O, PAD,
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_d, mask=d_mask, other=0.0)
-    q = (q * q_scale).to(Q.dtype.element_ty).to(tl.float32)
+    q = (q.to(tl.float32) * q_scale).to(Q.dtype.element_ty).to(tl.float32)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     m_i = tl.zeros([1], tl.float32) + RUNNING_MAX_START

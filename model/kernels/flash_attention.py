@@ -63,7 +63,7 @@ def _forward_kernel(Q, K, V, O, LSE, PAD,
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qt, T, offs_d, HEAD_DIM)
-    q = (q * q_scale).to(Q.dtype.element_ty)
+    q = (q.to(tl.float32) * q_scale).to(Q.dtype.element_ty)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     pad_row = PAD + b * stride_pb
@@ -118,7 +118,7 @@ def _backward_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, PAD,
     for start_m in range(lo, T, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _load_rows(q_base, offs_m, stride_qt, T, offs_d, HEAD_DIM)
-        q = (q * q_scale).to(Q.dtype.element_ty)
+        q = (q.to(tl.float32) * q_scale).to(Q.dtype.element_ty)
         do = _load_rows(do_base, offs_m, stride_ot, T, offs_d, HEAD_DIM)
         lse = tl.load(LSE + bh * T + offs_m, mask=offs_m < T, other=0.0)
         delta = tl.load(DELTA + bh * T + offs_m, mask=offs_m < T, other=0.0)
@@ -151,7 +151,7 @@ def _backward_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, PAD,
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q = _load_rows(Q + b * stride_qb + h * stride_qh, offs_m, stride_qt, T, offs_d, HEAD_DIM)
-    q = (q * q_scale).to(Q.dtype.element_ty)
+    q = (q.to(tl.float32) * q_scale).to(Q.dtype.element_ty)
     do = _load_rows(DO + b * stride_ob + h * stride_oh, offs_m, stride_ot, T, offs_d, HEAD_DIM)
     lse = tl.load(LSE + bh * T + offs_m, mask=offs_m < T, other=0.0)
     delta = tl.load(DELTA + bh * T + offs_m, mask=offs_m < T, other=0.0)
