@@ -203,6 +203,20 @@ def test_fused_add_layernorm_in_fp16_does_not_overflow():
     torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-3)
 
 
+# ---------------------------------------------------------------- compiled for a GPU
+
+@needs_triton
+def test_kernels_compile_for_a_gpu(tmp_path):
+    """The interpreter accepts kernels that the GPU compiler rejects (e.g. a global that is not a constexpr),
+    so every kernel is also compiled for a Hopper GPU, in a process without the interpreter."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
+    result = subprocess.run([sys.executable, "tests/kernel_compile_check.py"], capture_output=True, text=True,
+                            env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["compiled", "6", "kernels"]
+
+
 # ---------------------------------------------------------------- backend choice
 
 def test_backend_choice_and_its_errors():

@@ -21,7 +21,7 @@ import triton.language as tl
 
 # A finite start for the running maximum: a tile whose keys are all masked then gives exp(-inf - START)
 # = 0 instead of exp(-inf + inf) = NaN, and the first real score wipes the start out (exp(START - s) = 0).
-RUNNING_MAX_START = -1.0e30
+RUNNING_MAX_START = tl.constexpr(-1.0e30)
 
 
 def block_sizes(device: torch.device) -> tuple[int, int]:
