@@ -37,7 +37,8 @@ def main() -> None:
                (flash_attention._backward_dq_kernel, ATTENTION_TENSORS, scales, attention),
                (decode_attention._decode_kernel, ATTENTION_TENSORS, scales,
                 dict(HAS_PAD=True, HEAD_DIM=64, BLOCK_D=64, BLOCK_N=64)),
-               (layernorm._forward_kernel, ROW_TENSORS, ("eps", "tiny", "relax_range"), dict(PB_RELAX=True, BLOCK=1024)),
+               (layernorm._forward_kernel, ROW_TENSORS, ("eps", "tiny", "relax_range"),
+                dict(PB_RELAX=True, BLOCK=1024)),
                (layernorm._backward_kernel, ROW_TENSORS, (), dict(BLOCK=1024))]
     for kernel, pointers, floats, constants in kernels:
         compile_for_hopper(kernel, pointers, floats, constants)

@@ -6,7 +6,6 @@ a chunk after a cache against a full forward; the fused residual + LayerNorm. Sh
 several 16-wide tiles, with ragged tails. Needs `pip install -r requirements-kernels.txt`.
 """
 import importlib.util
-import math
 import os
 import subprocess
 import sys
@@ -44,7 +43,9 @@ def attention(heads: int = 2, head_dim: int = 16, **numerics) -> SelfAttention:
     return SelfAttention(config).eval()
 
 
-def heads(batch: int, heads: int, length: int, head_dim: int, dtype=torch.float32, scale: float = 1.0, seed: int = 0):
+def random_heads(batch: int, heads: int, length: int, head_dim: int, dtype=torch.float32, scale: float = 1.0,
+                 seed: int = 0) -> list[torch.Tensor]:
+    """q, k, v `[batch, heads, length, head_dim]`."""
     generator = torch.Generator().manual_seed(seed)
     return [(scale * torch.randn(batch, heads, length, head_dim, generator=generator)).to(dtype) for _ in range(3)]
 
@@ -69,7 +70,7 @@ def assert_close_all(actual, expected, atol: float, rtol: float = 0.0):
 @pytest.mark.parametrize("form", PB_RELAX_FORMS)
 def test_causal_attention_forward_and_gradients_equal_torch_in_fp32(form):
     module = attention(**PB_RELAX_FORMS[form])
-    q, k, v = heads(2, 2, 37, 16)
+    q, k, v = random_heads(2, 2, 37, 16)
     out, grads = attend(module, "triton", q, k, v)
     ref_out, ref_grads = attend(module, "torch", q, k, v)
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
@@ -82,7 +83,7 @@ def test_left_padding_follows_build_attention_mask():
     position, padding included, must match, since a padding position attends to itself."""
     module = attention(**PB_RELAX_FORMS["alpha"])
     length = 29
-    q, k, v = heads(3, 2, length, 16, seed=1)
+    q, k, v = random_heads(3, 2, length, 16, seed=1)
     key_padding = torch.ones(3, length, dtype=torch.bool)
     key_padding[1, :18] = False
     key_padding[2, :3] = False
@@ -96,7 +97,7 @@ def test_left_padding_follows_build_attention_mask():
 @needs_triton
 def test_fp16_inputs_match_the_fp32_reference():
     module = attention(**PB_RELAX_FORMS["released"])
-    q, k, v = heads(1, 2, 33, 16, dtype=torch.float16, seed=2)
+    q, k, v = random_heads(1, 2, 33, 16, dtype=torch.float16, seed=2)
     out, grads = attend(module, "triton", q, k, v)
     ref_out, ref_grads = attend(module, "torch", q.float(), k.float(), v.float())
     assert out.dtype == torch.float16 and all(g.dtype == torch.float16 for g in grads)
@@ -107,8 +108,9 @@ def test_fp16_inputs_match_the_fp32_reference():
 @needs_triton
 @pytest.mark.parametrize("form", PB_RELAX_FORMS)
 def test_fp16_scores_beyond_fp16_range_stay_finite(form):
-    """Products q.k of up to ~2e5 (fp16 tops out at 65504): plain fp16 attention gives NaN, the kernels the fp32 answer."""
-    q, k, v = heads(1, 2, 20, 16, dtype=torch.float16, scale=120.0, seed=3)
+    """Products q.k of up to ~2e5 (fp16 tops out at 65504): plain fp16 attention gives NaN, the kernels
+    the float64 answer."""
+    q, k, v = random_heads(1, 2, 20, 16, dtype=torch.float16, scale=120.0, seed=3)
     plain = torch.softmax((q @ k.transpose(-2, -1)) / 4.0, dim=-1) @ v
     assert not plain.isfinite().all()
     module = attention(**PB_RELAX_FORMS[form])
@@ -233,7 +235,7 @@ def test_backend_choice_and_its_errors():
 
 def test_sdpa_and_torch_backends_agree():
     module = attention()
-    q, k, v = heads(2, 2, 11, 16, seed=9)
+    q, k, v = random_heads(2, 2, 11, 16, seed=9)
     out, grads = attend(module, "sdpa", q, k, v)
     ref_out, ref_grads = attend(module, "torch", q, k, v)
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
