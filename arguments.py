@@ -108,8 +108,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def add_attention_backend_flag(group: argparse._ArgumentGroup) -> None:
     """`--attention-backend`, shared by training and generation (docs/kernels.md)."""
     group.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto",
-                       help="auto: the fused Triton kernels on CUDA when triton is installed and attention "
-                            "dropout is off, else SDPA; or force triton, sdpa or torch (default: %(default)s)")
+                       help="auto: the fused Triton kernels on CUDA when triton is installed, else SDPA; or force "
+                            "triton, sdpa or torch (default: %(default)s)")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -11,8 +11,9 @@ Every row runs the model's own `SelfAttention.attend` with one backend forced (`
 Training rows time forward plus backward at causal self-attention; decode rows time one new query
 against a cache of T keys (no gradients); the LayerNorm rows time `x + LN(branch)` forward plus
 backward, fused against torch. Columns: milliseconds per step, tokens per second, the peak memory the
-step allocates, and time relative to SDPA (or to torch for LayerNorm). The kernels need CUDA; on a
-machine without it the script says so and exits 0.
+step allocates, time relative to SDPA (or to torch for LayerNorm), and the largest difference of the
+step's output from torch's (a check that the kernels compute the same thing on this GPU). The kernels
+need CUDA; on a machine without it the script says so and exits 0.
 """
 from __future__ import annotations
 
@@ -39,9 +40,9 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 FORMS = {"released": dict(pb_relax=True), "alpha": dict(pb_relax=True, pb_relax_alpha=32.0)}
 
 
-def time_step(step: Callable[[], object], warmup: int, iters: int) -> tuple[float, float]:
-    """Milliseconds per call (CUDA events) and the peak memory in MiB one call allocates beyond what
-    was allocated before it."""
+def time_step(step: Callable[[], torch.Tensor], warmup: int, iters: int) -> tuple[float, float, torch.Tensor]:
+    """Milliseconds per call (CUDA events), the peak memory in MiB one call allocates beyond what was
+    allocated before it, and the step's output."""
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
@@ -53,7 +54,7 @@ def time_step(step: Callable[[], object], warmup: int, iters: int) -> tuple[floa
         step()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters, (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    return start.elapsed_time(end) / iters, (torch.cuda.max_memory_allocated() - base) / 2 ** 20, step()
 
 
 def attention_module(heads: int, form: str) -> SelfAttention:
@@ -63,42 +64,52 @@ def attention_module(heads: int, form: str) -> SelfAttention:
 
 
 def training_step(module: SelfAttention, batch: int, heads: int, length: int, dtype: torch.dtype):
+    torch.manual_seed(0)  # the same inputs for every backend, so their outputs compare
     q, k, v = (torch.randn(batch, heads, length, HEAD_DIM, device="cuda", dtype=dtype, requires_grad=True)
                for _ in range(3))
     grad = torch.randn(batch, length, heads * HEAD_DIM, device="cuda", dtype=dtype)
 
-    def step() -> None:
-        module.attend(q, k, v, None).backward(grad)
+    def step() -> torch.Tensor:
+        out = module.attend(q, k, v, None)
+        out.backward(grad)
+        return out.detach()
     return step
 
 
 def decode_step(module: SelfAttention, batch: int, heads: int, length: int, dtype: torch.dtype):
+    torch.manual_seed(0)  # the same inputs for every backend, so their outputs compare
     q = torch.randn(batch, heads, 1, HEAD_DIM, device="cuda", dtype=dtype)
     k, v = (torch.randn(batch, heads, length, HEAD_DIM, device="cuda", dtype=dtype) for _ in range(2))
 
     @torch.no_grad()
-    def step() -> None:
-        module.attend(q, k, v, None)
+    def step() -> torch.Tensor:
+        return module.attend(q, k, v, None)
     return step
 
 
 def layernorm_step(fused: bool, rows: int, hidden: int, dtype: torch.dtype):
+    torch.manual_seed(0)  # the same inputs for every backend, so their outputs compare
     from model.kernels.layernorm import add_layernorm
     norm = LayerNorm(hidden, eps=1e-5, pb_relax=True).to("cuda", dtype)
     residual, branch = (torch.randn(rows, hidden, device="cuda", dtype=dtype, requires_grad=True) for _ in range(2))
     grad = torch.randn(rows, hidden, device="cuda", dtype=dtype)
 
-    def step() -> None:
+    def step() -> torch.Tensor:
         out = (add_layernorm(residual, branch, norm.weight, norm.bias, norm.eps, True) if fused
                else residual + norm(branch))
         out.backward(grad)
+        return out.detach()
     return step
 
 
-def print_rows(kind: str, size: str, tokens: int, results: dict[str, tuple[float, float]], baseline: str) -> None:
-    for name, (ms, mib) in results.items():
+def print_rows(kind: str, size: str, tokens: int, results: dict[str, tuple[float, float, torch.Tensor]],
+               baseline: str) -> None:
+    reference = results["torch"][2].float()
+    for name, (ms, mib, out) in results.items():
         ratio = ms / results[baseline][0]
-        print(f"| {kind} | {size} | {name} | {ms:.3f} | {tokens / ms * 1e3:,.0f} | {mib:,.0f} | {ratio:.2f} |")
+        diff = (out.float() - reference).abs().max().item()
+        print(f"| {kind} | {size} | {name} | {ms:.3f} | {tokens / ms * 1e3:,.0f} | {mib:,.0f} | {ratio:.2f} "
+              f"| {diff:.1e} |")
 
 
 def main() -> None:
@@ -117,8 +128,9 @@ def main() -> None:
     dtype = DTYPES[args.dtype]
     print(f"{torch.cuda.get_device_name()}; {args.dtype}, {args.form} PB-relax, head dim {HEAD_DIM}; "
           f"{args.iters} timed steps after {args.warmup}")
-    print("| step | batch x heads x positions | backend | ms/step | tokens/s | peak MiB | time vs baseline |")
-    print("|---|---|---|---|---|---|---|")
+    print("| step | batch x heads x positions | backend | ms/step | tokens/s | peak MiB | time vs baseline "
+          "| max diff vs torch |")
+    print("|---|---|---|---|---|---|---|---|")
     for batch, heads, length in SIZES:
         module = attention_module(heads, args.form).cuda()
         size = f"{batch} x {heads} x {length}"

@@ -121,9 +121,9 @@ class SelfAttention(nn.Module):
         as `build_attention_mask` returns it. Returns `[B, T, hidden]` (heads merged). Which backend runs
         (Triton kernels, SDPA or plain torch) is `model.kernels.set_attention_backend`'s choice."""
         dropout_p = self.attention_dropout if self.training else 0.0
-        backend = resolve_attention_backend(q, dropout_p)
+        backend = resolve_attention_backend(q)
         if backend == "triton":
-            context = triton_attend(q, k, v, attn_mask, self.pb_relax_alpha or 1.0)
+            context = triton_attend(q, k, v, attn_mask, self.pb_relax_alpha or 1.0, dropout_p)
         elif backend == "torch" or self.pb_relax_alpha is not None:
             context = self._attend_math(q, k, v, attn_mask, dropout_p)
         else:

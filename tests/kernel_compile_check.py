@@ -2,7 +2,7 @@
 
 No GPU is needed. Run by tests/test_kernels.py in its own process, because under TRITON_INTERPRET=1 (which
 the kernel tests set) the kernels are interpreter functions that cannot be compiled. Compiles fp16 with
-padding and PB-relax on, the fullest paths.
+padding, dropout and PB-relax on, the fullest paths.
 """
 import sys
 from pathlib import Path
@@ -30,8 +30,8 @@ def compile_for_hopper(kernel, pointers: dict[str, str], floats: tuple[str, ...]
 
 
 def main() -> None:
-    attention = dict(HAS_PAD=True, HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64, BLOCK_N=64, PRECISION="tf32")
-    scales = ("q_scale", "alpha")
+    attention = dict(HAS_PAD=True, DROPOUT=True, HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64, BLOCK_N=64, PRECISION="tf32")
+    scales = ("q_scale", "alpha", "dropout_p")
     kernels = [(flash_attention._forward_kernel, ATTENTION_TENSORS, scales, attention),
                (flash_attention._backward_dkdv_kernel, ATTENTION_TENSORS, scales, attention),
                (flash_attention._backward_dq_kernel, ATTENTION_TENSORS, scales, attention),

@@ -6,6 +6,7 @@ a chunk after a cache against a full forward; the fused residual + LayerNorm. Sh
 several 16-wide tiles, with ragged tails. Needs `pip install -r requirements-kernels.txt`.
 """
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -75,6 +76,34 @@ def test_causal_attention_forward_and_gradients_equal_torch_in_fp32(form):
     ref_out, ref_grads = attend(module, "torch", q, k, v)
     torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=0)
     assert_close_all(grads, ref_grads, atol=1e-4)
+
+
+@needs_triton
+def test_attention_dropout_equals_torch_with_the_kernels_own_mask():
+    """With the identity as values the output is the kept, rescaled probability matrix, which shows the
+    kernel's dropout mask; the same torch seed gives the same mask for any values, so output and gradients
+    must then equal attention with that mask applied in torch."""
+    from model.kernels.flash_attention import flash_attention
+    drop, length = 0.3, 32
+    q, k, v = random_heads(1, 2, length, length, seed=10)
+    torch.manual_seed(0)
+    shown = flash_attention(q, k, torch.eye(length).expand(1, 2, length, length), None, 1.0, drop)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    probs = torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(length)).masked_fill(~causal, float("-inf")), -1)
+    keep = shown != 0
+    assert not (keep & ~causal).any()
+    assert 0.2 < 1 - keep.sum() / (2 * causal.sum()) < 0.4
+    torch.testing.assert_close(shown, torch.where(keep, probs / (1 - drop), 0.0), atol=1e-6, rtol=0)
+
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    grad_out = torch.randn(1, 2, length, length, generator=torch.Generator().manual_seed(11))
+    torch.manual_seed(0)
+    out = flash_attention(q, k, v, None, 1.0, drop)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(length)).masked_fill(~causal, float("-inf"))
+    expected = (torch.softmax(scores, -1) * keep / (1 - drop)) @ v
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert_close_all(grads, torch.autograd.grad(expected, (q, k, v), grad_out), atol=1e-4)
 
 
 @needs_triton
@@ -224,13 +253,9 @@ def test_kernels_compile_for_a_gpu(tmp_path):
 def test_backend_choice_and_its_errors():
     q = torch.zeros(1, 1, 4, 8)
     set_attention_backend("auto")
-    assert resolve_attention_backend(q, dropout_p=0.0) == "sdpa"  # CPU tensors: never the kernels
+    assert resolve_attention_backend(q) == "sdpa"  # CPU tensors: never the kernels
     with pytest.raises(UserError, match="attention backend must be one of"):
         set_attention_backend("flash")
-    if importlib.util.find_spec("triton") is not None:
-        set_attention_backend("triton")
-        with pytest.raises(UserError, match="no attention dropout"):
-            resolve_attention_backend(q, dropout_p=0.1)
 
 
 def test_sdpa_and_torch_backends_agree():

@@ -1,7 +1,7 @@
 """Which attention implementation `SelfAttention.attend` runs, and the glue to the Triton kernels.
 
 Backends (`--attention-backend`, one process-wide choice set once by the scripts):
-  auto    Triton on CUDA tensors when triton is installed and there is no attention dropout; SDPA otherwise.
+  auto    Triton on CUDA tensors when triton is installed; SDPA otherwise.
   triton  the fused kernels of this package; an error where they cannot run.
   sdpa    `F.scaled_dot_product_attention` (the paper's alpha form of PB-relax falls back to torch).
   torch   the plain matmul-softmax-matmul of `SelfAttention._attend_math`, the reference for the others.
@@ -47,24 +47,21 @@ def attention_backend() -> str:
     return _backend
 
 
-def resolve_attention_backend(q: torch.Tensor, dropout_p: float) -> str:
+def resolve_attention_backend(q: torch.Tensor) -> str:
     """The backend that runs this call: "triton", "sdpa" or "torch" (never "auto")."""
     if _backend == "auto":
-        return "triton" if q.is_cuda and dropout_p == 0 and triton_installed() else "sdpa"
-    if _backend == "triton":
-        if dropout_p > 0:
-            raise UserError("the Triton attention kernels have no attention dropout: train with "
-                            "--attention-dropout 0, or use --attention-backend auto (SDPA while dropout is on)")
-        if not q.is_cuda and not interpreting():
-            raise UserError("--attention-backend triton needs a CUDA device (or TRITON_INTERPRET=1, Triton's "
-                            "slow CPU interpreter, as the tests use)")
+        return "triton" if q.is_cuda and triton_installed() else "sdpa"
+    if _backend == "triton" and not q.is_cuda and not interpreting():
+        raise UserError("--attention-backend triton needs a CUDA device (or TRITON_INTERPRET=1, Triton's "
+                        "slow CPU interpreter, as the tests use)")
     return _backend
 
 
 def triton_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
-                  alpha: float) -> torch.Tensor:
+                  alpha: float, dropout_p: float) -> torch.Tensor:
     """Causal attention `[B, H, T, d]` by the Triton kernels; `attn_mask` as `build_attention_mask`
-    returns it, `alpha` 1 for the released PB-relax (and for none: the two are equal) or the paper's alpha.
+    returns it, `alpha` 1 for the released PB-relax (and for none: the two are equal) or the paper's alpha,
+    `dropout_p` the attention dropout (training only).
 
     The kernels take the key padding row rather than the `[T, S]` mask: the last query sees every
     earlier key, so the mask's last row is the padding row (its own, last key is always attended, and
@@ -72,8 +69,8 @@ def triton_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: 
     """
     key_padding = None if attn_mask is None else attn_mask[:, 0, -1, :].expand(q.shape[0], -1)
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-    if q.shape[2] == 1 and not needs_grad:
+    if q.shape[2] == 1 and not needs_grad and dropout_p == 0:
         from model.kernels.decode_attention import decode_attention
         return decode_attention(q, k, v, key_padding, alpha)
     from model.kernels.flash_attention import flash_attention
-    return flash_attention(q, k, v, key_padding, alpha)
+    return flash_attention(q, k, v, key_padding, alpha, dropout_p)

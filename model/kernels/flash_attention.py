@@ -7,7 +7,8 @@ form (`pb_relax_alpha`). Scores live only in fp32 registers, one `BLOCK_M x BLOC
 and the softmax is online (running row maximum subtracted, as the alpha form prescribes), so neither
 the T x S matrix nor an fp16 overflow of it ever exists. The backward pass recomputes the tiles from
 the saved log-sum-exp (FlashAttention-2): one kernel for dK and dV (a program per key block), one for
-dQ (a program per query block), so no atomics are needed.
+dQ (a program per query block), so no atomics are needed. Attention dropout draws its mask from Philox
+per tile in the forward pass and draws it again in the backward pass.
 
 Masking is causal with an offset (query t sits at position `past_len + t`, `past_len = S - T`), plus an
 optional key padding row `[B, S]` (True = real key) with `build_attention_mask`'s rule that every
@@ -43,6 +44,13 @@ def _allowed(offs_m, offs_n, S, past_len, pad_row, HAS_PAD: tl.constexpr):
 
 
 @triton.jit
+def _dropout_keep(seed, bh, offs_m, offs_n, S, dropout_p):
+    """`[BLOCK_M, BLOCK_N]` True where attention dropout keeps a probability: one Philox draw per (row and
+    head, query, key), so the backward pass regenerates the forward's mask instead of storing it."""
+    return tl.rand(seed + bh, offs_m[:, None] * S + offs_n[None, :]) >= dropout_p
+
+
+@triton.jit
 def _load_rows(ptr, offs, stride, limit, offs_d, HEAD_DIM: tl.constexpr):
     """Rows `offs` (< limit) of a `[length, HEAD_DIM]` matrix whose last dimension is contiguous."""
     mask = (offs[:, None] < limit) & (offs_d[None, :] < HEAD_DIM)
@@ -53,8 +61,8 @@ def _load_rows(ptr, offs, stride, limit, offs_d, HEAD_DIM: tl.constexpr):
 def _forward_kernel(Q, K, V, O, LSE, PAD,
                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
                     stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_ot, stride_pb,
-                    num_heads, T, S, past_len, q_scale, alpha,
-                    HAS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                    num_heads, T, S, past_len, q_scale, alpha, dropout_p, seed,
+                    HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -82,6 +90,9 @@ def _forward_kernel(Q, K, V, O, LSE, PAD,
         p = tl.exp(s - m_new[:, None])
         correction = tl.exp(m_i - m_new)
         l_i = l_i * correction + tl.sum(p, 1)
+        if DROPOUT:
+            # The normaliser keeps every probability; only the weights of the values are dropped.
+            p = tl.where(_dropout_keep(seed, bh, offs_m, offs_n, S, dropout_p), p / (1.0 - dropout_p), 0.0)
         acc = acc * correction[:, None] + tl.dot(p.to(V.dtype.element_ty), v, input_precision=PRECISION)
         m_i = m_new
     acc = acc / l_i[:, None]
@@ -95,8 +106,8 @@ def _forward_kernel(Q, K, V, O, LSE, PAD,
 def _backward_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, PAD,
                           stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
                           stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_ot, stride_pb,
-                          num_heads, T, S, past_len, q_scale, alpha,
-                          HAS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                          num_heads, T, S, past_len, q_scale, alpha, dropout_p, seed,
+                          HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """dK and dV of one key tile, summed over the query tiles that can see it. DO has the strides
     `stride_o*`; DK and DV are contiguous `[B, H, S, d]`."""
@@ -125,8 +136,13 @@ def _backward_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, PAD,
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * alpha
         s = tl.where(_allowed(offs_m, offs_n, S, past_len, pad_row, HAS_PAD), s, float("-inf"))
         p = tl.exp(s - lse[:, None])
-        dv += tl.dot(tl.trans(p.to(DO.dtype.element_ty)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        p_kept = p
+        if DROPOUT:
+            keep = _dropout_keep(seed, bh, offs_m, offs_n, S, dropout_p)
+            p_kept = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
+        dv += tl.dot(tl.trans(p_kept.to(DO.dtype.element_ty)), do, input_precision=PRECISION)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(Q.dtype.element_ty)), q, input_precision=PRECISION)
     out_mask = (offs_n[:, None] < S) & (offs_d[None, :] < HEAD_DIM)
@@ -140,8 +156,8 @@ def _backward_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, PAD,
 def _backward_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, PAD,
                         stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
                         stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_ot, stride_pb,
-                        num_heads, T, S, past_len, q_scale, alpha,
-                        HAS_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                        num_heads, T, S, past_len, q_scale, alpha, dropout_p, seed,
+                        HAS_PAD: tl.constexpr, DROPOUT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """dQ of one query tile; DO and DQ share the contiguous strides `stride_o*`."""
     start_m = tl.program_id(0) * BLOCK_M
@@ -168,6 +184,9 @@ def _backward_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, PAD,
         s = tl.where(_allowed(offs_m, offs_n, S, past_len, pad_row, HAS_PAD), s, float("-inf"))
         p = tl.exp(s - lse[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        if DROPOUT:
+            keep = _dropout_keep(seed, bh, offs_m, offs_n, S, dropout_p)
+            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(K.dtype.element_ty), k, input_precision=PRECISION)
     out_mask = (offs_m[:, None] < T) & (offs_d[None, :] < HEAD_DIM)
@@ -176,7 +195,8 @@ def _backward_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, PAD,
 
 
 def _launch_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out_like: torch.Tensor,
-                 key_padding: torch.Tensor | None, alpha: float) -> tuple[list, dict]:
+                 key_padding: torch.Tensor | None, alpha: float, dropout_p: float,
+                 seed: int) -> tuple[list, dict]:
     """The arguments every kernel shares: strides, sizes, scales and the compile-time constants."""
     batch, heads, length, head_dim = q.shape
     keys = k.shape[2]
@@ -184,8 +204,8 @@ def _launch_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out_like: to
     args = [q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out_like.stride(0), out_like.stride(1), out_like.stride(2),
             0 if key_padding is None else key_padding.stride(0),
-            heads, length, keys, keys - length, 1.0 / (alpha * head_dim ** 0.5), alpha]
-    constants = dict(HAS_PAD=key_padding is not None, HEAD_DIM=head_dim,
+            heads, length, keys, keys - length, 1.0 / (alpha * head_dim ** 0.5), alpha, dropout_p, seed]
+    constants = dict(HAS_PAD=key_padding is not None, DROPOUT=dropout_p > 0, HEAD_DIM=head_dim,
                      BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_M=block_m, BLOCK_N=block_n,
                      # fp32 inputs keep full precision (no TF32), as torch's own fp32 matmuls do by default.
                      PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
@@ -200,15 +220,17 @@ def _pad_pointer(key_padding: torch.Tensor | None, placeholder: torch.Tensor) ->
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding: torch.Tensor | None,
-                alpha: float) -> torch.Tensor:
+                alpha: float, dropout_p: float) -> torch.Tensor:
         batch, heads, length, _ = q.shape
+        # Drawn from torch's CPU generator (no device sync), so torch.manual_seed fixes the dropout mask.
+        seed = int(torch.randint(2 ** 30, ())) if dropout_p > 0 else 0
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         lse = torch.empty(batch, heads, length, dtype=torch.float32, device=q.device)
-        args, constants = _launch_args(q, k, v, out, key_padding, alpha)
+        args, constants = _launch_args(q, k, v, out, key_padding, alpha, dropout_p, seed)
         grid = (triton.cdiv(length, constants["BLOCK_M"]), batch * heads)
         _forward_kernel[grid](q, k, v, out, lse, _pad_pointer(key_padding, q), *args, **constants)
         ctx.save_for_backward(q, k, v, out, lse, key_padding)
-        ctx.alpha = alpha
+        ctx.alpha, ctx.dropout_p, ctx.seed = alpha, dropout_p, seed
         return out
 
     @staticmethod
@@ -220,22 +242,23 @@ class _FlashAttention(torch.autograd.Function):
         grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         grad_k = torch.empty(k.shape, dtype=k.dtype, device=k.device)
         grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-        args, constants = _launch_args(q, k, v, grad_out, key_padding, ctx.alpha)
+        args, constants = _launch_args(q, k, v, grad_out, key_padding, ctx.alpha, ctx.dropout_p, ctx.seed)
         batch, heads, length, _ = q.shape
         keys = k.shape[2]
         _backward_dkdv_kernel[(triton.cdiv(keys, constants["BLOCK_N"]), batch * heads)](
             q, k, v, grad_out, lse, delta, grad_k, grad_v, _pad_pointer(key_padding, q), *args, **constants)
         _backward_dq_kernel[(triton.cdiv(length, constants["BLOCK_M"]), batch * heads)](
             q, k, v, grad_out, lse, delta, grad_q, _pad_pointer(key_padding, q), *args, **constants)
-        return grad_q, grad_k, grad_v, None, None
+        return grad_q, grad_k, grad_v, None, None, None
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding: torch.Tensor | None,
-                    alpha: float) -> torch.Tensor:
+                    alpha: float, dropout_p: float) -> torch.Tensor:
     """Causal attention of `q [B, H, T, d]` over `k, v [B, H, S, d]` (S >= T; the queries are the last T
     positions), differentiable. `key_padding [B, S]` (nonzero = real key) or None; `alpha` 1 for the
-    released PB-relax, the paper's alpha for its form. Returns `[B, H, T, d]` in q's dtype."""
+    released PB-relax, the paper's alpha for its form; `dropout_p` drops attention probabilities (training).
+    Returns `[B, H, T, d]` in q's dtype."""
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     if key_padding is not None:
         key_padding = key_padding.to(torch.int8).contiguous()
-    return _FlashAttention.apply(q, k, v, key_padding, float(alpha))
+    return _FlashAttention.apply(q, k, v, key_padding, float(alpha), float(dropout_p))
