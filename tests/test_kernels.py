@@ -3,7 +3,8 @@
 Each kernel must equal `model/gpt.py`'s torch path: attention forward and gradients in fp32 for both
 PB-relax forms, with left padding, in fp16, and where plain fp16 attention overflows; the decode step and
 a chunk after a cache against a full forward; the fused residual + LayerNorm. Shapes are small but span
-several 16-wide tiles, with ragged tails. Needs `pip install -r requirements-kernels.txt`.
+several 16-wide tiles, with ragged tails. Needs `pip install -r requirements-kernels.txt`. conftest.py sets
+TRITON_INTERPRET=1, which runs the kernels on CPU tensors.
 """
 import importlib.util
 import math
@@ -11,18 +12,15 @@ import os
 import subprocess
 import sys
 
-# Before triton is first imported: kernels then run on CPU tensors (set here, not by the caller).
-os.environ["TRITON_INTERPRET"] = "1"
+import pytest
+import torch
+import torch.nn.functional as F
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from model import CogViewGPT, ModelConfig  # noqa: E402
-from model.gpt import LayerNorm, SelfAttention, build_attention_mask  # noqa: E402
-from model.kernels import attention_backend, set_attention_backend  # noqa: E402
-from model.kernels.backend import resolve_attention_backend  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from model import CogViewGPT, ModelConfig
+from model.gpt import LayerNorm, SelfAttention, build_attention_mask
+from model.kernels import attention_backend, set_attention_backend
+from model.kernels.backend import resolve_attention_backend
+from utils.errors import UserError
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="triton is not installed: pip install -r requirements-kernels.txt")
