@@ -11,6 +11,7 @@ importing the model never needs it.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -23,7 +24,9 @@ ATTENTION_BACKENDS = ("auto", "triton", "sdpa", "torch")
 _backend = "auto"
 
 
+@functools.cache
 def triton_installed() -> bool:
+    """Looked up once: `auto` asks at every attention call."""
     return importlib.util.find_spec("triton") is not None
 
 
