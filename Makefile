@@ -22,8 +22,13 @@ $(VENV)/.installed-demo: $(VENV)/.installed requirements-demo.txt
 	$(PY) -m pip install -q -r requirements-demo.txt
 	touch $@
 
-test: venv $(VENV)/.installed-demo
+test: venv $(VENV)/.installed-demo $(VENV)/.installed-kernels
 	$(PY) -m pytest -q tests
+
+# Triton for the kernel tests (requirements-kernels.txt): optional for the model, installed for `make test`.
+$(VENV)/.installed-kernels: $(VENV)/.installed requirements-kernels.txt
+	$(PY) -m pip install -q -r requirements-kernels.txt
+	touch $@
 
 quickstart: venv
 	$(PY) scripts/quickstart.py

@@ -18,6 +18,7 @@ from fp16.precision import PRECISIONS
 from generation.decoding import DEFAULT_MAX_BATCH_ROWS
 from generation.scoring import POST_SELECTION_SCORES
 from model.config import LAYERNORM_ORDERS, ModelConfig
+from model.kernels import ATTENTION_BACKENDS
 from utils.errors import UserError
 from utils.lr_decay import DECAY_STYLES
 
@@ -104,7 +105,15 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="dropout on attention probabilities (default: %(default)s)")
     group.add_argument("--checkpoint-activations", action="store_true",
                        help="recompute each layer's activations in the backward pass (less memory, ~30%% slower)")
+    add_attention_backend_flag(group)
     return parser
+
+
+def add_attention_backend_flag(group: argparse._ArgumentGroup) -> None:
+    """`--attention-backend`, shared by training and generation (docs/kernels.md)."""
+    group.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto",
+                       help="auto: SDPA until the fused Triton kernels have been measured on a GPU "
+                            "(docs/kernels.md); or force triton, sdpa or torch (default: %(default)s)")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -207,8 +216,8 @@ def add_post_selection_score_arg(group: argparse._ActionsContainer) -> None:
 
 
 def add_component_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """What a loaded checkpoint runs with: tokenizer, VQ-VAE, device, precision and batch rows (both
-    inference scripts); returns the group, for a script's own additions."""
+    """What a loaded checkpoint runs with: tokenizer, VQ-VAE, device, precision, batch rows and attention
+    backend (both inference scripts); returns the group, for a script's own additions."""
     models = parser.add_argument_group("models and devices")
     models.add_argument("--text-tokenizer", metavar="FILE",
                         help="SentencePiece .model file (default: the one recorded in the checkpoint)")
@@ -220,6 +229,7 @@ def add_component_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     models.add_argument("--max-inference-batch-size", type=positive_int, default=DEFAULT_MAX_BATCH_ROWS,
                         help="most sequences in one forward, for sampling and scoring, guided images counting "
                              "twice; it is halved on out-of-memory (default: %(default)s)")
+    add_attention_backend_flag(models)
     return models
 
 

@@ -44,6 +44,7 @@ from eval_utils.vqvae_reconstruction import vqvae_section
 from generation.loading import load_components, resolve_device
 from generation.pipeline import Pipeline
 from generation.sampling import SamplingSettings
+from model.kernels import set_attention_backend
 from utils.errors import UserError, run_main
 from utils.files import atomic_write_json
 from utils.logging import TensorBoardLogger, get_logger
@@ -180,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     sections = choose_sections(args)
+    set_attention_backend(args.attention_backend)
     if Path(args.output_json).is_dir():
         raise UserError(f"--output-json {args.output_json} is a folder; give a file name")
     device = resolve_device(args.device)

@@ -31,6 +31,7 @@ from generation.outputs import Manifest, make_grid, save_png, write_skip_report
 from generation.pipeline import Pipeline
 from generation.prompts import Prompt, collect_prompts, interactive_prompts
 from generation.sampling import SamplingSettings
+from model.kernels import set_attention_backend
 from utils.errors import UserError, run_main
 from utils.logging import TensorBoardLogger, get_logger
 
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     args = parse_noting_given(add_generation_args(parser), argv)
     check_flags(args)
+    set_attention_backend(args.attention_backend)
     SamplingSettings(args.temperature, args.top_k, args.top_p, args.cfg_scale)
     # Every input is checked before the model loads, so a typo costs no loading time.
     task = args.generation_task

@@ -39,6 +39,7 @@ from fp16 import torch_dtype  # noqa: E402
 from model.config import ModelConfig, flops_per_token  # noqa: E402
 from model.config_file import CONFIG_FILE, read_model_config, write_model_config  # noqa: E402
 from model.gpt import CogViewGPT  # noqa: E402
+from model.kernels import set_attention_backend  # noqa: E402
 from mpu.tp_checkpoint import check_resume_tensor_parallel_size  # noqa: E402
 from training import checkpointing  # noqa: E402
 from training.data import MicroBatchPositions, train_loader, validation_batches  # noqa: E402
@@ -378,6 +379,7 @@ def checked_resume_iteration(args: argparse.Namespace) -> int | None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_training_args(argv, __doc__)
+    set_attention_backend(args.attention_backend)
     resume_iteration = checked_resume_iteration(args)
     data = load_data(args, position_layout_to_train(args, resume_iteration))
     config = resolve_model_config(args, data, resume_iteration)

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from model.config import ModelConfig
+from model.kernels.backend import resolve_attention_backend, triton_attend
 from model.kv_cache import KVCache
 from utils.errors import UserError
 
@@ -120,10 +121,14 @@ class SelfAttention(nn.Module):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
                ) -> torch.Tensor:
         """softmax(q k^T / sqrt(d)) v for heads `[B, heads, T, d]` and `[B, heads, S, d]`; the mask is
-        as `build_attention_mask` returns it. Returns `[B, T, hidden]` (heads merged)."""
+        as `build_attention_mask` returns it. Returns `[B, T, hidden]` (heads merged). Which backend runs
+        (Triton kernels, SDPA or plain torch) is `model.kernels.set_attention_backend`'s choice."""
         dropout_p = self.attention_dropout if self.training else 0.0
-        if self.pb_relax_alpha is not None:
-            context = self._attend_pb_relax_alpha(q, k, v, attn_mask, dropout_p)
+        backend = resolve_attention_backend(q)
+        if backend == "triton":
+            context = triton_attend(q, k, v, attn_mask, self.pb_relax_alpha or 1.0, dropout_p)
+        elif backend == "torch" or self.pb_relax_alpha is not None:
+            context = self._attend_math(q, k, v, attn_mask, dropout_p)
         else:
             scale = None
             if self.pb_relax:
@@ -145,16 +150,17 @@ class SelfAttention(nn.Module):
         batch, _, length, _ = context.shape
         return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
 
-    def _attend_pb_relax_alpha(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                               attn_mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
-        """The paper's PB-relax: softmax(((Q / (alpha sqrt d)) K^T - max) * alpha).
+    def _attend_math(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     attn_mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
+        """Plain torch attention in the paper's PB-relax form, softmax(((Q / (alpha sqrt d)) K^T - max) * alpha),
+        with alpha = `pb_relax_alpha`, or 1 when it is off (then it is the released form).
 
         Equal to plain attention in exact arithmetic. The product is taken in the input dtype from
         queries shrunk by alpha * sqrt(d), so it stays far from fp16's limit; the shifted scores are
         then multiplied back by alpha and normalised in fp32: after the shift they are <= 0, so the
         exponentials cannot overflow, and fp32 keeps the small probabilities that fp16 would flush.
         """
-        alpha = self.pb_relax_alpha
+        alpha = self.pb_relax_alpha or 1.0
         scores = torch.matmul(q / (alpha * math.sqrt(self.head_dim)), k.transpose(-2, -1)).float()
         if attn_mask is None and q.shape[2] > 1:
             attn_mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()

@@ -12,6 +12,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("DS_BUILD_OPS", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Triton kernels run on CPU tensors with its interpreter (tests/test_kernels.py). Set before anything imports
+# triton: torch.utils.flop_counter does, and kernels decorated without it cannot be interpreted.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch  # noqa: E402
 
