@@ -10,7 +10,6 @@ restores the engine. The vocabulary (75 ids) does not divide by 2, so the vocabu
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +21,7 @@ from model.config import ModelConfig
 from model.gpt import CogViewGPT
 from mpu.tp_checkpoint import merge_tensor_parallel, split_tensor_parallel
 from utils.errors import UserError
+from loopback import free_port
 
 TP = 2
 CONFIG = dict(vocab_size=75, num_layers=2, hidden_size=32, num_attention_heads=4, max_position_embeddings=16,
@@ -130,14 +130,9 @@ def _worker(rank: int, port: int, save_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def test_two_way_tensor_parallel_equals_the_plain_model(tmp_path: Path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path / "run")), nprocs=TP, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path / "run")), nprocs=TP, join=True)
 
 
 @pytest.mark.parametrize("tp", [2, 4])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from generation.outputs import read_png_metadata
 from generation.pipeline import Pipeline
 from tests.generation_helpers import write_tiny_checkpoint
 from utils.errors import UserError
+from loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,11 +35,6 @@ OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "NO_P
 needs_browser = pytest.mark.skipif(not CHROMIUM.exists(),
                                    reason="no /usr/bin/chromium (`make chromium` installs Debian's package)")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_demo(*argv: str, cwd: Path = ROOT) -> subprocess.Popen:

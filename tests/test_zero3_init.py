@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from model.config import ModelConfig
 from model.gpt import CogViewGPT
 from checkpoints.trackers import DEEPSPEED_LATEST_FILE, TRACKER_FILE
 from test_training_runs import assert_bit_identical, command, data, ok, run, scalars  # noqa: F401 (fixture)
+from loopback import free_port
 
 CONFIG = dict(vocab_size=75, num_layers=2, hidden_size=32, num_attention_heads=4, max_position_embeddings=16)
 DS_CONFIG = {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
@@ -50,14 +50,9 @@ def _worker(rank: int, port: int) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def test_zero3_model_is_partitioned_as_built_and_initialised_like_a_plain_one():
-    mp.spawn(_worker, args=(_free_port(),), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(),), nprocs=2, join=True)
 
 
 ITERS = 4
