@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from checkpoints.trackers import DEEPSPEED_LATEST_FILE, TRACKER_FILE
+from loopback import free_port
 from model.checkpoint import load_model_for_inference
 from model.config import ModelConfig
 from model.gpt import CogViewGPT
-from checkpoints.trackers import DEEPSPEED_LATEST_FILE, TRACKER_FILE
 from test_training_runs import assert_bit_identical, command, data, ok, run, scalars  # noqa: F401 (fixture)
-from loopback import free_port
 
 CONFIG = dict(vocab_size=75, num_layers=2, hidden_size=32, num_attention_heads=4, max_position_embeddings=16)
 DS_CONFIG = {"train_batch_size": 2, "train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
