@@ -29,7 +29,8 @@ REFUSED = {
 }
 # Flags every task reads: the checkpoint and its parts, devices, batching and where outputs go.
 READ_BY_EVERY_TASK = {"load", "generation_task", "max_inference_batch_size", "text_tokenizer", "vqvae", "device",
-                      "precision", "output_path", "tensorboard_dir"}
+                      "precision", "attention_backend", "layernorm_order", "pb_relax", "pb_relax_alpha",
+                      "output_path", "tensorboard_dir"}
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -76,7 +76,8 @@ def _worker(rank: int, port: int, save_dir: str) -> None:
     import torch.distributed as dist
 
     import mpu
-    from model.checkpoint import load_model_for_inference, write_model_config
+    from model.checkpoint import load_model_for_inference
+    from model.config_file import write_model_config
     from pretrain_gpt2 import build_engine, micro_step
     from training import checkpointing
     from training.ds_config import build_deepspeed_config
@@ -90,7 +91,7 @@ def _worker(rank: int, port: int, save_dir: str) -> None:
     mpu.init_distributed()
     groups = mpu.init_parallel_groups(TP)
     tp_rank, tp_group = groups.get_model_parallel_rank(), groups.get_model_parallel_group()
-    ds_config = build_deepspeed_config(args, mpu.get_data_parallel_world_size())
+    ds_config = build_deepspeed_config(args, mpu.get_data_parallel_world_size()).config
     engine = build_engine(args, config, ds_config)
 
     local = engine.module.state_dict()
@@ -172,7 +173,7 @@ def test_the_engine_config_gets_the_plan_and_refuses_what_is_untested(tmp_path: 
     from utils.files import atomic_write_json
 
     required = ["--train-data", "data", "--train-iters", "10", "--tensor-parallel-size", "2"]
-    config = build_deepspeed_config(parse_training_args(required + ["--batch-size", "3"]), world_size=4)
+    config = build_deepspeed_config(parse_training_args(required + ["--batch-size", "3"]), world_size=4).config
     assert config["train_batch_size"] == 12 and config["tensor_parallel"]["autotp_size"] == 2
     for stage in ("0", "3"):
         with pytest.raises(UserError, match=f"needs --zero-stage 1 or 2, not {stage}"):
@@ -180,4 +181,4 @@ def test_the_engine_config_gets_the_plan_and_refuses_what_is_untested(tmp_path: 
     atomic_write_json(tmp_path / "ds.json", {"tensor_parallel": {"autotp_size": 2}})
     with pytest.raises(UserError, match="has a 'tensor_parallel' section"):
         build_deepspeed_config(parse_training_args(required + ["--deepspeed_config", str(tmp_path / "ds.json")]), 1)
-    assert "tensor_parallel" not in build_deepspeed_config(parse_training_args(required[:4]), world_size=1)
+    assert "tensor_parallel" not in build_deepspeed_config(parse_training_args(required[:4]), world_size=1).config

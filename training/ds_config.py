@@ -93,8 +93,8 @@ def build_deepspeed_config(args: argparse.Namespace, world_size: int) -> DeepSpe
     if args.tensor_parallel_size > 1:
         stage = config["zero_optimization"]["stage"]
         if stage not in (1, 2):
-            raise UserError(f"--tensor-parallel-size needs ZeRO stage 1 or 2, not {stage} (the stages tested with "
-                            f"it; docs/training.md says why not 0 or 3)")
+            raise UserError(f"--tensor-parallel-size needs --zero-stage 1 or 2, not {stage} (the stages tested "
+                            f"with it; docs/training.md says why not 0 or 3)")
         config["tensor_parallel"] = deepspeed_tensor_parallel_config(args.tensor_parallel_size)
     return DeepSpeedSetup(config, micro_batch, accumulation, precision)
 
