@@ -33,6 +33,7 @@ FONT_SIZE = 12
 LINE_HEIGHT = 18            # Noto Sans CJK's ascent + descent at FONT_SIZE; PIL's own font fits too
 FRAME = 2
 GAP = 6
+ROW_GAP = 16                # between titled rows, so a title reads as the start of its row
 MIN_DISPLAY_SIDE = 128      # images are enlarged (by whole factors) to at least this many pixels
 FRAME_COLOUR = (150, 150, 150)
 CHOSEN_COLOUR = (230, 90, 0)
@@ -155,14 +156,14 @@ def span(tiles: int, side: int) -> int:
 
 
 # --- layout -----------------------------------------------------------------------------------------
-def stack(parts: Sequence[Image.Image]) -> Image.Image:
-    """Parts one below the other, left-aligned, `GAP` apart."""
-    canvas = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts) + GAP * (len(parts) - 1)),
+def stack(parts: Sequence[Image.Image], gap: int = GAP) -> Image.Image:
+    """Parts one below the other, left-aligned, `gap` apart."""
+    canvas = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts) + gap * (len(parts) - 1)),
                        BACKGROUND)
     top = 0
     for part in parts:
         canvas.paste(part, (0, top))
-        top += part.height + GAP
+        top += part.height + gap
     return canvas
 
 
@@ -215,11 +216,12 @@ def column_titles(titles: Sequence[str], tiles_each: int, side: int) -> Image.Im
 
 def titled_rows(rows: Sequence[tuple[str, Sequence[Cell]]], columns: int, side: int | None = None,
                 header: Image.Image | None = None) -> Image.Image:
-    """Optional column titles (`column_titles`), then each row's title line above its cells."""
+    """Optional column titles (`column_titles`), then each row's title line above its cells, rows
+    `ROW_GAP` apart."""
     side = side or display_side([cell.image.width for _, cells in rows for cell in cells])
     parts = [header] if header is not None else []
     parts += [titled(title, grid(cells, columns, side)) for title, cells in rows]
-    return stack(parts)
+    return stack(parts, ROW_GAP)
 
 
 # --- what generation shows --------------------------------------------------------------------------
@@ -230,7 +232,7 @@ def selection_cells(images: Sequence[Image.Image], seeds: Sequence[int], scores:
     order = sorted(range(len(images)), key=lambda i: (i != chosen, -scores[i]))
     cells = [Cell(images[i], (f"seed {seeds[i]}: {scores[i]:.2f}", "chosen" if i == chosen else ""), i == chosen)
              for i in order]
-    cells.insert(1, Cell(upscaled, ("super-resolved", f"{upscaled.width} px")))
+    cells.insert(1, Cell(upscaled, ("super-resolved pick", f"{upscaled.width} px")))
     return cells
 
 
