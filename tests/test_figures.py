@@ -142,14 +142,20 @@ def test_generate_samples_grid_has_the_prompt_and_seed_labelled_framed_images(ch
         assert np.array_equal(pixels(label), pixels(figures.text_block([f"seed {j}"], tile)))
 
 
-def test_text2image_full_grid_marks_the_pick_beside_its_super_resolved_image(checkpoint, tmp_path):
+def test_text2image_full_grids_mark_the_pick_beside_its_super_resolved_image(checkpoint, tmp_path):
+    """generate_samples.py's grid per prompt, and the quick start's overview drawn from its manifest."""
+    from scripts.quickstart import overview_grid
+
+    out = tmp_path / "samples" / "text2image"   # where the quick start's text2image stage writes
     generate_samples.main(["--load", str(checkpoint), "--generation-task", "text2image-full", "--prompt",
-                           "a red circle", "--batch-size", "3", "--output-path", str(tmp_path), "--device", "cpu"])
-    best = next(r for r in read_manifest(tmp_path) if r["file"] == "0000_best_sr.png")
-    with Image.open(tmp_path / "0000_grid.png") as opened:
-        grid = opened.convert("RGB")
+                           "a red circle", "--batch-size", "3", "--output-path", str(out), "--device", "cpu"])
+    best = next(r for r in read_manifest(out) if r["file"] == "0000_best_sr.png")
     side = figures.display_side([64, 128])
-    tile, top = figures.tile_side(side), 2 * figures.LINE_HEIGHT + figures.GAP
-    with Image.open(tmp_path / best["source"]) as pick, Image.open(tmp_path / best["file"]) as upscaled:
-        assert np.array_equal(crop(grid, 0, top, tile), shown(pick, side, chosen=True))
-        assert np.array_equal(crop(grid, tile + figures.GAP, top, tile), shown(upscaled, side))
+    tile = figures.tile_side(side)
+    for picture, title_lines in ((out / "0000_grid.png", 2), (overview_grid(tmp_path), 1)):
+        with Image.open(picture) as opened:
+            grid = opened.convert("RGB")
+        top = title_lines * figures.LINE_HEIGHT + figures.GAP
+        with Image.open(out / best["source"]) as pick, Image.open(out / best["file"]) as upscaled:
+            assert np.array_equal(crop(grid, 0, top, tile), shown(pick, side, chosen=True)), picture
+            assert np.array_equal(crop(grid, tile + figures.GAP, top, tile), shown(upscaled, side)), picture
