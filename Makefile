@@ -26,7 +26,8 @@ test: venv $(VENV)/.installed-demo
 	$(PY) -m pytest -q tests
 
 quickstart: venv
-	@$(MAKE) --no-print-directory cjk-font || echo "warning: could not install fonts-noto-cjk; Chinese prompts in the overview will show as boxes"
+	@$(MAKE) --no-print-directory cjk-font || \
+	  echo "warning: could not install fonts-noto-cjk; Chinese prompts in the overview will show as boxes"
 	$(PY) scripts/quickstart.py
 
 # The web page over the quick start's model; other checkpoints: make demo DEMO_FLAGS="--load runs/gpt".
