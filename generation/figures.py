@@ -39,7 +39,7 @@ FRAME_COLOUR = (150, 150, 150)
 CHOSEN_COLOUR = (230, 90, 0)
 BACKGROUND = "white"
 CJK_FONT_PACKAGE = "fonts-noto-cjk"
-# (file, face index in the collection): Debian's fonts-noto-cjk, Simplified Chinese face first.
+# (file, face index in the collection): Debian's fonts-noto-cjk (face 2 is Simplified Chinese), then fonts-wqy-*.
 KNOWN_CJK_FONTS = (
     ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", 2),
     ("/usr/share/fonts/opentype/noto/NotoSerifCJK-Regular.ttc", 2),
