@@ -6,7 +6,7 @@ export DS_ACCELERATOR ?= cpu
 export DS_BUILD_OPS ?= 0
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: venv test quickstart demo emoji-font chromium clean
+.PHONY: venv test quickstart demo emoji-font cjk-font chromium clean
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,8 @@ $(VENV)/.installed-kernels: $(VENV)/.installed requirements-kernels.txt
 	touch $@
 
 quickstart: venv
+	@$(MAKE) --no-print-directory cjk-font || \
+	  echo "warning: could not install fonts-noto-cjk; Chinese prompts in the overview will show as boxes"
 	$(PY) scripts/quickstart.py
 
 # The web page over the quick start's model; other checkpoints: make demo DEMO_FLAGS="--load runs/gpt".
@@ -41,6 +43,12 @@ demo: $(VENV)/.installed-demo
 emoji-font:
 	@dpkg -s fonts-noto-color-emoji >/dev/null 2>&1 || \
 	  (apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji >/dev/null)
+
+# Figure labels (generation/figures.py) draw Chinese prompts with Noto Sans CJK (a Debian package); without it
+# they fall back to PIL's font, which has no Chinese glyphs, and the test of Chinese labels skips.
+cjk-font:
+	@dpkg -s fonts-noto-cjk >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq fonts-noto-cjk >/dev/null)
 
 # The web demo's browser test drives Debian's chromium (Playwright never downloads one); it skips without it.
 # Not pinned to a version: Debian's security updates replace chromium in bookworm, and the old one leaves the mirror.

@@ -27,7 +27,8 @@ from PIL import Image
 
 from arguments import add_generation_args, load_time_model_settings, parse_noting_given
 from generation.inputs import read_image_inputs
-from generation.outputs import Manifest, make_grid, save_png, write_skip_report
+from generation import figures
+from generation.outputs import Manifest, save_png, write_skip_report
 from generation.pipeline import Pipeline
 from generation.prompts import Prompt, collect_prompts, interactive_prompts
 from generation.sampling import SamplingSettings
@@ -113,7 +114,8 @@ class Run:
                     self.manifest.add(self.save_image(f"{prompt.id}_{j:03d}.png", image, prompt_id=prompt.id,
                                                       prompt=prompt.text, negative_prompt=self.args.negative_prompt,
                                                       seed=seed, index=j))
-                grid_image = make_grid(result.images)
+                grid_image = figures.prompt_figure(prompt.text, [figures.Cell(image, (f"seed {seed}",))
+                                                                 for image, seed in zip(result.images, result.seeds)])
                 save_png(self.out / f"{prompt.id}_grid.png", grid_image,
                          self.metadata(prompt=prompt.text, negative_prompt=self.args.negative_prompt,
                                        seeds=result.seeds))
@@ -137,7 +139,10 @@ class Run:
                         f"{prompt.id}_{j:03d}.png", image, prompt_id=prompt.id, prompt=prompt.text,
                         negative_prompt=self.args.negative_prompt, seed=seed, index=j,
                         score=float(candidates.scores[j]), rank=rank_of[j]))
-                save_png(self.out / f"{prompt.id}_grid.png", make_grid(candidates.images),
+                scores = [float(score) for score in candidates.scores]
+                figure = figures.prompt_figure(prompt.text, figures.selection_cells(
+                    candidates.images, candidates.seeds, scores, result.best, result.upscaled))
+                save_png(self.out / f"{prompt.id}_grid.png", figure,
                          self.metadata(prompt=prompt.text, seeds=candidates.seeds))
                 best_name = f"{prompt.id}_best_sr.png"
                 self.manifest.add(self.save_image(
@@ -183,7 +188,8 @@ class Run:
             self.manifest.add(self.save_image(name, image, prompt=text, seed=self.args.seed + i, input=str(path)))
             print(f"{path}\t{self.out / name}", flush=True)
         self.manifest.flush()
-        self.log_throughput(len(images), time.time() - start, grid=make_grid(upscaled))
+        self.log_throughput(len(images), time.time() - start,
+                            grid=figures.grid([figures.Cell(image) for image in upscaled]))
 
 
 TEXT_TASKS = ("text2image", "text2image-full")

@@ -218,20 +218,18 @@ def held_out_names(path: Path, count: int) -> list[str]:
 
 def heldout_overview(samples: Path, output: Path) -> None:
     """One picture of the samples of every held-out name, a row each under its name (from the manifest
-    generate_samples.py wrote), laid out like the task pages' pictures."""
+    generate_samples.py wrote), drawn by generation.figures like every other grid."""
     from PIL import Image
 
+    from generation.figures import Cell, titled_rows
     from generation.outputs import save_png
-    from scripts.task_examples import DISPLAY_SCALE, FRAME, enlarge, titled_rows
 
-    rows: dict[str, list[Image.Image]] = {}
+    rows: dict[str, list[Cell]] = {}
     for line in (samples / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         with Image.open(samples / record["file"]) as image:
-            rows.setdefault(record["prompt"], []).append(image.convert("RGB"))
-    tile = DISPLAY_SCALE * next(iter(rows.values()))[0].width + 2 * FRAME
-    picture = titled_rows([(name, [enlarge(image, tile) for image in images]) for name, images in rows.items()],
-                          columns=max(len(images) for images in rows.values()))
+            rows.setdefault(record["prompt"], []).append(Cell(image.convert("RGB"), (f"seed {record['seed']}",)))
+    picture = titled_rows(list(rows.items()), columns=max(len(cells) for cells in rows.values()))
     save_png(output, picture, {"samples": str(samples)})
     print(f"held-out samples: {output}")
 

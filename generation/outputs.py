@@ -4,16 +4,16 @@ Every PNG holds, as UTF-8 text chunks (iTXt, so Chinese prompts survive), the pr
 prompt, the seed and every sampling setting: an image found on its own tells how to make it again
 (`read_png_metadata`). The manifest has one JSON object per image (and per caption or score) and
 is rewritten atomically after every batch of prompts, so an interrupted run loses nothing written.
+The grids are drawn by `generation.figures`.
 A task that reads input images also writes `skipped.txt`: the inputs it could not read, and why.
 """
 from __future__ import annotations
 
 import io
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -52,20 +52,6 @@ def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
         except json.JSONDecodeError:
             decoded[key] = value
     return decoded
-
-
-def make_grid(images: Sequence[Image.Image], columns: int | None = None, gap: int = 2) -> Image.Image:
-    """Tile images (all the same size) row by row on a white canvas, nearly square by default."""
-    if not images:
-        raise ValueError("make_grid needs at least one image")
-    columns = columns or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / columns)
-    width, height = images[0].size
-    canvas = Image.new("RGB", (columns * width + (columns - 1) * gap, rows * height + (rows - 1) * gap), "white")
-    for index, image in enumerate(images):
-        row, column = divmod(index, columns)
-        canvas.paste(image, (column * (width + gap), row * (height + gap)))
-    return canvas
 
 
 class Manifest:

@@ -116,38 +116,38 @@ def held_out_captions(run_dir: Path) -> list[str]:
 
 
 def overview_grid(run_dir: Path) -> Path:
-    """One picture of the run: a row per prompt, its candidates in seed order, a gap, then the
-    super-resolved candidate that post-selection chose (shown at its doubled size, cropped to the row)."""
+    """One picture of the run (`generation.figures`): a row per prompt under the prompt, post-selection's
+    pick (marked) with its super-resolved image beside it, then the other candidates, best first."""
     from PIL import Image
 
-    folder = run_dir / "samples" / "text2image"
-    records = [json.loads(line) for line in (folder / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
-    rows: dict[str, dict] = {}
-    for record in records:
-        row = rows.setdefault(record["prompt_id"], {"candidates": [], "best": None})
-        if "source" in record:
-            row["best"] = record["file"]
-        else:
-            row["candidates"].append((record["index"], record["file"]))
-    if not rows:
-        raise UserError(f"no samples listed in {folder / 'manifest.jsonl'}")
-    def paste(name: str, corner: tuple[int, int]) -> None:
-        with Image.open(folder / name) as image:
-            canvas.paste(image.convert("RGB"), corner)
+    from generation.figures import selection_cells, titled_rows
+    from generation.outputs import read_manifest, save_png
 
-    with Image.open(folder / rows[next(iter(rows))]["candidates"][0][1]) as first:
-        cell = first.width
-    columns = max(len(row["candidates"]) for row in rows.values())
-    gap = cell // 4
-    canvas = Image.new("RGB", (columns * cell + gap + 2 * cell, len(rows) * (2 * cell + gap)), "white")
-    for r, row in enumerate(rows[key] for key in sorted(rows)):
-        top = r * (2 * cell + gap)
-        for c, (_, name) in enumerate(sorted(row["candidates"])):
-            paste(name, (c * cell, top + cell // 2))
-        if row["best"] is not None:
-            paste(row["best"], (columns * cell + gap, top))
+    folder = run_dir / "samples" / "text2image"
+    rows: dict[str, dict] = {}
+    for record in read_manifest(folder):
+        row = rows.setdefault(record["prompt_id"], {"prompt": record["prompt"], "candidates": {}, "best": None})
+        if "source" in record:
+            row["best"] = record
+        else:
+            row["candidates"][record["file"]] = record
+    if not rows or any(row["best"] is None for row in rows.values()):
+        raise UserError(f"{folder / 'manifest.jsonl'} lists no super-resolved pick for some prompt")
+
+    def image(name: str) -> Image.Image:
+        with Image.open(folder / name) as opened:
+            return opened.convert("RGB")
+
+    figure_rows = []
+    for row in (rows[key] for key in sorted(rows)):
+        candidates = sorted(row["candidates"].values(), key=lambda record: record["index"])
+        files = [record["file"] for record in candidates]
+        cells = selection_cells([image(name) for name in files], [record["seed"] for record in candidates],
+                                [record["score"] for record in candidates], files.index(row["best"]["source"]),
+                                image(row["best"]["file"]))
+        figure_rows.append((row["prompt"], cells))
     path = run_dir / "overview.png"
-    canvas.save(path)
+    save_png(path, titled_rows(figure_rows, columns=max(len(cells) for _, cells in figure_rows)))
     return path
 
 

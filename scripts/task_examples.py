@@ -11,13 +11,13 @@ Writes, from held-out `shapes` items (the validation split, never trained on):
     super_resolution.png  a row per image: low-res input, bicubic 2x, the model's 2x, the original
 
 Everything goes through `generation.pipeline.Pipeline`, so the pictures show what a user of the API gets.
-The same checkpoint and --seed give the same pictures (on the same device). Images are enlarged with
-nearest-neighbour resampling so that their pixels stay visible; the labels use PIL's built-in font.
+The same checkpoint and --seed give the same pictures (on the same device). The layout is
+`generation.figures`': images enlarged with nearest-neighbour resampling so that their pixels stay
+visible, framed, post-selection's pick marked, labels in a CJK font when one is installed.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -26,26 +26,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont, ImageOps  # noqa: E402
+from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from arguments import non_negative_float, positive_float, positive_int  # noqa: E402
 from data_utils.image_sources import open_dataset  # noqa: E402
 from data_utils.images import downscale, pil_to_tensor, tensor_to_pil  # noqa: E402
 from eval_utils.psnr import bicubic_upsample  # noqa: E402
-from generation.outputs import make_grid, save_png  # noqa: E402
+from generation.figures import Cell, column_titles, display_side, grid, titled, titled_rows  # noqa: E402
+from generation.outputs import save_png  # noqa: E402
 from generation.pipeline import Pipeline  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 
-# Layout, in pixels. Every image is shown in a square tile twice the model's image side (the model's images
-# at 2x, super-resolution outputs at 1x, low-res inputs at 4x) inside a grey frame, so that a white image
-# still shows where it ends. Each text field gets a fixed number of lines, so a picture's size depends on
-# its layout only, never on what the model wrote.
-DISPLAY_SCALE = 2
-FRAME = 1
-GAP = 6
-FONT_SIZE = 12
-LINE_HEIGHT = 16
+# Layout (the rest is generation.figures'): every image is shown framed at one side for all four pictures
+# (`shown_side`). Each text field gets a fixed number of lines, so a picture's size depends on its layout
+# only, never on what the model wrote.
 CAPTION_CELL_TILES = 2      # image2text: a cell is two tiles wide, so a two-object caption fits two lines
 CAPTION_LINES = 3           # lines for each of the true and the model's captions
 RERANKED_CAPTIONS = 16      # sampled captions of which image2text.png shows the one agreeing best with the image
@@ -76,132 +71,61 @@ def held_out(size: int, counts: tuple[int, int]) -> tuple[list[str], list[Image.
     return [item.caption for item in items], [item.image for item in items]
 
 
-# --- layout -------------------------------------------------------------------------------------------
-@functools.cache
-def font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default(FONT_SIZE)
-
-
-def wrap(text: str, width: int, lines: int) -> list[str]:
-    """`text` broken at spaces into at most `lines` lines of at most `width` pixels; a cut text ends in '...'."""
-    face = font()
-    wrapped: list[str] = []
-    for word in text.split():
-        if wrapped and face.getlength(f"{wrapped[-1]} {word}") <= width:
-            wrapped[-1] = f"{wrapped[-1]} {word}"
-        else:
-            wrapped.append(word)
-    if len(wrapped) > lines:
-        wrapped = wrapped[:lines]
-        while " " in wrapped[-1] and face.getlength(wrapped[-1] + " ...") > width:
-            wrapped[-1] = wrapped[-1].rsplit(" ", 1)[0]
-        wrapped[-1] += " ..."
-    return wrapped
-
-
-def text_block(fields: Sequence[str], width: int, lines_per_field: int = 1) -> Image.Image:
-    """A white strip with each field wrapped into exactly `lines_per_field` lines."""
-    block = Image.new("RGB", (width, len(fields) * lines_per_field * LINE_HEIGHT), "white")
-    pen = ImageDraw.Draw(block)
-    for f, field in enumerate(fields):
-        for n, line in enumerate(wrap(field, width, lines_per_field)):
-            pen.text((0, (f * lines_per_field + n) * LINE_HEIGHT), line, fill="black", font=font())
-    return block
-
-
-def enlarge(image: Image.Image, tile: int) -> Image.Image:
-    """`image` resized (nearest neighbour) and framed to a `tile` x `tile` square."""
-    inner = tile - 2 * FRAME
-    return ImageOps.expand(image.convert("RGB").resize((inner, inner), Image.Resampling.NEAREST), FRAME, "grey")
-
-
-def stack(parts: Sequence[Image.Image]) -> Image.Image:
-    """Parts one below the other, left-aligned, `GAP` apart."""
-    canvas = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts) + GAP * (len(parts) - 1)),
-                       "white")
-    top = 0
-    for part in parts:
-        canvas.paste(part, (0, top))
-        top += part.height + GAP
-    return canvas
-
-
-def labelled(image: Image.Image, fields: Sequence[str], width: int, lines_per_field: int = 1) -> Image.Image:
-    """`image` centred over its text fields, in a cell `width` wide."""
-    cell = Image.new("RGB", (width, image.height), "white")
-    cell.paste(image, ((width - image.width) // 2, 0))
-    return stack([cell, text_block(fields, width, lines_per_field)])
-
-
-def span(tiles: int, tile: int) -> int:
-    """The width `make_grid` gives `tiles` tiles side by side."""
-    return tiles * tile + (tiles - 1) * GAP
-
-
-def titled_rows(rows: Sequence[tuple[str, Sequence[Image.Image]]], columns: int,
-                header: Image.Image | None = None) -> Image.Image:
-    """Optional column titles, then each row's title line above its images."""
-    grids = [make_grid(images, columns=columns, gap=GAP) for _, images in rows]
-    width = grids[0].width
-    parts = [header] if header is not None else []
-    parts += [stack([text_block([title], width), grid]) for (title, _), grid in zip(rows, grids)]
-    return stack(parts)
-
-
-def column_titles(titles: Sequence[str], tiles_each: int, tile: int) -> Image.Image:
-    return make_grid([text_block([title], span(tiles_each, tile)) for title in titles], columns=len(titles), gap=GAP)
+def shown_side(side: int) -> int:
+    """The side every picture shows images at, for a model of `side` px images: the low-res inputs, the
+    model's images and the super-resolved ones all enlarge pixel-exactly to it."""
+    return display_side([side // 2, side, 2 * side])
 
 
 # --- the pictures ---------------------------------------------------------------------------------------
 def text2image_picture(pipe: Pipeline, prompts: list[str], samples: int, cfg_scale: float, temperature: float,
-                       seed: int, tile: int) -> Image.Image:
+                       seed: int, side: int) -> Image.Image:
     """Image j of every prompt uses seed `seed + j` with and without guidance, so columns j and
     `samples + j` differ by guidance alone."""
     plain = pipe.text2image(prompts, n=samples, seed=seed, temperature=temperature)
     guided = pipe.text2image(prompts, n=samples, seed=seed, cfg_scale=cfg_scale, temperature=temperature)
-    rows = [(a.prompt, [enlarge(image, tile) for image in a.images + b.images]) for a, b in zip(plain, guided)]
-    header = column_titles(["no guidance (cfg scale 1)", f"classifier-free guidance, cfg scale {cfg_scale:g}"],
-                           samples, tile)
-    return titled_rows(rows, 2 * samples, header)
+    rows = [(a.prompt, [Cell(image) for image in a.images + b.images]) for a, b in zip(plain, guided)]
+    header = column_titles(["no guidance (cfg scale 1)",
+                                    f"classifier-free guidance, cfg scale {cfg_scale:g}"], samples, side)
+    return titled_rows(rows, 2 * samples, side, header)
 
 
 def image2text_picture(pipe: Pipeline, captions: list[str], images: list[Image.Image], seed: int,
-                       tile: int) -> Image.Image:
+                       side: int) -> Image.Image:
     """Greedy captions (top-k 1), the model's most likely caption, next to the best of
     `RERANKED_CAPTIONS` sampled ones (what `evaluate.py --caption-candidates` judges)."""
     max_tokens = pipe.geometry.text_max_tokens
     greedy = pipe.caption(images, seed=seed, top_k=1, max_tokens=max_tokens)
     reranked = pipe.caption(images, seed=seed, top_k=0, max_tokens=max_tokens, candidates=RERANKED_CAPTIONS)
-    cells = [labelled(enlarge(image, tile), [f"true: {truth}", f"greedy: {plain}",
-                                              f"best of {RERANKED_CAPTIONS}: {best}"], CAPTION_CELL_TILES * tile,
-                      CAPTION_LINES) for image, truth, plain, best in zip(images, captions, greedy, reranked)]
-    return make_grid(cells, columns=CAPTION_COLUMNS, gap=GAP)
+    cells = [Cell(image, (f"true: {truth}", f"greedy: {plain}", f"best of {RERANKED_CAPTIONS}: {best}"))
+             for image, truth, plain, best in zip(images, captions, greedy, reranked)]
+    return grid(cells, CAPTION_COLUMNS, side, lines_per_field=CAPTION_LINES, tiles_wide=CAPTION_CELL_TILES)
 
 
 def post_selection_picture(pipe: Pipeline, prompt: str, candidates: int, cfg_scale: float, temperature: float,
-                           seed: int, tile: int) -> Image.Image:
+                           seed: int, side: int) -> Image.Image:
     """Candidates scored from their codes (what text2image-full does), so no VQ-VAE round trip
-    changes the images that are scored."""
+    changes the images that are scored; the first, post-selection's pick, is marked."""
     result = pipe.text2image(prompt, n=candidates, seed=seed, cfg_scale=cfg_scale, temperature=temperature)[0]
     ranking = pipe.rerank_codes(prompt, result.codes)
-    cells = [labelled(enlarge(result.images[i], tile),
-                      [f"{rank + 1}. {float(ranking.scores[i]):.2f} (seed {seed + i})"], tile)
+    cells = [Cell(result.images[i], (f"{rank + 1}. {float(ranking.scores[i]):.2f} (seed {seed + i})",), rank == 0)
              for rank, i in enumerate(ranking.order)]
-    return titled_rows([(f"{prompt} (cfg scale {cfg_scale:g}; rank. score, best first)", cells)], candidates)
+    title = f"{prompt} (cfg scale {cfg_scale:g}; rank. score, best first)"
+    return titled(title, grid(cells, candidates, side))
 
 
 def super_resolution_picture(pipe: Pipeline, captions: list[str], images: list[Image.Image], temperature: float,
-                             seed: int, tile: int) -> Image.Image:
+                             seed: int, side: int) -> Image.Image:
     """Inputs made as training made them (`data_utils.images.downscale`), so the model sees its own task;
     bicubic upsampling is the baseline evaluate.py measures PSNR against."""
     lowres = [downscale(image) for image in images]
     upscaled = pipe.super_resolve(lowres, captions, seed=seed, temperature=temperature)
     bicubic = bicubic_upsample(torch.stack([pil_to_tensor(image) for image in lowres]), 2)
-    rows = [(caption, [enlarge(image, tile) for image in (low, tensor_to_pil(cubic), model, original)])
+    rows = [(caption, [Cell(image) for image in (low, tensor_to_pil(cubic), model, original)])
             for caption, low, cubic, model, original in zip(captions, lowres, bicubic, upscaled, images)]
-    side, low_side = images[0].width, lowres[0].width
-    titles = [f"input, {low_side} px", f"bicubic, {side} px", f"model, {side} px", f"original, {side} px"]
-    return titled_rows(rows, SR_COLUMNS, column_titles(titles, 1, tile))
+    full, low_side = images[0].width, lowres[0].width
+    titles = [f"input, {low_side} px", f"bicubic, {full} px", f"model, {full} px", f"original, {full} px"]
+    return titled_rows(rows, SR_COLUMNS, side, column_titles(titles, 1, side))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -221,16 +145,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     pipe = Pipeline.from_checkpoint(args.load, device=args.device)
     side = pipe.image_size(pipe.geometry.image_grid)
-    tile = DISPLAY_SCALE * side + 2 * FRAME
+    display = shown_side(side)
     pictures = {
         "text2image.png": lambda: text2image_picture(pipe, held_out(side, TEXT2IMAGE_PROMPTS)[0], args.samples,
-                                                     args.cfg_scale, args.temperature, args.seed, tile),
-        "image2text.png": lambda: image2text_picture(pipe, *held_out(side, CAPTIONED_IMAGES), args.seed, tile),
+                                                     args.cfg_scale, args.temperature, args.seed, display),
+        "image2text.png": lambda: image2text_picture(pipe, *held_out(side, CAPTIONED_IMAGES), args.seed, display),
         "post_selection.png": lambda: post_selection_picture(pipe, held_out(side, POST_SELECTION_PROMPT)[0][0],
                                                              args.candidates, args.cfg_scale, args.temperature,
-                                                             args.seed, tile),
+                                                             args.seed, display),
         "super_resolution.png": lambda: super_resolution_picture(pipe, *held_out(side, SUPER_RESOLUTION_IMAGES),
-                                                                 args.temperature, args.seed, tile),
+                                                                 args.temperature, args.seed, display),
     }
     args.output.mkdir(parents=True, exist_ok=True)
     settings = {"checkpoint": str(args.load), "seed": args.seed, "cfg_scale": args.cfg_scale,
