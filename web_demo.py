@@ -115,20 +115,15 @@ class Demo:
     # --- caption ------------------------------------------------------------------------------------
     def caption(self, upload: str | None, n: float, temperature: float, top_k: float, top_p: float,
                 seed: float) -> tuple[Image.Image, list[list[Any]]]:
-        """N captions of the image (caption j sampled with seed SEED+j, as generate_samples.py --seed
-        SEED+j would), best first by `Pipeline.match_scores`; an empty caption says nothing and goes last."""
+        """N sampled captions of the image, best first by `Pipeline.match_scores`, each with the seed that
+        samples it again (`generate_samples.py --generation-task image2text --seed SEED`); an empty caption
+        says nothing and goes last."""
         image = read_upload(upload)
-        settings = SamplingSettings(temperature=temperature, top_k=int(top_k), top_p=top_p)
-        n, seed = int(n), int(seed)
-        codes = self.pipe.encode_images([image]).repeat(n, 1, 1)
-        texts = self.pipe.caption_codes(codes, seed, self.pipe.geometry.text_max_tokens, settings)
-        said = [j for j, text in enumerate(texts) if text.strip()]
-        scores = self.pipe.match_scores(codes[said], [self.pipe.tokenizer.encode_text(
-            texts[j], self.pipe.geometry.text_max_tokens) for j in said]) if said else []
-        score_of = {j: float(score) for j, score in zip(said, scores)}
-        order = sorted(range(n), key=lambda j: -score_of.get(j, float("-inf")))
-        rows = [[rank + 1, texts[j], round(score_of[j], 4) if j in score_of else None, seed + j]
-                for rank, j in enumerate(order)]
+        candidates = self.pipe.caption_candidates([image], int(n), seed=int(seed),
+                                                  max_tokens=self.pipe.geometry.text_max_tokens,
+                                                  top_k=int(top_k), top_p=top_p, temperature=temperature)[0]
+        rows = [[rank + 1, entry.text, None if entry.score is None else round(entry.score, 4), entry.seed]
+                for rank, entry in enumerate(candidates)]
         return image, rows
 
     # --- rank ---------------------------------------------------------------------------------------

@@ -55,6 +55,17 @@ class SelectedImage:
     upscaled: Image.Image                    # the best candidate at twice its side
 
 
+@dataclass(frozen=True)
+class CaptionCandidate:
+    """One sampled caption of an image: its text, the seed that samples it again (`caption` with that
+    seed and one candidate), and its `match_scores` score (None for an empty caption, which says
+    nothing and ranks last)."""
+
+    text: str
+    seed: int
+    score: float | None
+
+
 @dataclass
 class Ranking:
     """Post-selection of candidate images for one text: scores in input order, `order` best first."""
@@ -184,24 +195,47 @@ class Pipeline:
     def caption_codes(self, codes: torch.Tensor, seed: int, max_tokens: int, settings: SamplingSettings,
                       candidates: int = 1) -> list[str]:
         """`caption` for code grids `[N, grid, grid]`."""
+        texts = self._sample_captions(codes, seed, max_tokens, settings, candidates)
+        if candidates == 1:
+            return [self.tokenizer.decode_text(own[0]) for own in texts]
+        scores = self._candidate_scores(codes, texts)
+        # The first of equal scores wins; an empty text (score None) never wins over a non-empty one.
+        return [self.tokenizer.decode_text(max(zip(own, own_scores), key=lambda pair: _rank_key(pair[1]))[0])
+                for own, own_scores in zip(texts, scores)]
+
+    def caption_candidates(self, images: ImagesLike, candidates: int, seed: int = 0,
+                           max_tokens: int = DEFAULT_MAX_CAPTION_TOKENS, top_k: int = 200, top_p: float = 1.0,
+                           temperature: float = 1.0) -> list[list[CaptionCandidate]]:
+        """Every one of the `candidates` sampled captions of each image, with its seed and score, best
+        first: what `caption(..., candidates=N)` chooses from (its choice is the first of each list)."""
+        codes = self.encode_images(images)
+        settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)
+        texts = self._sample_captions(codes, seed, max_tokens, settings, candidates)
+        scores = self._candidate_scores(codes, texts)
+        ranked = []
+        for i, (own, own_scores) in enumerate(zip(texts, scores)):
+            entries = [CaptionCandidate(self.tokenizer.decode_text(ids), tasks.candidate_seed(seed + i, j), score)
+                       for j, (ids, score) in enumerate(zip(own, own_scores))]
+            ranked.append(sorted(entries, key=lambda entry: _rank_key(entry.score), reverse=True))
+        return ranked
+
+    def _sample_captions(self, codes: torch.Tensor, seed: int, max_tokens: int, settings: SamplingSettings,
+                         candidates: int) -> list[list[list[int]]]:
         if candidates > 1 and self.post_selection == "agreement" and max_tokens > self.geometry.text_max_tokens:
             raise UserError(f"reranked captions are scored as text-to-image prompts, which hold at most "
                             f"{self.geometry.text_max_tokens} text tokens; give --max-caption-tokens "
                             f"{self.geometry.text_max_tokens} or less")
         with self._autocast():
-            texts = tasks.caption_candidates(self.model, self.tokenizer, self.geometry, codes, seed, settings,
-                                             max_tokens, self.max_batch_rows, candidates)
-        chosen = [own[0] for own in texts] if candidates == 1 else self._best_texts(codes, texts)
-        return [self.tokenizer.decode_text(ids) for ids in chosen]
+            return tasks.caption_candidates(self.model, self.tokenizer, self.geometry, codes, seed, settings,
+                                            max_tokens, self.max_batch_rows, candidates)
 
-    def _best_texts(self, codes: torch.Tensor, texts: list[list[list[int]]]) -> list[list[int]]:
-        """Of each image's candidate texts, the one `match_scores` rates highest (the earliest of equals).
-        Each distinct (image, text) pair is scored once; an empty text, which says nothing, never wins
-        over a non-empty one."""
+    def _candidate_scores(self, codes: torch.Tensor, texts: list[list[list[int]]]) -> list[list[float | None]]:
+        """`match_scores` of each image with each of its candidate texts (None for an empty text). Each
+        distinct (image, text) pair is scored once."""
         pairs = sorted({(i, tuple(text)) for i, own in enumerate(texts) for text in own if text})
         scores = self.match_scores(codes[[i for i, _ in pairs]], [list(text) for _, text in pairs]) if pairs else []
         score_of = {pair: float(score) for pair, score in zip(pairs, scores)}
-        return [max(own, key=lambda text: score_of.get((i, tuple(text)), float("-inf"))) for i, own in enumerate(texts)]
+        return [[score_of.get((i, tuple(text))) for text in own] for i, own in enumerate(texts)]
 
     def match_scores(self, codes: torch.Tensor, text_ids: Sequence[Sequence[int]]) -> torch.Tensor:
         """How well each code grid and its own text agree, by `self.post_selection`: "agreement" (both
@@ -266,3 +300,8 @@ class Pipeline:
         if sizes == {(low, low)}:
             return self.geometry.lowres_grid
         return self.geometry.image_grid
+
+
+def _rank_key(score: float | None) -> float:
+    """Sort key of a candidate's score: an empty caption (None) below every real score."""
+    return float("-inf") if score is None else score

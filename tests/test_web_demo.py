@@ -21,6 +21,7 @@ from PIL import Image
 
 from generation.outputs import read_png_metadata
 from generation.pipeline import Pipeline
+from generation.tasks import candidate_seed
 from tests.generation_helpers import write_tiny_checkpoint
 from utils.errors import UserError
 from loopback import free_port
@@ -140,19 +141,22 @@ def test_generate_download_and_errors_in_a_browser(demo_url, checkpoint, tmp_pat
 
 
 def test_captions_are_the_seeded_captions_best_first(checkpoint, tmp_path):
-    """Caption j is what `Pipeline.caption` gives the image under seed SEED+j (so the command line
-    remakes it), and the rows are in descending score order. (At temperature 5 the tiny model's three
-    captions differ, and their scores do not follow their seeds.)"""
+    """Each row is what `Pipeline.caption` gives the image under the row's seed (so the command line
+    remakes it), the rows are in descending score order, and the first is the caption that
+    `Pipeline.caption(..., candidates=3)` keeps. (At temperature 5 the tiny model's three captions differ,
+    and their scores do not follow their seeds.)"""
     import web_demo
 
     pipe = Pipeline.from_checkpoint(checkpoint)
     image = Image.radial_gradient("L").convert("RGB").resize((64, 64))
     image.save(tmp_path / "input.png")
     _, rows = web_demo.Demo(pipe, str(checkpoint), tmp_path).caption(str(tmp_path / "input.png"), 3, 5.0, 0, 1.0, SEED)
-    assert sorted(seed for *_, seed in rows) == [SEED, SEED + 1, SEED + 2] and [r[0] for r in rows] == [1, 2, 3]
+    assert sorted(seed for *_, seed in rows) == [candidate_seed(SEED, j) for j in range(3)]
+    assert [row[0] for row in rows] == [1, 2, 3]
+    sampling = dict(max_tokens=pipe.geometry.text_max_tokens, top_k=0, temperature=5.0)
     for _, caption, _, seed in rows:
-        assert caption == pipe.caption([image], seed=seed, max_tokens=pipe.geometry.text_max_tokens, top_k=0,
-                                       temperature=5.0)[0]
+        assert caption == pipe.caption([image], seed=seed, **sampling)[0]
+    assert rows[0][1] == pipe.caption([image], seed=SEED, candidates=3, **sampling)[0]
     scores = [score for _, _, score, _ in rows]
     assert None not in scores and scores == sorted(scores, reverse=True)
 
