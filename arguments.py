@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Mapping, Sequence
 
-from data_utils.sequences import POSITION_LAYOUTS, TASKS
+from data_utils.sequences import POSITION_LAYOUTS, TASKS, ImageTokens
 from fp16.precision import PRECISIONS
 from generation.decoding import DEFAULT_MAX_BATCH_ROWS
 from generation.scoring import POST_SELECTION_SCORES
@@ -24,7 +24,8 @@ from utils.lr_decay import DECAY_STYLES
 
 # Model flags and the `ModelConfig` fields they set (same names); a checkpoint's config wins over them.
 MODEL_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings", "layernorm_order",
-               "pb_relax", "pb_relax_alpha", "hidden_dropout", "attention_dropout", "position_layout")
+               "pb_relax", "pb_relax_alpha", "hidden_dropout", "attention_dropout", "position_layout",
+               "image_attention_window")
 
 
 # ---------------------------------------------------------------- value types (argparse reports the errors)
@@ -103,6 +104,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="dropout on embeddings and residual branches (default: %(default)s)")
     group.add_argument("--attention-dropout", metavar="P", type=dropout_probability, default=0.1,
                        help="dropout on attention probabilities (default: %(default)s)")
+    group.add_argument("--image-attention-window", metavar="W", type=non_negative_int, default=0,
+                       help="local image attention for long image sequences: a code sees the text and the codes of "
+                            "its image within W rows above and W columns either side (0: full attention; "
+                            "docs/architecture.md; default: %(default)s)")
     group.add_argument("--checkpoint-activations", action="store_true",
                        help="recompute each layer's activations in the backward pass (less memory, ~30%% slower)")
     add_attention_backend_flag(group)
@@ -383,11 +388,15 @@ def parse_training_args(argv: Sequence[str] | None = None, description: str | No
 
 # ---------------------------------------------------------------- model config <-> flags
 
-def model_config_from_args(args: argparse.Namespace, vocab_size: int, max_positions: int) -> ModelConfig:
-    """A new model's config; `max_positions` fills --max-position-embeddings when it is not given."""
+def model_config_from_args(args: argparse.Namespace, vocab_size: int, max_positions: int,
+                           image_tokens: ImageTokens | None = None) -> ModelConfig:
+    """A new model's config; `max_positions` fills --max-position-embeddings when it is not given, and
+    `image_tokens` (the data's) is recorded when a flag needs it (--image-attention-window)."""
     values: dict[str, Any] = {flag: getattr(args, flag) for flag in MODEL_FLAGS}
     if values["max_position_embeddings"] is None:
         values["max_position_embeddings"] = max_positions
+    if values["image_attention_window"]:
+        values["image_tokens"] = image_tokens
     return ModelConfig(vocab_size=vocab_size, **values)
 
 

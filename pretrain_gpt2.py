@@ -33,6 +33,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 from arguments import check_flags_match_config, model_config_from_args, parse_training_args  # noqa: E402
 from checkpoints.trackers import TRACKER_FILE, read_latest_iteration  # noqa: E402
 from data_utils.dataset import TaskSequenceDataset, positions_needed  # noqa: E402
+from data_utils.sequences import image_tokens_of  # noqa: E402
 from data_utils.shards import RowFormat, ShardedRows, read_manifest  # noqa: E402
 from data_utils.tokenizer import UnifiedTokenizer  # noqa: E402
 from fp16 import torch_dtype  # noqa: E402
@@ -115,7 +116,8 @@ def position_layout_to_train(args: argparse.Namespace, resume_iteration: int | N
 def resolve_model_config(args: argparse.Namespace, data: TrainingData, resume_iteration: int | None) -> ModelConfig:
     """A new model's config from the flags, or the checkpoint's when resuming (contradicting flags refused)."""
     if resume_iteration is None:
-        config = model_config_from_args(args, data.tokenizer.vocab_size, data.positions_needed)
+        config = model_config_from_args(args, data.tokenizer.vocab_size, data.positions_needed,
+                                        image_tokens_of(data.tokenizer))
     else:
         source = Path(args.load) / str(resume_iteration)
         fields, metadata = read_model_config(source / CONFIG_FILE)

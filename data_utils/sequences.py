@@ -19,6 +19,12 @@ length, and a model must learn to find each code's row and column relative to `[
 it starts at `text_positions + 1`: code (r, c) then has one position in every text-to-image sequence, as
 in LlamaGen and DALLE-pytorch (which pad the text to a fixed length; no pad tokens are fed here). Only
 text-to-image and the low-resolution half of super-resolution change: image-to-text starts with its image.
+
+Image coordinates (`image_coordinates`). A model that treats image codes by their place in the grid (the
+local image window of `ModelConfig.image_attention_window`) finds that place from the ids alone, so
+training, scoring and KV-cache decoding agree without being told: a grid token starts an image (every
+image above is `G [BOI] codes`), and the codes that follow fill its grid row-major, the grid token's
+side being the row length.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from data_utils.tokenizer import UnifiedTokenizer, as_id_list
+from data_utils.tokenizer import GRID_TOKENS, UnifiedTokenizer, as_id_list
 from utils.errors import UserError
 
 TASKS = ("text2image", "image2text", "super_resolution")
@@ -146,3 +152,57 @@ def num_positions(task: str, text_max_tokens: int, grid: int, lo_grid: int | Non
     """Number of position embeddings the task needs: less than `max_length` for super-resolution,
     whose positions restart at `[ROI2]`."""
     return max(_part_lengths(task, text_max_tokens, grid, lo_grid))
+
+
+# --- where each image code sits -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageTokens:
+    """What a model needs of its tokenizer to find image codes and their grid places in a sequence:
+    ids below `codebook_size` are codes, and `grid_sides` pairs each grid token id with its side.
+    Recorded in `model_config.json`, so a loaded model reads sequences as it was trained to."""
+
+    codebook_size: int
+    grid_sides: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        # JSON gives lists back; keep the pairs hashable and comparable.
+        object.__setattr__(self, "grid_sides", tuple((int(i), int(s)) for i, s in self.grid_sides))
+        if self.codebook_size < 1 or not self.grid_sides or any(s < 1 for _, s in self.grid_sides):
+            raise UserError(f"bad image token description: {self}")
+
+
+def image_tokens_of(tok: UnifiedTokenizer) -> ImageTokens:
+    return ImageTokens(tok.codebook_size, tuple((tok.grid_token(side), side) for side in GRID_TOKENS))
+
+
+@dataclass
+class ImageCoordinates:
+    """Per token of `ids [B, S]`: whether it is a code of an image, which image (a count of grid tokens
+    so far) and its row and column in that image's grid. Meaningless where `is_code` is False."""
+
+    is_code: torch.Tensor
+    image: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+
+    def last(self, length: int) -> "ImageCoordinates":
+        """The coordinates of the last `length` tokens (the queries of a forward after a cache)."""
+        return ImageCoordinates(*(t[:, -length:] for t in (self.is_code, self.image, self.row, self.col)))
+
+
+def image_coordinates(ids: torch.Tensor, image_tokens: ImageTokens) -> ImageCoordinates:
+    """Grid places of the codes of `ids [B, S]`, vectorised (no loop over tokens): codes before any grid
+    token belong to no image. Works on any prefix of a sequence, so decoding
+    can ask about the sequence so far."""
+    sides = torch.zeros_like(ids)
+    for token_id, side in image_tokens.grid_sides:  # a handful of grid tokens
+        sides = torch.where(ids == token_id, side, sides)
+    is_grid = sides > 0
+    index = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    last_grid = torch.where(is_grid, index, -1).cummax(dim=1).values
+    width = sides.gather(1, last_grid.clamp_min(0)).clamp_min(1)
+    is_code = (ids >= 0) & (ids < image_tokens.codebook_size) & (last_grid >= 0)
+    codes_so_far = is_code.long().cumsum(dim=1)
+    before_image = torch.where(is_grid, codes_so_far, 0).cummax(dim=1).values
+    ordinal = codes_so_far - before_image - 1
+    return ImageCoordinates(is_code, is_grid.long().cumsum(dim=1), ordinal // width, ordinal % width)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from data_utils.sequences import POSITION_LAYOUTS
+from data_utils.sequences import POSITION_LAYOUTS, ImageTokens
 from utils.errors import UserError
 
 LAYERNORM_ORDERS = ("pre", "sandwich")
@@ -37,8 +37,16 @@ class ModelConfig:
     layernorm_epsilon: float = 1e-5
     # The positions the weights were trained with; CogView's release and older checkpoints are "consecutive".
     position_layout: str = "consecutive"
+    # The local image window (0 = off, full causal attention): an image code attends to every text and command
+    # token and every code of another image, but to the codes of its own image only within `image_attention_window`
+    # rows above it and as many columns either side (docs/architecture.md, "Local image attention").
+    image_attention_window: int = 0
+    # How the model finds image codes and their grid places in a sequence; recorded when a feature needs it.
+    image_tokens: ImageTokens | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.image_tokens, Mapping):  # from model_config.json
+            self.image_tokens = ImageTokens(**self.image_tokens)
         self.validate()
 
     @property
@@ -67,6 +75,10 @@ class ModelConfig:
                 raise UserError(f"model {name} must be in [0, 1), got {getattr(self, name)}")
         if self.position_layout not in POSITION_LAYOUTS:
             raise UserError(f"model position_layout must be one of {POSITION_LAYOUTS}, got {self.position_layout!r}")
+        if not isinstance(self.image_attention_window, int) or self.image_attention_window < 0:
+            raise UserError(f"model image_attention_window must be an integer >= 0, got {self.image_attention_window!r}")
+        if self.image_attention_window and self.image_tokens is None:
+            raise UserError("model image_attention_window needs image_tokens (the codebook size and grid tokens)")
         if not self.layernorm_epsilon > 0:
             raise UserError(f"model layernorm_epsilon must be positive, got {self.layernorm_epsilon}")
 

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from data_utils.sequences import ImageTokens, image_coordinates
 from model.config import ModelConfig
-from model.kernels.backend import resolve_attention_backend, triton_attend
+from model.kernels.backend import attention_backend, resolve_attention_backend, triton_attend
 from model.kv_cache import KVCache
 from utils.errors import UserError
 
@@ -56,8 +57,25 @@ class LayerNorm(nn.LayerNorm):
         return super().forward(x)
 
 
+def image_window_mask(key_ids: torch.Tensor, query_len: int, image_tokens: ImageTokens, window: int) -> torch.Tensor:
+    """`[B, query_len, S]`, True where the local image window lets the last `query_len` of the tokens
+    `key_ids [B, S]` see a key: always, unless both are codes of the same image, which must then lie
+    within `window` rows (above, by causality) and `window` columns either side of each other.
+
+    The pattern of CogView2's local attention, made causal, with the text kept global: a code's
+    neighbourhood is where most of what predicts it lies, the text says what the image shows."""
+    keys = image_coordinates(key_ids, image_tokens)
+    queries = keys.last(query_len)
+    same_image = (queries.is_code[:, :, None] & keys.is_code[:, None, :]
+                  & (queries.image[:, :, None] == keys.image[:, None, :]))
+    near = ((queries.row[:, :, None] - keys.row[:, None, :]).abs() <= window) & (
+        (queries.col[:, :, None] - keys.col[:, None, :]).abs() <= window)
+    return ~same_image | near
+
+
 def build_attention_mask(query_len: int, past_len: int, key_padding_mask: torch.Tensor | None,
-                         device: torch.device | str | None = None) -> torch.Tensor | None:
+                         device: torch.device | str | None = None,
+                         allowed: torch.Tensor | None = None) -> torch.Tensor | None:
     """The boolean attention mask (True = attend) for `query_len` new positions after `past_len`
     cached ones, combining causality with `key_padding_mask [B, past_len + query_len]`.
 
@@ -65,8 +83,9 @@ def build_attention_mask(query_len: int, past_len: int, key_padding_mask: torch.
     square causal attention (`past_len == 0`, SDPA's `is_causal`) or one query that may see every key.
     With a padding mask every position may always attend to itself, so a left-padding position,
     which sees no real key, gets a finite (ignored) output instead of NaN from an all-masked row.
+    `allowed [B, query_len, past_len + query_len]` narrows it further (`image_window_mask`).
     """
-    if key_padding_mask is None and (past_len == 0 or query_len == 1):
+    if key_padding_mask is None and allowed is None and (past_len == 0 or query_len == 1):
         return None
     if key_padding_mask is not None:
         device = key_padding_mask.device
@@ -74,9 +93,11 @@ def build_attention_mask(query_len: int, past_len: int, key_padding_mask: torch.
     query_pos = torch.arange(past_len, total, device=device)[:, None]
     key_pos = torch.arange(total, device=device)[None, :]
     mask = key_pos <= query_pos
+    if allowed is not None:
+        mask = mask & allowed  # a token always sees itself, so no row is left empty
     if key_padding_mask is not None:
         mask = (mask & key_padding_mask.to(torch.bool)[:, None, :]) | (key_pos == query_pos)
-    else:
+    elif mask.dim() == 2:
         mask = mask[None]
     return mask[:, None]
 
@@ -278,7 +299,8 @@ class CogViewGPT(nn.Module):
         weight = self.word_embeddings.weight
         c = self.config
         return KVCache.allocate(c.num_layers, batch_size, c.num_attention_heads, max_length, c.head_dim,
-                                dtype=dtype or weight.dtype, device=device or weight.device)
+                                dtype=dtype or weight.dtype, device=device or weight.device,
+                                track_tokens=c.image_attention_window > 0)
 
     def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         """Word plus position embeddings `[B, T, hidden]` (the input of layer 0)."""
@@ -299,7 +321,8 @@ class CogViewGPT(nn.Module):
         """
         past_len = 0 if kv_cache is None else kv_cache.length
         self._check_inputs(input_ids, position_ids, key_padding_mask, kv_cache, past_len)
-        attn_mask = build_attention_mask(input_ids.shape[1], past_len, key_padding_mask, input_ids.device)
+        attn_mask = build_attention_mask(input_ids.shape[1], past_len, key_padding_mask, input_ids.device,
+                                         self._image_window(input_ids, kv_cache))
         x = self.embed(input_ids, position_ids)
         for layer in self.transformer.layers:
             if self.checkpoint_activations and self.training:
@@ -309,6 +332,17 @@ class CogViewGPT(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(input_ids.shape[1])
         return self.logits(x)
+
+    def _image_window(self, input_ids: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor | None:
+        """The local image window's `allowed` mask for this forward, or None when the model has none."""
+        window = self.config.image_attention_window
+        if not window:
+            return None
+        if attention_backend() == "triton":
+            raise UserError("the Triton kernels take no local image window yet; use --attention-backend sdpa "
+                            "(or auto) with a model trained with --image-attention-window")
+        key_ids = input_ids if kv_cache is None else kv_cache.add_tokens(input_ids)
+        return image_window_mask(key_ids, input_ids.shape[1], self.config.image_tokens, window)
 
     def _check_inputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                       key_padding_mask: torch.Tensor | None, kv_cache: KVCache | None, past_len: int) -> None:
