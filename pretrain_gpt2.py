@@ -78,9 +78,11 @@ def load_data(args: argparse.Namespace, position_layout: str) -> TrainingData:
                         f"is missing; restore it or re-run preprocess_data.py")
     tokenizer = UnifiedTokenizer.from_files(recorded["path"], int(recorded["codebook_size"]))
     train_rows = ShardedRows(args.train_data, tokenizer=tokenizer)
-    train = TaskSequenceDataset(train_rows, tokenizer, args.task_mix, args.seed, args.cfg_drop_prob, position_layout)
+    train = TaskSequenceDataset(train_rows, tokenizer, args.task_mix, args.seed, args.cfg_drop_prob, position_layout,
+                                args.grid_mix)
     for task in train.tasks:  # build one sample of each task here: a bad setting fails in one line, not in a worker
-        TaskSequenceDataset(train_rows, tokenizer, {task: 1.0}, args.seed, position_layout=position_layout)[0]
+        TaskSequenceDataset(train_rows, tokenizer, {task: 1.0}, args.seed, position_layout=position_layout,
+                            grid_mix=args.grid_mix)[0]
     valid = {}
     if args.valid_data is not None:
         valid_rows = ShardedRows(args.valid_data, tokenizer=tokenizer,
@@ -95,7 +97,9 @@ def load_data(args: argparse.Namespace, position_layout: str) -> TrainingData:
     return TrainingData(tokenizer=tokenizer, train=train, valid=valid,
                         positions_needed=positions_needed(train_rows.format, args.task_mix),
                         metadata={"tokenizer": recorded, "vqvae": manifest["vqvae"],
-                                  "data": {**data_geometry(train_rows.format), "tasks": list(train.tasks)}})
+                                  "data": {**data_geometry(train_rows.format), "tasks": list(train.tasks),
+                                           **({"grid_mix": [list(g) for g in train.grid_mix]} if train.grid_mix
+                                              else {})}})
 
 
 def data_geometry(row_format: RowFormat) -> dict[str, int | None]:

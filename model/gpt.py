@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from data_utils.sequences import ImageTokens, image_coordinates
-from model.config import ModelConfig
+from data_utils.sequences import ImageCoordinates, image_coordinates
+from model.config import MAX_GRID_SIDE, ModelConfig
 from model.kernels.backend import attention_backend, resolve_attention_backend, triton_attend
 from model.kv_cache import KVCache
 from utils.errors import UserError
@@ -57,14 +57,14 @@ class LayerNorm(nn.LayerNorm):
         return super().forward(x)
 
 
-def image_window_mask(key_ids: torch.Tensor, query_len: int, image_tokens: ImageTokens, window: int) -> torch.Tensor:
+def image_window_mask(keys: ImageCoordinates, query_len: int, window: int) -> torch.Tensor:
     """`[B, query_len, S]`, True where the local image window lets the last `query_len` of the tokens
-    `key_ids [B, S]` see a key: always, unless both are codes of the same image, which must then lie
-    within `window` rows (above, by causality) and `window` columns either side of each other.
+    (whose coordinates are `keys`, `[B, S]` each) see a key: always, unless both are codes of the same
+    image, which must then lie within `window` rows (above, by causality) and `window` columns either
+    side of each other.
 
     The pattern of CogView2's local attention, made causal, with the text kept global: a code's
     neighbourhood is where most of what predicts it lies, the text says what the image shows."""
-    keys = image_coordinates(key_ids, image_tokens)
     queries = keys.last(query_len)
     same_image = (queries.is_code[:, :, None] & keys.is_code[:, None, :]
                   & (queries.image[:, :, None] == keys.image[:, None, :]))
@@ -265,6 +265,9 @@ class CogViewGPT(nn.Module):
             layers=nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_layers)),
             final_layernorm=LayerNorm(config.hidden_size, config.layernorm_epsilon, config.pb_relax),
         ))
+        if config.image_positions == "2d":
+            self.transformer["row_embeddings"] = nn.Embedding(MAX_GRID_SIDE, config.hidden_size)
+            self.transformer["col_embeddings"] = nn.Embedding(MAX_GRID_SIDE, config.hidden_size)
         self.embedding_dropout = nn.Dropout(config.hidden_dropout)
         self.reset_parameters()
 
@@ -300,11 +303,19 @@ class CogViewGPT(nn.Module):
         c = self.config
         return KVCache.allocate(c.num_layers, batch_size, c.num_attention_heads, max_length, c.head_dim,
                                 dtype=dtype or weight.dtype, device=device or weight.device,
-                                track_tokens=c.image_attention_window > 0)
+                                track_tokens=c.reads_image_coordinates)
 
-    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """Word plus position embeddings `[B, T, hidden]` (the input of layer 0)."""
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+              coordinates: ImageCoordinates | None = None) -> torch.Tensor:
+        """Word plus position embeddings `[B, T, hidden]` (the input of layer 0); with 2-D image positions,
+        plus the row and column embeddings of each image code (`coordinates` of these T tokens)."""
         x = self.word_embeddings(input_ids) + self.transformer.position_embeddings(position_ids)
+        if self.config.image_positions == "2d":
+            if coordinates is None:
+                coordinates = image_coordinates(input_ids, self.config.image_tokens)
+            place = (self.transformer.row_embeddings(coordinates.row.clamp(0, MAX_GRID_SIDE - 1))
+                     + self.transformer.col_embeddings(coordinates.col.clamp(0, MAX_GRID_SIDE - 1)))
+            x = x + place * coordinates.is_code.unsqueeze(-1).to(place.dtype)
         return self.embedding_dropout(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -321,9 +332,12 @@ class CogViewGPT(nn.Module):
         """
         past_len = 0 if kv_cache is None else kv_cache.length
         self._check_inputs(input_ids, position_ids, key_padding_mask, kv_cache, past_len)
-        attn_mask = build_attention_mask(input_ids.shape[1], past_len, key_padding_mask, input_ids.device,
-                                         self._image_window(input_ids, kv_cache))
-        x = self.embed(input_ids, position_ids)
+        length = input_ids.shape[1]
+        keys = self._key_coordinates(input_ids, kv_cache)
+        window = self.config.image_attention_window
+        attn_mask = build_attention_mask(length, past_len, key_padding_mask, input_ids.device,
+                                         image_window_mask(keys, length, window) if window else None)
+        x = self.embed(input_ids, position_ids, None if keys is None else keys.last(length))
         for layer in self.transformer.layers:
             if self.checkpoint_activations and self.training:
                 x = checkpoint(layer, x, attn_mask, kv_cache, use_reentrant=False)
@@ -333,16 +347,16 @@ class CogViewGPT(nn.Module):
             kv_cache.advance(input_ids.shape[1])
         return self.logits(x)
 
-    def _image_window(self, input_ids: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor | None:
-        """The local image window's `allowed` mask for this forward, or None when the model has none."""
-        window = self.config.image_attention_window
-        if not window:
+    def _key_coordinates(self, input_ids: torch.Tensor, kv_cache: KVCache | None) -> ImageCoordinates | None:
+        """Image coordinates of every key position (the cached ones and these), or None when the model
+        needs none (no local window, 1-D positions)."""
+        if not self.config.reads_image_coordinates:
             return None
-        if attention_backend() == "triton":
+        if self.config.image_attention_window and attention_backend() == "triton":
             raise UserError("the Triton kernels take no local image window yet; use --attention-backend sdpa "
                             "(or auto) with a model trained with --image-attention-window")
         key_ids = input_ids if kv_cache is None else kv_cache.add_tokens(input_ids)
-        return image_window_mask(key_ids, input_ids.shape[1], self.config.image_tokens, window)
+        return image_coordinates(key_ids, self.config.image_tokens)
 
     def _check_inputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                       key_padding_mask: torch.Tensor | None, kv_cache: KVCache | None, past_len: int) -> None:

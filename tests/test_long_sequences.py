@@ -72,7 +72,7 @@ def test_window_hides_exactly_the_codes_outside_it():
     sequence = text2image(tok, text, 4, torch.zeros(16, dtype=torch.long))
     ids = torch.tensor([sequence.ids])
     first_code = 1 + len(text) + 2  # [ROI1] text G [BOI1]
-    allowed = image_window_mask(ids, ids.shape[1], image_tokens_of(tok), window=1)[0]
+    allowed = image_window_mask(image_coordinates(ids, image_tokens_of(tok)), ids.shape[1], window=1)[0]
     query = first_code + 2 * 4 + 2  # code (2, 2)
     seen_codes = {divmod(k - first_code, 4) for k in range(first_code, query + 1) if allowed[query, k]}
     assert seen_codes == {(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)}
@@ -125,9 +125,9 @@ def test_window_survives_model_config_json_and_old_configs_load_dense():
     tok = tiny_tokenizer()
     config = windowed_model(tok, window=3).config
     assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    old = {k: v for k, v in config.to_dict().items() if k not in ("image_attention_window", "image_tokens")}
+    old = {k: v for k, v in config.to_dict().items() if k not in ("image_attention_window", "image_positions", "image_tokens")}
     assert ModelConfig.from_dict(old).image_attention_window == 0
-    with pytest.raises(UserError, match="image_attention_window needs image_tokens"):
+    with pytest.raises(UserError, match="need image_tokens"):
         ModelConfig.from_dict({**old, "image_attention_window": 2})
 
 
