@@ -29,6 +29,8 @@ from model.kernels.backend import attention_backend, resolve_attention_backend, 
 from model.kv_cache import KVCache
 from utils.errors import UserError
 
+# Queries per block when attention skips the keys a sparse mask hides (`SelfAttention.attend`).
+QUERY_BLOCK = 128
 # The released code divides LayerNorm inputs by max|x| / 8 (not max|x| as the paper writes): the
 # scaled input then lies in [-8, 8], whose squares still sum without overflow in fp16.
 PB_RELAX_LAYERNORM_RANGE = 8.0
@@ -113,6 +115,8 @@ class SelfAttention(nn.Module):
         self.pb_relax = config.pb_relax
         self.pb_relax_alpha = config.pb_relax_alpha
         self.attention_dropout = config.attention_dropout
+        # A sparse mask (the local image window) leaves most keys of a block of queries unseen: skip them.
+        self.skip_unseen_keys = config.image_attention_window > 0
         self.query_key_value = nn.Linear(h, 3 * h)
         self.dense = nn.Linear(h, h)
         self.output_dropout = nn.Dropout(config.hidden_dropout)
@@ -143,7 +147,33 @@ class SelfAttention(nn.Module):
                ) -> torch.Tensor:
         """softmax(q k^T / sqrt(d)) v for heads `[B, heads, T, d]` and `[B, heads, S, d]`; the mask is
         as `build_attention_mask` returns it. Returns `[B, T, hidden]` (heads merged). Which backend runs
-        (Triton kernels, SDPA or plain torch) is `model.kernels.set_attention_backend`'s choice."""
+        (Triton kernels, SDPA or plain torch) is `model.kernels.set_attention_backend`'s choice.
+
+        With a sparse mask (`skip_unseen_keys`, the local image window) the queries go in blocks of
+        `QUERY_BLOCK`, each against only the keys one of its queries may see: the others would get zero
+        weight anyway, so the result is the same, while the scores held at once shrink from T x S to
+        about QUERY_BLOCK x (text + window band + QUERY_BLOCK)."""
+        if self.skip_unseen_keys and attn_mask is not None and q.shape[2] > QUERY_BLOCK:
+            context = torch.cat([self._attend_seen_keys(q[:, :, start:start + QUERY_BLOCK], k, v,
+                                                        attn_mask[:, :, start:start + QUERY_BLOCK])
+                                 for start in range(0, q.shape[2], QUERY_BLOCK)], dim=2)
+        else:
+            context = self._attend_heads(q, k, v, attn_mask)
+        batch, _, length, _ = context.shape
+        return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+
+    def _attend_seen_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor
+                          ) -> torch.Tensor:
+        """Attention of a block of queries over the keys that at least one of them, in any row, may see."""
+        seen = attn_mask.any(dim=(0, 1, 2))
+        if bool(seen.all()):
+            return self._attend_heads(q, k, v, attn_mask)
+        keys = seen.nonzero().flatten()
+        return self._attend_heads(q, k.index_select(2, keys), v.index_select(2, keys), attn_mask.index_select(3, keys))
+
+    def _attend_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
+                      ) -> torch.Tensor:
+        """`attend` before the heads are merged: `[B, heads, T, d]`."""
         dropout_p = self.attention_dropout if self.training else 0.0
         backend = resolve_attention_backend(q)
         if backend == "triton":
@@ -168,8 +198,7 @@ class SelfAttention(nn.Module):
             with precision:
                 context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                                          is_causal=is_causal, scale=scale).to(dtype)
-        batch, _, length, _ = context.shape
-        return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+        return context
 
     def _attend_math(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      attn_mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:

@@ -121,6 +121,31 @@ def test_kv_cache_decoding_matches_the_full_forward_under_the_window():
         assert codes[0, j].flatten().tolist() == expected
 
 
+def test_skipping_unseen_keys_in_query_blocks_computes_the_same_logits_and_gradients(monkeypatch):
+    """A 16x16 grid (290 tokens: three query blocks), rows of different text lengths, right padding."""
+    tok = tiny_tokenizer()
+    model = windowed_model(tok, window=2, positions=300)
+    codes = torch.arange(256) % 16
+    rows = [text2image(tok, tok.encode_text(text), 16, codes) for text in ("a red circle", "ab")]
+    batch = collate_sequences([{"input_ids": torch.tensor(r.ids), "position_ids": torch.tensor(r.position_ids),
+                                "task": "text2image"} for r in rows], tok.pad_id)
+    ids, positions = batch["input_ids"], batch["position_ids"]
+    padding = ids != tok.pad_id
+
+    def logits_and_grads(query_block: int):
+        monkeypatch.setattr("model.gpt.QUERY_BLOCK", query_block)
+        model.zero_grad()
+        logits = model(ids, positions, key_padding_mask=padding)
+        logits[padding].square().mean().backward()
+        return logits[padding].detach(), [p.grad.clone() for p in model.parameters()]
+
+    blocked, blocked_grads = logits_and_grads(128)
+    whole, whole_grads = logits_and_grads(10**6)
+    torch.testing.assert_close(blocked, whole, atol=1e-5, rtol=1e-4)
+    for got, want in zip(blocked_grads, whole_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 def test_window_survives_model_config_json_and_old_configs_load_dense():
     tok = tiny_tokenizer()
     config = windowed_model(tok, window=3).config
