@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from data_utils.sequences import ImageCoordinates, image_coordinates
 from model.config import MAX_GRID_SIDE, ModelConfig
-from model.kernels.backend import attention_backend, resolve_attention_backend, triton_attend
+from model.kernels.backend import resolve_attention_backend, triton_attend
 from model.kv_cache import KVCache
 from utils.errors import UserError
 
@@ -153,7 +153,9 @@ class SelfAttention(nn.Module):
         `QUERY_BLOCK`, each against only the keys one of its queries may see: the others would get zero
         weight anyway, so the result is the same, while the scores held at once shrink from T x S to
         about QUERY_BLOCK x (text + window band + QUERY_BLOCK)."""
-        if self.skip_unseen_keys and attn_mask is not None and q.shape[2] > QUERY_BLOCK:
+        # The Triton kernel skips the empty tiles of a sparse mask itself.
+        blocks = self.skip_unseen_keys and attn_mask is not None and q.shape[2] > QUERY_BLOCK
+        if blocks and resolve_attention_backend(q) != "triton":
             context = torch.cat([self._attend_seen_keys(q[:, :, start:start + QUERY_BLOCK], k, v,
                                                         attn_mask[:, :, start:start + QUERY_BLOCK])
                                  for start in range(0, q.shape[2], QUERY_BLOCK)], dim=2)
@@ -177,7 +179,7 @@ class SelfAttention(nn.Module):
         dropout_p = self.attention_dropout if self.training else 0.0
         backend = resolve_attention_backend(q)
         if backend == "triton":
-            context = triton_attend(q, k, v, attn_mask, self.pb_relax_alpha or 1.0, dropout_p)
+            context = triton_attend(q, k, v, attn_mask, self.pb_relax_alpha or 1.0, dropout_p, self.skip_unseen_keys)
         elif backend == "torch" or self.pb_relax_alpha is not None:
             context = self._attend_math(q, k, v, attn_mask, dropout_p)
         else:
@@ -381,9 +383,6 @@ class CogViewGPT(nn.Module):
         needs none (no local window, 1-D positions)."""
         if not self.config.reads_image_coordinates:
             return None
-        if self.config.image_attention_window and attention_backend() == "triton":
-            raise UserError("the Triton kernels take no local image window yet; use --attention-backend sdpa "
-                            "(or auto) with a model trained with --image-attention-window")
         key_ids = input_ids if kv_cache is None else kv_cache.add_tokens(input_ids)
         return image_coordinates(key_ids, self.config.image_tokens)
 

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,7 +29,8 @@ from generation.sampling import SamplingSettings
 from generation.tasks import generate_image_codes, image_ids_mask
 from generation_helpers import reference_decode, tiny_tokenizer
 from model import CogViewGPT, ModelConfig
-from model.gpt import image_window_mask
+from model.gpt import build_attention_mask, image_window_mask
+from model.kernels import set_attention_backend
 from training.loss import next_token_loss
 from utils.errors import UserError
 from vqvae.api import code2img, load_vqvae, save_vqvae
@@ -144,6 +146,43 @@ def test_skipping_unseen_keys_in_query_blocks_computes_the_same_logits_and_gradi
     torch.testing.assert_close(blocked, whole, atol=1e-5, rtol=1e-4)
     for got, want in zip(blocked_grads, whole_grads):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_the_triton_kernel_skips_the_windows_empty_tiles_and_computes_what_torch_computes():
+    """Under Triton's interpreter (tests/conftest.py): logits and gradients of a windowed model, rows of
+    different text lengths with padding, equal the torch backend's, and the tile table has empty tiles."""
+    from model.kernels.flash_attention import _seen_tiles, block_sizes
+
+    tok = tiny_tokenizer()
+    model = windowed_model(tok, window=1, positions=96)
+    codes = torch.arange(64) % 16
+    rows = [text2image(tok, tok.encode_text(text), 8, codes) for text in ("a red circle", "ab")]
+    batch = collate_sequences([{"input_ids": torch.tensor(r.ids), "position_ids": torch.tensor(r.position_ids),
+                                "task": "text2image"} for r in rows], tok.pad_id)
+    ids, positions = batch["input_ids"], batch["position_ids"]
+    padding = ids != tok.pad_id
+
+    def logits_and_grads(backend: str):
+        set_attention_backend(backend)
+        try:
+            model.zero_grad()
+            logits = model(ids, positions, key_padding_mask=padding)
+            logits[padding].square().mean().backward()
+        finally:
+            set_attention_backend("auto")
+        return logits[padding].detach(), [p.grad.clone() for p in model.parameters()]
+
+    kernel, kernel_grads = logits_and_grads("triton")
+    torch_out, torch_grads = logits_and_grads("torch")
+    torch.testing.assert_close(kernel, torch_out, atol=1e-4, rtol=1e-4)
+    for got, want in zip(kernel_grads, torch_grads):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    coords = image_coordinates(ids, image_tokens_of(tok))
+    mask = build_attention_mask(ids.shape[1], 0, padding, allowed=image_window_mask(coords, ids.shape[1], 1))
+    seen = _seen_tiles(mask[:, 0], *block_sizes(torch.device("cpu")))
+    causal_tiles = torch.ones(seen.shape[1:], dtype=torch.bool).tril()
+    assert (seen.bool() < causal_tiles).any(), "the window leaves tiles below the diagonal empty"
 
 
 def test_window_survives_model_config_json_and_old_configs_load_dense():
