@@ -67,6 +67,9 @@ def image_window_mask(keys: ImageCoordinates, query_len: int, window: int) -> to
 
     The pattern of CogView2's local attention, made causal, with the text kept global: a code's
     neighbourhood is where most of what predicts it lies, the text says what the image shows."""
+    # int16 (grids are at most 64 x 64 codes, sequences far shorter than 32k): the [B, T, S] differences
+    # below are the mask's main cost, a quarter of it in int64.
+    keys = ImageCoordinates(keys.is_code, *(t.to(torch.int16) for t in (keys.image, keys.row, keys.col)))
     queries = keys.last(query_len)
     same_image = (queries.is_code[:, :, None] & keys.is_code[:, None, :]
                   & (queries.image[:, :, None] == keys.image[:, None, :]))
