@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-decode", action="store_true", help="time training steps only")
+    parser.add_argument("--attention-backend", choices=("sdpa", "torch"), default="sdpa",
+                        help="sdpa (fused, keeps no T x S scores) or torch (materialises them, as the paper's "
+                             "PB-relax form does) (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -78,7 +81,9 @@ def _measure(grid: int, window: int, args: argparse.Namespace, results) -> None:
     from generation.sampling import SamplingSettings
     from generation.tasks import Geometry, generate_image_codes
     from model import CogViewGPT, ModelConfig
+    from model.kernels import set_attention_backend
 
+    set_attention_backend(args.attention_backend)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -154,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     device = rows[0][2]["device"]
     memory = "peak CUDA memory (MiB)" if device.startswith("cuda") else "peak RSS growth (MiB)"
     print(f"{args.layers} layers, hidden {args.hidden}, {args.heads} heads, {TEXT_TOKENS} text tokens, "
-          f"batch {args.batch_size}, fp32, {device}, median of {args.steps} training steps; decoding: 1 image, batch 1")
+          f"batch {args.batch_size}, fp32, {device}, {args.attention_backend} attention, median of {args.steps} "
+          f"training steps; decoding: 1 image, batch 1")
     print(f"| grid | tokens | attention | step (s) | {memory} | decode / image (s) | step vs dense | "
           f"memory vs dense | decode vs dense |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -7,6 +7,9 @@ Squares keep exactly their old sequences and models without the new fields load 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +26,8 @@ from generation_helpers import reference_decode, tiny_geometry, tiny_tokenizer, 
 from model import CogViewGPT, ModelConfig
 from model.config import count_parameters
 from utils.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def model_2d(tok, positions: int = 112, seed: int = 0) -> CogViewGPT:
@@ -63,15 +68,16 @@ def test_an_unsupported_grid_is_one_line(text, message):
 
 # ---------------------------------------------------------------- training on a mix of shapes
 
-def write_rows(folder, tok, grid: int, num_rows: int):
+def write_rows(folder, tok, grid: int, num_rows: int, vqvae: dict | None = None):
+    """Rows of random 16-code images, as preprocess_data.py lays them out."""
     row_format = RowFormat(8, grid, None, RowFormat.dtype_for_vocab(tok.vocab_size))
     rng = np.random.default_rng(0)
-    rows = np.stack([row_format.pack(np.array(tok.encode_text("abc")), rng.integers(0, 16, (grid, grid)), None,
-                                     tok.pad_id) for _ in range(num_rows)])
+    rows = np.stack([row_format.pack(np.array(tok.encode_text("a red circle"), dtype=np.int64)[:8],
+                                     rng.integers(0, 16, (grid, grid)), None, tok.pad_id) for _ in range(num_rows)])
     shard = write_shard(folder, 0, rows, np.arange(num_rows), row_format)
     write_manifest(folder, {"format_version": FORMAT_VERSION, **row_format.to_dict(), "tokenizer": tok.describe(),
-                            "vqvae": {"path": "vqvae", "fingerprint": "0123456789abcdef"}, "num_chunks": 1,
-                            "complete": True, "shards": [shard]})
+                            "vqvae": vqvae or {"path": "vqvae", "fingerprint": "0123456789abcdef"},
+                            "num_chunks": 1, "complete": True, "shards": [shard]})
     return ShardedRows(folder, tokenizer=tok)
 
 
@@ -142,6 +148,43 @@ def test_a_grid_that_does_not_fit_the_positions_is_refused():
     tok = tiny_tokenizer()
     with pytest.raises(UserError, match="16x8 code grid needs 149 positions .* the model has 112"):
         with_output_grid(tiny_geometry(8, 112), (16, 8), tok)
+
+
+# ---------------------------------------------------------------- end to end
+
+def test_train_on_a_mix_of_shapes_then_generate_another_shape(tmp_path):
+    """pretrain_gpt2.py with --grid-mix, --image-positions 2d and --image-attention-window records them in
+    model_config.json; generate_samples.py then makes a 4x8 grid from the saved run."""
+    from data_utils.text_tokenizer import TextTokenizer, train_sentencepiece
+    from data_utils.tokenizer import UnifiedTokenizer
+    from generation_helpers import CAPTIONS
+    from vqvae.api import save_vqvae, vqvae_fingerprint
+    from vqvae.config import VQVAEConfig
+    from vqvae.model import VQVAE
+
+    sp_model = train_sentencepiece(CAPTIONS * 20, tmp_path / "sp", vocab_size=300)
+    torch.manual_seed(0)
+    vqvae = VQVAE(VQVAEConfig(codebook_size=16, embed_dim=8, hidden_channels=16, num_res_blocks=0)).eval()
+    save_vqvae(vqvae, tmp_path / "vqvae")
+    tok = UnifiedTokenizer(TextTokenizer(sp_model), 16)
+    data = tmp_path / "data"
+    write_rows(data, tok, 8, 8, vqvae={"path": str(tmp_path / "vqvae"), "fingerprint": vqvae_fingerprint(vqvae)})
+    save = tmp_path / "run"
+    train = subprocess.run([sys.executable, "pretrain_gpt2.py", "--train-data", str(data), "--save", str(save),
+                            "--train-iters", "2", "--num-layers", "1", "--hidden-size", "32", "--num-attention-heads",
+                            "2", "--batch-size", "2", "--num-workers", "0", "--grid-mix", "4x8,8x4,8x8",
+                            "--image-positions", "2d", "--image-attention-window", "2"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr[-3000:]
+    recorded = json.loads((save / "2" / "model_config.json").read_text())
+    assert (recorded["image_positions"], recorded["image_attention_window"]) == ("2d", 2)
+    assert recorded["image_tokens"]["codebook_size"] == 16
+    assert recorded["data"]["grid_mix"] == [[4, 8], [8, 4], [8, 8]]
+    out = tmp_path / "out"
+    generate_samples.main(["--load", str(save), "--prompt", "a red circle", "--batch-size", "1",
+                           "--image-grid", "4x8", "--output-path", str(out), "--device", "cpu"])
+    with Image.open(out / "0000_000.png") as image:
+        assert image.size == (64, 32)
 
 
 # ---------------------------------------------------------------- the flag
