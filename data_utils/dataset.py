@@ -96,9 +96,7 @@ class TaskSequenceDataset(Dataset):
         return task, task == "text2image" and drop_draw < self.cfg_drop_prob
 
     def crop(self, position: int, codes: np.ndarray) -> np.ndarray:
-        """Sample `position`'s crop of `codes` (`grid_mix`), or `codes` unchanged without a mix."""
-        if not self.grid_mix:
-            return codes
+        """Sample `position`'s crop of `codes` under `grid_mix`: a shape of the mix, at a place in the grid."""
         rng = np.random.default_rng([self.seed, int(position), _CROP_STREAM])
         rows, cols = self.grid_mix[int(rng.integers(len(self.grid_mix)))]
         top, left = (int(rng.integers(side - size + 1)) for side, size in zip(codes.shape, (rows, cols)))
