@@ -4,7 +4,8 @@ kernels' tests on the device. `benchmarks/bench_gpu.sh` runs it (within 8 minute
 
 Rows:
 - train: `CogViewGPT` of 24 layers, hidden 1024, 16 heads (CogView's vocabulary of 58,240 ids: 363M
-  parameters), text-to-image sequences of 1,092 tokens (64 text + 1,024 image + 4 command), micro-batch 8, bf16 autocast over fp32 weights, fused AdamW, dropout 0.1, as `pretrain_gpt2.py --bf16` computes
+  parameters), text-to-image sequences of 1,092 tokens (64 text + 1,024 image + 4 command), micro-batch 8,
+  bf16 autocast over fp32 weights, fused AdamW, dropout 0.1, as `pretrain_gpt2.py --bf16` computes
   (without DeepSpeed's engine). MFU = `flops_per_token` x tokens/s over this GPU's measured bf16 matmul
   rate (`training.metrics`, as the training logs), median of the timed steps.
 - decode: `generate_image_codes` (the real decoding loop: KV cache, top-k sampling, one token per step)

@@ -10,9 +10,11 @@ CogView has no task tokens; the order of the parts tells the model what to do (d
 
 `G` names the grid of the image that follows: one grid token for a square grid (`[BASE]` for 32x32),
 the pair `G_rows G_cols` for a non-square one (`[SMALL] [BASE]`: 16 rows of 32 codes). Each side must
-have a grid token (4, 8, 16, 32 or 64), so squares read exactly as before. `text_ids` are unified ids (`encode_text`); codes are
-image codes in [0, K) as sequences, tensors or numpy arrays (2-D grids read row-major). Leaving out the
-part the model is to generate gives the generation prompt.
+have a grid token (4, 8, 16, 32 or 64), so squares read exactly as before.
+
+`text_ids` are unified ids (`encode_text`); codes are image codes in [0, K) as sequences, tensors or
+numpy arrays (2-D grids read row-major). Leaving out the part the model is to generate gives the
+generation prompt.
 
 Position layouts (`ModelConfig.position_layout`). CogView numbers the tokens consecutively
 ("consecutive"), so an image that follows its text starts at a position that depends on the text's

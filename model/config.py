@@ -88,7 +88,8 @@ class ModelConfig:
         if self.position_layout not in POSITION_LAYOUTS:
             raise UserError(f"model position_layout must be one of {POSITION_LAYOUTS}, got {self.position_layout!r}")
         if not isinstance(self.image_attention_window, int) or self.image_attention_window < 0:
-            raise UserError(f"model image_attention_window must be an integer >= 0, got {self.image_attention_window!r}")
+            raise UserError(f"model image_attention_window must be an integer >= 0, "
+                            f"got {self.image_attention_window!r}")
         if self.image_positions not in IMAGE_POSITIONS:
             raise UserError(f"model image_positions must be one of {IMAGE_POSITIONS}, got {self.image_positions!r}")
         if self.reads_image_coordinates and self.image_tokens is None:

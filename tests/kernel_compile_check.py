@@ -30,7 +30,8 @@ def compile_for_hopper(kernel, pointers: dict[str, str], floats: tuple[str, ...]
 
 
 def main() -> None:
-    attention = dict(HAS_PAD=True, HAS_MASK=True, DROPOUT=True, HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64, BLOCK_N=64, PRECISION="tf32")
+    attention = dict(HAS_PAD=True, HAS_MASK=True, DROPOUT=True, HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64, BLOCK_N=64,
+                     PRECISION="tf32")
     scales = ("q_scale", "alpha", "dropout_p")
     kernels = [(flash_attention._forward_kernel, ATTENTION_TENSORS, scales, attention),
                (flash_attention._backward_dkdv_kernel, ATTENTION_TENSORS, scales, attention),

@@ -39,11 +39,12 @@ from vqvae.model import VQVAE
 
 
 def windowed_model(tok: UnifiedTokenizer, window: int, layers: int = 2, positions: int = 128,
-                   seed: int = 0) -> CogViewGPT:
+                   seed: int = 0, position_layout: str = "consecutive") -> CogViewGPT:
     torch.manual_seed(seed)
     config = ModelConfig(vocab_size=tok.vocab_size, num_layers=layers, hidden_size=32, num_attention_heads=2,
                          max_position_embeddings=positions, hidden_dropout=0.0, attention_dropout=0.0,
-                         image_attention_window=window, image_tokens=image_tokens_of(tok))
+                         image_attention_window=window, image_tokens=image_tokens_of(tok),
+                         position_layout=position_layout)
     return CogViewGPT(config).eval()
 
 
@@ -189,7 +190,8 @@ def test_window_survives_model_config_json_and_old_configs_load_dense():
     tok = tiny_tokenizer()
     config = windowed_model(tok, window=3).config
     assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    old = {k: v for k, v in config.to_dict().items() if k not in ("image_attention_window", "image_positions", "image_tokens")}
+    new_fields = ("image_attention_window", "image_positions", "image_tokens")
+    old = {k: v for k, v in config.to_dict().items() if k not in new_fields}
     assert ModelConfig.from_dict(old).image_attention_window == 0
     with pytest.raises(UserError, match="need image_tokens"):
         ModelConfig.from_dict({**old, "image_attention_window": 2})
@@ -219,9 +221,7 @@ def test_32x32_token_images_train_and_generate_on_cpu(rows_32):
     dataset = TaskSequenceDataset(rows, tok, position_layout="fixed-image")
     batch = collate_sequences([dataset[i] for i in range(2)], tok.pad_id)
     assert batch["input_ids"].shape[1] > 32 * 32
-    model = windowed_model(tok, window=2, positions=16 + 32 * 32 + 4)
-    model.config.position_layout = "fixed-image"
-    model.train()
+    model = windowed_model(tok, window=2, positions=16 + 32 * 32 + 4, position_layout="fixed-image").train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     ids, positions = batch["input_ids"], batch["position_ids"]
     losses = []

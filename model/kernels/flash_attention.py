@@ -79,8 +79,8 @@ def _forward_kernel(Q, K, V, O, LSE, PAD, M, SEEN,
                     stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_ot, stride_pb,
                     stride_mb, stride_mt, stride_sb, num_tiles_n,
                     num_heads, T, S, past_len, q_scale, alpha, dropout_p, seed,
-                    HAS_PAD: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                    HAS_PAD: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
     b = bh // num_heads
@@ -129,8 +129,9 @@ def _backward_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, PAD, M, SEEN,
                           stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_ot, stride_pb,
                           stride_mb, stride_mt, stride_sb, num_tiles_n,
                           num_heads, T, S, past_len, q_scale, alpha, dropout_p, seed,
-                          HAS_PAD: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                          HAS_PAD: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr,
+                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          PRECISION: tl.constexpr):
     """dK and dV of one key tile, summed over the query tiles that can see it. DO has the strides
     `stride_o*`; DK and DV are contiguous `[B, H, S, d]`."""
     start_n = tl.program_id(0) * BLOCK_N
@@ -184,8 +185,8 @@ def _backward_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, PAD, M, SEEN,
                         stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_ot, stride_pb,
                         stride_mb, stride_mt, stride_sb, num_tiles_n,
                         num_heads, T, S, past_len, q_scale, alpha, dropout_p, seed,
-                        HAS_PAD: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                        HAS_PAD: tl.constexpr, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, HEAD_DIM: tl.constexpr,
+                        BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
     """dQ of one query tile; DO and DQ share the contiguous strides `stride_o*`."""
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
