@@ -13,18 +13,19 @@ from __future__ import annotations
 import argparse
 from typing import Any, Mapping, Sequence
 
-from data_utils.sequences import POSITION_LAYOUTS, TASKS
+from data_utils.sequences import POSITION_LAYOUTS, TASKS, ImageTokens, grid_with_tokens
 from fp16.precision import PRECISIONS
 from generation.decoding import DEFAULT_MAX_BATCH_ROWS
 from generation.scoring import POST_SELECTION_SCORES
-from model.config import LAYERNORM_ORDERS, ModelConfig
+from model.config import IMAGE_POSITIONS, LAYERNORM_ORDERS, ModelConfig
 from model.kernels import ATTENTION_BACKENDS
 from utils.errors import UserError
 from utils.lr_decay import DECAY_STYLES
 
 # Model flags and the `ModelConfig` fields they set (same names); a checkpoint's config wins over them.
 MODEL_FLAGS = ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings", "layernorm_order",
-               "pb_relax", "pb_relax_alpha", "hidden_dropout", "attention_dropout", "position_layout")
+               "pb_relax", "pb_relax_alpha", "hidden_dropout", "attention_dropout", "position_layout",
+               "image_attention_window", "image_positions")
 
 
 # ---------------------------------------------------------------- value types (argparse reports the errors)
@@ -76,6 +77,17 @@ def task_mix(text: str) -> dict[str, float]:
     return weights
 
 
+def grid_mix(text: str) -> list[tuple[int, int]]:
+    """`16x32,32x16,32x32` -> [(16, 32), (32, 16), (32, 32)] (rows x columns of code grids)."""
+    try:
+        shapes = [grid_with_tokens(item.strip()) for item in text.split(",")]
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if len(set(shapes)) != len(shapes):
+        raise argparse.ArgumentTypeError(f"a grid is given twice in {text!r}")
+    return shapes
+
+
 # ---------------------------------------------------------------- groups
 
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -103,6 +115,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="dropout on embeddings and residual branches (default: %(default)s)")
     group.add_argument("--attention-dropout", metavar="P", type=dropout_probability, default=0.1,
                        help="dropout on attention probabilities (default: %(default)s)")
+    group.add_argument("--image-attention-window", metavar="W", type=non_negative_int, default=0,
+                       help="local image attention for long image sequences: a code sees the text and the codes of "
+                            "its image within W rows above and W columns either side (0: full attention; "
+                            "docs/architecture.md; default: %(default)s)")
+    group.add_argument("--image-positions", choices=IMAGE_POSITIONS, default="1d",
+                       help="'2d': image codes also get learned row and column embeddings (for several grid "
+                            "shapes, --grid-mix); '1d': positions only, as CogView (default: %(default)s)")
     group.add_argument("--checkpoint-activations", action="store_true",
                        help="recompute each layer's activations in the backward pass (less memory, ~30%% slower)")
     add_attention_backend_flag(group)
@@ -130,6 +149,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--cfg-drop-prob", metavar="P", type=fraction, default=0.1,
                        help="probability that a text-to-image sample drops its text, which trains the "
                             "unconditional model classifier-free guidance needs (default: %(default)s)")
+    group.add_argument("--grid-mix", type=grid_mix, default=None, metavar="HxW,...",
+                       help="train text-to-image and captioning on crops of the code grids with these shapes, e.g. "
+                            "16x32,32x16,32x32 (each side 4, 8, 16, 32 or 64, at most the data's grid); best with "
+                            "--image-positions 2d (default: the data's grid only)")
     group.add_argument("--num-workers", metavar="N", type=non_negative_int, default=2,
                        help="DataLoader worker processes per rank; 0 loads in the training process "
                             "(default: %(default)s)")
@@ -296,6 +319,10 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     sampling.add_argument("--cfg-scale", type=float, default=1.0,
                           help="classifier-free guidance for text2image: uncond + s * (cond - uncond) on "
                                "log-probabilities; 1 is no guidance (default: %(default)s)")
+    sampling.add_argument("--image-grid", metavar="HxW", default=None,
+                          help="text2image: make grids of H rows and W columns of codes (each side 4, 8, 16, 32 or "
+                               "64; an image of H*f x W*f pixels for a VQ-VAE downsampling f), e.g. 16x32 "
+                               "(default: the trained grid)")
     sampling.add_argument("--max-caption-tokens", type=positive_int, default=None,
                           help="longest caption in text tokens (default: the model's text budget)")
     sampling.add_argument("--caption-candidates", type=positive_int, default=1,
@@ -367,6 +394,9 @@ def check_training_args(args: argparse.Namespace) -> None:
                 raise UserError(f"--{dest.replace('_', '-')} needs --valid-data")
     if args.lr_decay_style == "constant" and "min_lr_ratio" in given:
         raise UserError("--min-lr-ratio sets where the decay ends, but --lr-decay-style constant does not decay")
+    if args.grid_mix and not (args.task_mix.get("text2image") or args.task_mix.get("image2text")):
+        raise UserError("--grid-mix crops the images of text2image and image2text samples, but --task-mix gives "
+                        "neither a weight")
     if not args.task_mix.get("text2image") and "cfg_drop_prob" in given:
         raise UserError("--cfg-drop-prob drops the text of text-to-image samples, but --task-mix gives text2image "
                         "no weight")
@@ -383,11 +413,15 @@ def parse_training_args(argv: Sequence[str] | None = None, description: str | No
 
 # ---------------------------------------------------------------- model config <-> flags
 
-def model_config_from_args(args: argparse.Namespace, vocab_size: int, max_positions: int) -> ModelConfig:
-    """A new model's config; `max_positions` fills --max-position-embeddings when it is not given."""
+def model_config_from_args(args: argparse.Namespace, vocab_size: int, max_positions: int,
+                           image_tokens: ImageTokens | None = None) -> ModelConfig:
+    """A new model's config; `max_positions` fills --max-position-embeddings when it is not given, and
+    `image_tokens` (the data's) is recorded when a flag needs it (--image-attention-window, --image-positions 2d)."""
     values: dict[str, Any] = {flag: getattr(args, flag) for flag in MODEL_FLAGS}
     if values["max_position_embeddings"] is None:
         values["max_position_embeddings"] = max_positions
+    if values["image_attention_window"] or values["image_positions"] != "1d":
+        values["image_tokens"] = image_tokens
     return ModelConfig(vocab_size=vocab_size, **values)
 
 

@@ -26,12 +26,14 @@ from typing import Any, Iterable, Iterator
 from PIL import Image
 
 from arguments import add_generation_args, load_time_model_settings, parse_noting_given
+from data_utils.sequences import grid_shape, grid_with_tokens
 from generation.inputs import read_image_inputs
 from generation import figures
 from generation.outputs import Manifest, save_png, write_skip_report
 from generation.pipeline import Pipeline
 from generation.prompts import Prompt, collect_prompts, interactive_prompts
 from generation.sampling import SamplingSettings
+from generation.tasks import with_output_grid
 from model.kernels import set_attention_backend
 from utils.errors import UserError, run_main
 from utils.logging import TensorBoardLogger, get_logger
@@ -104,7 +106,7 @@ class Run:
         return max(1, self.args.max_inference_batch_size // (self.args.batch_size * rows_per_image))
 
     def text2image(self, prompts: Iterable[Prompt]) -> None:
-        n, grid = self.args.batch_size, self.pipe.geometry.image_grid
+        n, (rows, cols) = self.args.batch_size, grid_shape(self.pipe.geometry.text2image_grid)
         for group in prompt_groups(prompts, self.group_size(prompts)):
             start = time.time()
             results = self.pipe.text2image([p.text for p in group], n=n, seed=self.args.seed,
@@ -121,7 +123,7 @@ class Run:
                                        seeds=result.seeds))
                 print(f"{prompt.id}\t{self.out / f'{prompt.id}_grid.png'}\t{prompt.text}", flush=True)
             self.manifest.flush()
-            self.log_throughput(len(group) * n, time.time() - start, len(group) * n * grid * grid, grid_image)
+            self.log_throughput(len(group) * n, time.time() - start, len(group) * n * rows * cols, grid_image)
 
     def text2image_full(self, prompts: Iterable[Prompt]) -> None:
         n = self.args.batch_size
@@ -205,7 +207,7 @@ FLAG_READERS = {
     "input_images": IMAGE_TASKS,
     "seed": SAMPLING_TASKS, "temperature": SAMPLING_TASKS, "top_k": SAMPLING_TASKS, "top_p": SAMPLING_TASKS,
     "max_caption_tokens": ("image2text",), "caption_candidates": ("image2text",),
-    "caption_model": MATCHING_TASKS, "post_selection_score": MATCHING_TASKS,
+    "caption_model": MATCHING_TASKS, "post_selection_score": MATCHING_TASKS, "image_grid": ("text2image",),
 }
 
 
@@ -232,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     args = parse_noting_given(add_generation_args(parser), argv)
     check_flags(args)
+    output_grid = None if args.image_grid is None else grid_with_tokens(args.image_grid)
     set_attention_backend(args.attention_backend)
     SamplingSettings(args.temperature, args.top_k, args.top_p, args.cfg_scale)
     # Every input is checked before the model loads, so a typo costs no loading time.
@@ -256,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
                                     device=args.device, precision=args.precision, caption_model=args.caption_model,
                                     max_batch_rows=args.max_inference_batch_size,
                                     post_selection=args.post_selection_score, **load_time_model_settings(args))
+    if output_grid is not None:
+        pipe.geometry = with_output_grid(pipe.geometry, output_grid, pipe.tokenizer)
     run = Run(args, pipe)
     try:
         {"text2image": run.text2image, "text2image-full": run.text2image_full, "image2text": run.image2text,

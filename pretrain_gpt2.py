@@ -33,6 +33,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 from arguments import check_flags_match_config, model_config_from_args, parse_training_args  # noqa: E402
 from checkpoints.trackers import TRACKER_FILE, read_latest_iteration  # noqa: E402
 from data_utils.dataset import TaskSequenceDataset, positions_needed  # noqa: E402
+from data_utils.sequences import image_tokens_of  # noqa: E402
 from data_utils.shards import RowFormat, ShardedRows, read_manifest  # noqa: E402
 from data_utils.tokenizer import UnifiedTokenizer  # noqa: E402
 from fp16 import torch_dtype  # noqa: E402
@@ -77,9 +78,11 @@ def load_data(args: argparse.Namespace, position_layout: str) -> TrainingData:
                         f"is missing; restore it or re-run preprocess_data.py")
     tokenizer = UnifiedTokenizer.from_files(recorded["path"], int(recorded["codebook_size"]))
     train_rows = ShardedRows(args.train_data, tokenizer=tokenizer)
-    train = TaskSequenceDataset(train_rows, tokenizer, args.task_mix, args.seed, args.cfg_drop_prob, position_layout)
+    train = TaskSequenceDataset(train_rows, tokenizer, args.task_mix, args.seed, args.cfg_drop_prob, position_layout,
+                                args.grid_mix)
     for task in train.tasks:  # build one sample of each task here: a bad setting fails in one line, not in a worker
-        TaskSequenceDataset(train_rows, tokenizer, {task: 1.0}, args.seed, position_layout=position_layout)[0]
+        TaskSequenceDataset(train_rows, tokenizer, {task: 1.0}, args.seed, position_layout=position_layout,
+                            grid_mix=args.grid_mix)[0]
     valid = {}
     if args.valid_data is not None:
         valid_rows = ShardedRows(args.valid_data, tokenizer=tokenizer,
@@ -94,7 +97,9 @@ def load_data(args: argparse.Namespace, position_layout: str) -> TrainingData:
     return TrainingData(tokenizer=tokenizer, train=train, valid=valid,
                         positions_needed=positions_needed(train_rows.format, args.task_mix),
                         metadata={"tokenizer": recorded, "vqvae": manifest["vqvae"],
-                                  "data": {**data_geometry(train_rows.format), "tasks": list(train.tasks)}})
+                                  "data": {**data_geometry(train_rows.format), "tasks": list(train.tasks),
+                                           **({"grid_mix": [list(g) for g in train.grid_mix]} if train.grid_mix
+                                              else {})}})
 
 
 def data_geometry(row_format: RowFormat) -> dict[str, int | None]:
@@ -115,7 +120,8 @@ def position_layout_to_train(args: argparse.Namespace, resume_iteration: int | N
 def resolve_model_config(args: argparse.Namespace, data: TrainingData, resume_iteration: int | None) -> ModelConfig:
     """A new model's config from the flags, or the checkpoint's when resuming (contradicting flags refused)."""
     if resume_iteration is None:
-        config = model_config_from_args(args, data.tokenizer.vocab_size, data.positions_needed)
+        config = model_config_from_args(args, data.tokenizer.vocab_size, data.positions_needed,
+                                        image_tokens_of(data.tokenizer))
     else:
         source = Path(args.load) / str(resume_iteration)
         fields, metadata = read_model_config(source / CONFIG_FILE)

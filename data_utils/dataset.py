@@ -21,8 +21,9 @@ from data_utils.tokenizer import UnifiedTokenizer
 from utils.errors import UserError
 
 DEFAULT_TASK_WEIGHTS: Mapping[str, float] = MappingProxyType({"text2image": 1.0})
-# Extra entropy word that keeps the epoch permutations apart from the per-sample draws.
+# Extra entropy words that keep the epoch permutations and the grid crops apart from the per-sample draws.
 _PERMUTATION_STREAM = 0x7065726D
+_CROP_STREAM = 0x63726F70
 
 
 def _active_tasks(task_weights: Mapping[str, float], has_lowres: bool) -> tuple[tuple[str, ...], np.ndarray]:
@@ -49,11 +50,16 @@ class TaskSequenceDataset(Dataset):
     `task_weights` and, for text-to-image, drops its text with probability `cfg_drop_prob` (the
     unconditional sequence that classifier-free guidance needs at sampling time). `position_layout` numbers
     the positions (`data_utils/sequences.py`); "fixed-image" gives the text the rows' `text_max_tokens`.
+
+    `grid_mix` (off by default) trains several grid shapes from one set of rows: each text-to-image and
+    image-to-text sample crops its code grid to a shape drawn from the list, at a random place. A crop of
+    the codes stands in for the codes of the cropped image (the VQ-VAE is convolutional, so they differ
+    only near the crop's edges), so no shape needs its own preprocessing.
     """
 
     def __init__(self, rows: ShardedRows, tokenizer: UnifiedTokenizer,
                  task_weights: Mapping[str, float] = DEFAULT_TASK_WEIGHTS, seed: int = 0, cfg_drop_prob: float = 0.0,
-                 position_layout: str = "consecutive"):
+                 position_layout: str = "consecutive", grid_mix: Sequence[tuple[int, int]] | None = None):
         if len(rows) == 0:
             raise UserError(f"no rows in {rows.data_dir}; every item was skipped (see its skipped.txt)")
         if not 0.0 <= cfg_drop_prob <= 1.0:
@@ -66,6 +72,7 @@ class TaskSequenceDataset(Dataset):
         self.tasks, self._cumulative = _active_tasks(task_weights, rows.format.lowres_grid is not None)
         self._permutation_epoch = -1
         self._permutation = np.zeros(0, dtype=np.int64)
+        self.grid_mix = _checked_grid_mix(grid_mix, rows.format.image_grid, tokenizer)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -88,11 +95,21 @@ class TaskSequenceDataset(Dataset):
         task = self.tasks[min(int(np.searchsorted(self._cumulative, task_draw, side="right")), len(self.tasks) - 1)]
         return task, task == "text2image" and drop_draw < self.cfg_drop_prob
 
+    def crop(self, position: int, codes: np.ndarray) -> np.ndarray:
+        """Sample `position`'s crop of `codes` under `grid_mix`: a shape of the mix, at a place in the grid."""
+        rng = np.random.default_rng([self.seed, int(position), _CROP_STREAM])
+        rows, cols = self.grid_mix[int(rng.integers(len(self.grid_mix)))]
+        top, left = (int(rng.integers(side - size + 1)) for side, size in zip(codes.shape, (rows, cols)))
+        return codes[top:top + rows, left:left + cols]
+
     def __getitem__(self, position: int) -> dict[str, Any]:
         row = self.rows[self.row_index(position)]
         task, drop_text = self.draw(position)
         grid = self.rows.format.image_grid
         image = torch.from_numpy(row.image)
+        if task != "super_resolution" and self.grid_mix:
+            cropped = self.crop(position, row.image)
+            grid, image = tuple(cropped.shape), torch.from_numpy(np.ascontiguousarray(cropped))
         if task == "text2image":
             text_ids = [] if drop_text else row.text_ids
             sequence = sequences.text2image(self.tokenizer, text_ids, grid, image, self.text_positions)
@@ -104,6 +121,18 @@ class TaskSequenceDataset(Dataset):
                                                   text_positions=self.text_positions)
         return {"input_ids": torch.tensor(sequence.ids, dtype=torch.long),
                 "position_ids": torch.tensor(sequence.position_ids, dtype=torch.long), "task": task}
+
+
+def _checked_grid_mix(grid_mix: Sequence[tuple[int, int]] | None, image_grid: int, tokenizer: UnifiedTokenizer
+                      ) -> tuple[tuple[int, int], ...]:
+    """The mix's shapes, refusing one larger than the rows' grid or without grid tokens, in one line."""
+    shapes = tuple((int(rows), int(cols)) for rows, cols in grid_mix or ())
+    for rows, cols in shapes:
+        if rows > image_grid or cols > image_grid:
+            raise UserError(f"grid {rows}x{cols} of the grid mix does not fit the data's {image_grid}x{image_grid} "
+                            f"code grids")
+        sequences.grid_ids(tokenizer, (rows, cols))
+    return shapes
 
 
 def collate_sequences(samples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, Any]:

@@ -8,9 +8,13 @@ CogView has no task tokens; the order of the parts tells the model what to do (d
     super-resolution   [ROI1] text G_lo [BOI1] lo [EOI1] | [ROI2] [POS w] G_hi [BOI2] hi [EOI2]
                        positions restart at 0 at [ROI2]
 
-`G` is the grid token of the image that follows. `text_ids` are unified ids (`encode_text`); codes are
-image codes in [0, K) as sequences, tensors or numpy arrays (2-D grids read row-major). Leaving out the
-part the model is to generate gives the generation prompt.
+`G` names the grid of the image that follows: one grid token for a square grid (`[BASE]` for 32x32),
+the pair `G_rows G_cols` for a non-square one (`[SMALL] [BASE]`: 16 rows of 32 codes). Each side must
+have a grid token (4, 8, 16, 32 or 64), so squares read exactly as before.
+
+`text_ids` are unified ids (`encode_text`); codes are image codes in [0, K) as sequences, tensors or
+numpy arrays (2-D grids read row-major). Leaving out the part the model is to generate gives the
+generation prompt.
 
 Position layouts (`ModelConfig.position_layout`). CogView numbers the tokens consecutively
 ("consecutive"), so an image that follows its text starts at a position that depends on the text's
@@ -19,6 +23,12 @@ length, and a model must learn to find each code's row and column relative to `[
 it starts at `text_positions + 1`: code (r, c) then has one position in every text-to-image sequence, as
 in LlamaGen and DALLE-pytorch (which pad the text to a fixed length; no pad tokens are fed here). Only
 text-to-image and the low-resolution half of super-resolution change: image-to-text starts with its image.
+
+Image coordinates (`image_coordinates`). A model that treats image codes by their place in the grid (the
+local image window of `ModelConfig.image_attention_window`) finds that place from the ids alone, so
+training, scoring and KV-cache decoding agree without being told: a grid token starts an image (every
+image above is `G [BOI] codes`), and the codes that follow fill its grid row-major, the side of the last
+grid token (the columns of a pair) being the row length.
 """
 from __future__ import annotations
 
@@ -28,7 +38,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from data_utils.tokenizer import UnifiedTokenizer, as_id_list
+from data_utils.tokenizer import GRID_TOKENS, UnifiedTokenizer, as_id_list
 from utils.errors import UserError
 
 TASKS = ("text2image", "image2text", "super_resolution")
@@ -37,6 +47,8 @@ TASKS = ("text2image", "image2text", "super_resolution")
 POSITION_LAYOUTS = ("consecutive", "fixed-image")
 
 IdsLike = Iterable[int] | torch.Tensor | np.ndarray
+# A code grid: its side when square, else (rows, columns).
+Grid = int | tuple[int, int]
 
 
 @dataclass
@@ -56,10 +68,37 @@ def _text(tok: UnifiedTokenizer, text_ids: IdsLike) -> list[int]:
     return ids
 
 
-def _codes(tok: UnifiedTokenizer, codes: IdsLike, grid: int, what: str) -> list[int]:
+def grid_shape(grid: Grid) -> tuple[int, int]:
+    """(rows, columns) of a grid given as a side or a pair."""
+    return (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
+
+
+def grid_ids(tok: UnifiedTokenizer, grid: Grid) -> list[int]:
+    """The grid tokens that name `grid`: one for a square, rows then columns otherwise."""
+    rows, cols = grid_shape(grid)
+    return [tok.grid_token(rows)] if rows == cols else [tok.grid_token(rows), tok.grid_token(cols)]
+
+
+def grid_with_tokens(text: str) -> tuple[int, int]:
+    """"HxW" (or "N" for a square) -> (rows, columns) of a grid whose sides have grid tokens (so it can
+    be named in a sequence); anything else is a one-line error."""
+    parts = text.lower().split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise UserError(f"a code grid is written ROWSxCOLUMNS, like 16x32, got {text!r}")
+    rows, cols = int(parts[0]), int(parts[1])
+    if rows not in GRID_TOKENS or cols not in GRID_TOKENS:
+        raise UserError(f"code grid {rows}x{cols} is not supported: each side must be one of "
+                        f"{', '.join(map(str, GRID_TOKENS))} (the sides with a grid token)")
+    return rows, cols
+
+
+def _codes(tok: UnifiedTokenizer, codes: IdsLike, grid: Grid, what: str) -> list[int]:
     ids = as_id_list(codes)
-    if len(ids) != grid * grid:
-        raise ValueError(f"{what} has {len(ids)} codes but a {grid}x{grid} grid needs {grid * grid}")
+    rows, cols = grid_shape(grid)
+    if len(ids) != rows * cols:
+        raise ValueError(f"{what} has {len(ids)} codes but a {rows}x{cols} grid needs {rows * cols}")
     if ids and (min(ids) < 0 or max(ids) >= tok.codebook_size):
         raise ValueError(f"{what} holds ids outside the codebook [0, {tok.codebook_size})")
     return ids
@@ -84,7 +123,7 @@ def _after_text(text: list[int], rest: list[int], text_positions: int | None) ->
     return list(range(1 + len(text))) + list(range(1 + text_positions, 1 + text_positions + len(rest)))
 
 
-def text2image(tok: UnifiedTokenizer, text_ids: IdsLike, grid: int, codes: IdsLike | None = None,
+def text2image(tok: UnifiedTokenizer, text_ids: IdsLike, grid: Grid, codes: IdsLike | None = None,
                text_positions: int | None = None) -> TokenSequence:
     """`[ROI1] text G [BOI1] codes [EOI1]`; without `codes`, the prompt ending at `[BOI1]`.
 
@@ -92,15 +131,15 @@ def text2image(tok: UnifiedTokenizer, text_ids: IdsLike, grid: int, codes: IdsLi
     for consecutive positions, else the text's fixed budget of positions (the "fixed-image" layout).
     """
     text = _text(tok, text_ids)
-    rest = [tok.grid_token(grid), tok["[BOI1]"]]
+    rest = [*grid_ids(tok, grid), tok["[BOI1]"]]
     if codes is not None:
         rest += [*_codes(tok, codes, grid, "image"), tok["[EOI1]"]]
     return TokenSequence([tok["[ROI1]"], *text, *rest], _after_text(text, rest, text_positions))
 
 
-def image2text(tok: UnifiedTokenizer, codes: IdsLike, grid: int, text_ids: IdsLike | None = None) -> TokenSequence:
+def image2text(tok: UnifiedTokenizer, codes: IdsLike, grid: Grid, text_ids: IdsLike | None = None) -> TokenSequence:
     """`G [BOI1] codes [EOI1] [ROI1] text [SEP]`; without `text_ids`, the prompt ending at `[ROI1]`."""
-    ids = [tok.grid_token(grid), tok["[BOI1]"], *_codes(tok, codes, grid, "image"), tok["[EOI1]"], tok["[ROI1]"]]
+    ids = [*grid_ids(tok, grid), tok["[BOI1]"], *_codes(tok, codes, grid, "image"), tok["[EOI1]"], tok["[ROI1]"]]
     if text_ids is not None:
         ids += [*_text(tok, text_ids), tok["[SEP]"]]
     return TokenSequence(ids, list(range(len(ids))))
@@ -146,3 +185,57 @@ def num_positions(task: str, text_max_tokens: int, grid: int, lo_grid: int | Non
     """Number of position embeddings the task needs: less than `max_length` for super-resolution,
     whose positions restart at `[ROI2]`."""
     return max(_part_lengths(task, text_max_tokens, grid, lo_grid))
+
+
+# --- where each image code sits -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageTokens:
+    """What a model needs of its tokenizer to find image codes and their grid places in a sequence:
+    ids below `codebook_size` are codes, and `grid_sides` pairs each grid token id with its side.
+    Recorded in `model_config.json`, so a loaded model reads sequences as it was trained to."""
+
+    codebook_size: int
+    grid_sides: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        # JSON gives lists back; keep the pairs hashable and comparable.
+        object.__setattr__(self, "grid_sides", tuple((int(i), int(s)) for i, s in self.grid_sides))
+        if self.codebook_size < 1 or not self.grid_sides or any(s < 1 for _, s in self.grid_sides):
+            raise UserError(f"bad image token description: {self}")
+
+
+def image_tokens_of(tok: UnifiedTokenizer) -> ImageTokens:
+    return ImageTokens(tok.codebook_size, tuple((tok.grid_token(side), side) for side in GRID_TOKENS))
+
+
+@dataclass
+class ImageCoordinates:
+    """Per token of `ids [B, S]`: whether it is a code of an image, which image (a count of grid tokens
+    so far) and its row and column in that image's grid. Meaningless where `is_code` is False."""
+
+    is_code: torch.Tensor
+    image: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+
+    def last(self, length: int) -> "ImageCoordinates":
+        """The coordinates of the last `length` tokens (the queries of a forward after a cache)."""
+        return ImageCoordinates(*(t[:, -length:] for t in (self.is_code, self.image, self.row, self.col)))
+
+
+def image_coordinates(ids: torch.Tensor, image_tokens: ImageTokens) -> ImageCoordinates:
+    """Grid places of the codes of `ids [B, S]`, vectorised (no loop over tokens): codes before any grid
+    token belong to no image. Works on any prefix of a sequence, so decoding
+    can ask about the sequence so far."""
+    sides = torch.zeros_like(ids)
+    for token_id, side in image_tokens.grid_sides:  # a handful of grid tokens
+        sides = torch.where(ids == token_id, side, sides)
+    is_grid = sides > 0
+    index = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    last_grid = torch.where(is_grid, index, -1).cummax(dim=1).values
+    width = sides.gather(1, last_grid.clamp_min(0)).clamp_min(1)
+    is_code = (ids >= 0) & (ids < image_tokens.codebook_size) & (last_grid >= 0)
+    codes_so_far = is_code.long().cumsum(dim=1)
+    before_image = torch.where(is_grid, codes_so_far, 0).cummax(dim=1).values
+    ordinal = codes_so_far - before_image - 1
+    return ImageCoordinates(is_code, is_grid.long().cumsum(dim=1), ordinal // width, ordinal % width)

@@ -10,12 +10,13 @@ and one image, whatever else was in the batch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
 
-from data_utils.sequences import TokenSequence, image2text, super_resolution, text2image
+from data_utils.sequences import (Grid, TokenSequence, grid_ids, grid_shape, image2text, super_resolution,
+                                  text2image)
 from data_utils.tokenizer import UnifiedTokenizer
 from generation.decoding import SAMPLE, DecodeRequest, DecodeSpec, decode
 from generation.sampling import SamplingSettings, allowed_mask
@@ -29,17 +30,38 @@ class Geometry:
     `image_grid` is the side of the code grid of text-to-image and captioning; super-resolution was
     trained from `image_grid // 2` to `image_grid` (the `lowres` shard field). `max_positions` is the
     number of position embeddings. `text_positions` is the text's fixed block of positions of a
-    "fixed-image" model, None for consecutive positions (data_utils/sequences.py).
+    "fixed-image" model, None for consecutive positions (data_utils/sequences.py). `output_grid` is
+    the (rows, columns) text-to-image makes when asked for another shape (`with_output_grid`); None
+    for the trained square.
     """
 
     image_grid: int
     text_max_tokens: int
     max_positions: int
     text_positions: int | None = None
+    output_grid: tuple[int, int] | None = None
 
     @property
     def lowres_grid(self) -> int:
         return self.image_grid // 2
+
+    @property
+    def text2image_grid(self) -> Grid:
+        return self.output_grid or self.image_grid
+
+
+def with_output_grid(geometry: Geometry, grid: tuple[int, int], tok: UnifiedTokenizer) -> Geometry:
+    """`geometry` making text-to-image grids of (rows, columns) codes; a shape without grid tokens or whose
+    sequence (with the longest text) would not fit the model's positions is refused in one line."""
+    rows, cols = grid
+    names = grid_ids(tok, (rows, cols))  # one line for a side without a grid token
+    needed = geometry.text_max_tokens + len(names) + 3 + rows * cols  # [ROI1] text G.. [BOI1] codes [EOI1]
+    if geometry.text_positions is not None:
+        needed += geometry.text_positions - geometry.text_max_tokens
+    if needed > geometry.max_positions:
+        raise UserError(f"a {rows}x{cols} code grid needs {needed} positions with the longest text but the model "
+                        f"has {geometry.max_positions}; choose a smaller --image-grid")
+    return replace(geometry, output_grid=(rows, cols))
 
 
 def check_fits(prompt: TokenSequence, steps: int, geometry: Geometry, what: str) -> None:
@@ -65,15 +87,17 @@ def caption_ids_mask(tok: UnifiedTokenizer) -> torch.Tensor:
 def generate_image_codes(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Geometry,
                          text_ids: Sequence[Sequence[int]], n: int, seed: int, settings: SamplingSettings,
                          max_batch_rows: int, negative_ids: Sequence[int] | None = None) -> torch.Tensor:
-    """`n` code grids for each prompt, `[P, n, grid, grid]`; image j of every prompt has seed `seed + j`.
+    """`n` code grids for each prompt, `[P, n, rows, cols]` (`geometry.text2image_grid`); image j of every
+    prompt has seed `seed + j`.
 
     With guidance (`settings.cfg_scale != 1`) each request also runs an unconditional twin: the
     prompt with the text removed (the CFG-drop sequence of training), or with `negative_ids` instead.
     """
     if n < 1:
         raise UserError(f"--batch-size (images per prompt) must be >= 1, got {n}")
-    grid = geometry.image_grid
-    steps = grid * grid
+    grid = geometry.text2image_grid
+    rows, cols = grid_shape(grid)
+    steps = rows * cols
     uncond = text2image(tok, list(negative_ids or []), grid, text_positions=geometry.text_positions
                         ) if settings.uses_guidance else None
     requests = []
@@ -83,7 +107,7 @@ def generate_image_codes(model: torch.nn.Module, tok: UnifiedTokenizer, geometry
         requests += [DecodeRequest(prompt, seed + j, uncond) for j in range(n)]
     spec = DecodeSpec(steps=steps, allowed=image_ids_mask(tok), settings=settings, pad_id=tok.pad_id)
     codes = decode(model, requests, spec, max_batch_rows, description="text-to-image")
-    return torch.stack(codes).view(len(text_ids), n, grid, grid)
+    return torch.stack(codes).view(len(text_ids), n, rows, cols)
 
 
 # --- image codes -> caption -------------------------------------------------------------------------

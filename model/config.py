@@ -8,10 +8,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from data_utils.sequences import POSITION_LAYOUTS
+from data_utils.sequences import POSITION_LAYOUTS, ImageTokens
+from data_utils.tokenizer import GRID_TOKENS
 from utils.errors import UserError
 
 LAYERNORM_ORDERS = ("pre", "sandwich")
+# "1d": one learned position per token (CogView). "2d": image codes also get learned row and column
+# embeddings, so a code's place in its grid is the same at every grid shape and text length.
+IMAGE_POSITIONS = ("1d", "2d")
+MAX_GRID_SIDE = max(GRID_TOKENS)  # rows and columns of the 2-D position tables
 # The MLP is 4x as wide as the hidden state, as in GPT-2 and CogView.
 FFN_MULTIPLIER = 4
 
@@ -37,13 +42,28 @@ class ModelConfig:
     layernorm_epsilon: float = 1e-5
     # The positions the weights were trained with; CogView's release and older checkpoints are "consecutive".
     position_layout: str = "consecutive"
+    # The local image window (0 = off, full causal attention): an image code attends to every text and command
+    # token and every code of another image, but to the codes of its own image only within `image_attention_window`
+    # rows above it and as many columns either side (docs/architecture.md, "Local image attention").
+    image_attention_window: int = 0
+    # Rows and columns of image codes: "1d" (positions only) or "2d" (plus row and column embeddings).
+    image_positions: str = "1d"
+    # How the model finds image codes and their grid places in a sequence; recorded when a feature needs it.
+    image_tokens: ImageTokens | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.image_tokens, Mapping):  # from model_config.json
+            self.image_tokens = ImageTokens(**self.image_tokens)
         self.validate()
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def reads_image_coordinates(self) -> bool:
+        """Whether the model finds each image code's row and column (local window or 2-D positions)."""
+        return self.image_attention_window > 0 or self.image_positions == "2d"
 
     @property
     def ffn_size(self) -> int:
@@ -67,6 +87,14 @@ class ModelConfig:
                 raise UserError(f"model {name} must be in [0, 1), got {getattr(self, name)}")
         if self.position_layout not in POSITION_LAYOUTS:
             raise UserError(f"model position_layout must be one of {POSITION_LAYOUTS}, got {self.position_layout!r}")
+        if not isinstance(self.image_attention_window, int) or self.image_attention_window < 0:
+            raise UserError(f"model image_attention_window must be an integer >= 0, "
+                            f"got {self.image_attention_window!r}")
+        if self.image_positions not in IMAGE_POSITIONS:
+            raise UserError(f"model image_positions must be one of {IMAGE_POSITIONS}, got {self.image_positions!r}")
+        if self.reads_image_coordinates and self.image_tokens is None:
+            raise UserError("model image_attention_window and 2-D image_positions need image_tokens "
+                            "(the codebook size and grid tokens)")
         if not self.layernorm_epsilon > 0:
             raise UserError(f"model layernorm_epsilon must be positive, got {self.layernorm_epsilon}")
 
@@ -102,6 +130,8 @@ def count_parameters(config: ModelConfig) -> int:
         + layernorms_per_layer * layernorm
     )
     embeddings = (config.vocab_size + config.max_position_embeddings) * h
+    if config.image_positions == "2d":
+        embeddings += 2 * MAX_GRID_SIDE * h  # row and column embeddings
     return embeddings + config.num_layers * per_layer + layernorm
 
 

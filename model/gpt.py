@@ -23,11 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from model.config import ModelConfig
+from data_utils.sequences import ImageCoordinates, image_coordinates
+from model.config import MAX_GRID_SIDE, ModelConfig
 from model.kernels.backend import resolve_attention_backend, triton_attend
 from model.kv_cache import KVCache
 from utils.errors import UserError
 
+# Queries per block when attention skips the keys a sparse mask hides (`SelfAttention.attend`).
+QUERY_BLOCK = 128
 # The released code divides LayerNorm inputs by max|x| / 8 (not max|x| as the paper writes): the
 # scaled input then lies in [-8, 8], whose squares still sum without overflow in fp16.
 PB_RELAX_LAYERNORM_RANGE = 8.0
@@ -56,8 +59,28 @@ class LayerNorm(nn.LayerNorm):
         return super().forward(x)
 
 
+def image_window_mask(keys: ImageCoordinates, query_len: int, window: int) -> torch.Tensor:
+    """`[B, query_len, S]`, True where the local image window lets the last `query_len` of the tokens
+    (whose coordinates are `keys`, `[B, S]` each) see a key: always, unless both are codes of the same
+    image, which must then lie within `window` rows (above, by causality) and `window` columns either
+    side of each other.
+
+    The pattern of CogView2's local attention, made causal, with the text kept global: a code's
+    neighbourhood is where most of what predicts it lies, the text says what the image shows."""
+    # int16 (grids are at most 64 x 64 codes, sequences far shorter than 32k): the [B, T, S] differences
+    # below are the mask's main cost, a quarter of it in int64.
+    keys = ImageCoordinates(keys.is_code, *(t.to(torch.int16) for t in (keys.image, keys.row, keys.col)))
+    queries = keys.last(query_len)
+    same_image = (queries.is_code[:, :, None] & keys.is_code[:, None, :]
+                  & (queries.image[:, :, None] == keys.image[:, None, :]))
+    near = ((queries.row[:, :, None] - keys.row[:, None, :]).abs() <= window) & (
+        (queries.col[:, :, None] - keys.col[:, None, :]).abs() <= window)
+    return ~same_image | near
+
+
 def build_attention_mask(query_len: int, past_len: int, key_padding_mask: torch.Tensor | None,
-                         device: torch.device | str | None = None) -> torch.Tensor | None:
+                         device: torch.device | str | None = None,
+                         allowed: torch.Tensor | None = None) -> torch.Tensor | None:
     """The boolean attention mask (True = attend) for `query_len` new positions after `past_len`
     cached ones, combining causality with `key_padding_mask [B, past_len + query_len]`.
 
@@ -65,8 +88,9 @@ def build_attention_mask(query_len: int, past_len: int, key_padding_mask: torch.
     square causal attention (`past_len == 0`, SDPA's `is_causal`) or one query that may see every key.
     With a padding mask every position may always attend to itself, so a left-padding position,
     which sees no real key, gets a finite (ignored) output instead of NaN from an all-masked row.
+    `allowed [B, query_len, past_len + query_len]` narrows it further (`image_window_mask`).
     """
-    if key_padding_mask is None and (past_len == 0 or query_len == 1):
+    if key_padding_mask is None and allowed is None and (past_len == 0 or query_len == 1):
         return None
     if key_padding_mask is not None:
         device = key_padding_mask.device
@@ -74,9 +98,11 @@ def build_attention_mask(query_len: int, past_len: int, key_padding_mask: torch.
     query_pos = torch.arange(past_len, total, device=device)[:, None]
     key_pos = torch.arange(total, device=device)[None, :]
     mask = key_pos <= query_pos
+    if allowed is not None:
+        mask = mask & allowed  # a token always sees itself, so no row is left empty
     if key_padding_mask is not None:
         mask = (mask & key_padding_mask.to(torch.bool)[:, None, :]) | (key_pos == query_pos)
-    else:
+    elif mask.dim() == 2:
         mask = mask[None]
     return mask[:, None]
 
@@ -92,6 +118,8 @@ class SelfAttention(nn.Module):
         self.pb_relax = config.pb_relax
         self.pb_relax_alpha = config.pb_relax_alpha
         self.attention_dropout = config.attention_dropout
+        # A sparse mask (the local image window) leaves most keys of a block of queries unseen: skip them.
+        self.skip_unseen_keys = config.image_attention_window > 0
         self.query_key_value = nn.Linear(h, 3 * h)
         self.dense = nn.Linear(h, h)
         self.output_dropout = nn.Dropout(config.hidden_dropout)
@@ -122,11 +150,39 @@ class SelfAttention(nn.Module):
                ) -> torch.Tensor:
         """softmax(q k^T / sqrt(d)) v for heads `[B, heads, T, d]` and `[B, heads, S, d]`; the mask is
         as `build_attention_mask` returns it. Returns `[B, T, hidden]` (heads merged). Which backend runs
-        (Triton kernels, SDPA or plain torch) is `model.kernels.set_attention_backend`'s choice."""
+        (Triton kernels, SDPA or plain torch) is `model.kernels.set_attention_backend`'s choice.
+
+        With a sparse mask (`skip_unseen_keys`, the local image window) the queries go in blocks of
+        `QUERY_BLOCK`, each against only the keys one of its queries may see: the others would get zero
+        weight anyway, so the result is the same, while the scores held at once shrink from T x S to
+        about QUERY_BLOCK x (text + window band + QUERY_BLOCK)."""
+        # The Triton kernel skips the empty tiles of a sparse mask itself.
+        blocks = self.skip_unseen_keys and attn_mask is not None and q.shape[2] > QUERY_BLOCK
+        if blocks and resolve_attention_backend(q) != "triton":
+            context = torch.cat([self._attend_seen_keys(q[:, :, start:start + QUERY_BLOCK], k, v,
+                                                        attn_mask[:, :, start:start + QUERY_BLOCK])
+                                 for start in range(0, q.shape[2], QUERY_BLOCK)], dim=2)
+        else:
+            context = self._attend_heads(q, k, v, attn_mask)
+        batch, _, length, _ = context.shape
+        return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+
+    def _attend_seen_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor
+                          ) -> torch.Tensor:
+        """Attention of a block of queries over the keys that at least one of them, in any row, may see."""
+        seen = attn_mask.any(dim=(0, 1, 2))
+        if bool(seen.all()):
+            return self._attend_heads(q, k, v, attn_mask)
+        keys = seen.nonzero().flatten()
+        return self._attend_heads(q, k.index_select(2, keys), v.index_select(2, keys), attn_mask.index_select(3, keys))
+
+    def _attend_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
+                      ) -> torch.Tensor:
+        """`attend` before the heads are merged: `[B, heads, T, d]`."""
         dropout_p = self.attention_dropout if self.training else 0.0
         backend = resolve_attention_backend(q)
         if backend == "triton":
-            context = triton_attend(q, k, v, attn_mask, self.pb_relax_alpha or 1.0, dropout_p)
+            context = triton_attend(q, k, v, attn_mask, self.pb_relax_alpha or 1.0, dropout_p, self.skip_unseen_keys)
         elif backend == "torch" or self.pb_relax_alpha is not None:
             context = self._attend_math(q, k, v, attn_mask, dropout_p)
         else:
@@ -147,8 +203,7 @@ class SelfAttention(nn.Module):
             with precision:
                 context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                                          is_causal=is_causal, scale=scale).to(dtype)
-        batch, _, length, _ = context.shape
-        return context.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+        return context
 
     def _attend_math(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      attn_mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
@@ -244,6 +299,9 @@ class CogViewGPT(nn.Module):
             layers=nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_layers)),
             final_layernorm=LayerNorm(config.hidden_size, config.layernorm_epsilon, config.pb_relax),
         ))
+        if config.image_positions == "2d":
+            self.transformer["row_embeddings"] = nn.Embedding(MAX_GRID_SIDE, config.hidden_size)
+            self.transformer["col_embeddings"] = nn.Embedding(MAX_GRID_SIDE, config.hidden_size)
         self.embedding_dropout = nn.Dropout(config.hidden_dropout)
         self.reset_parameters()
 
@@ -278,11 +336,20 @@ class CogViewGPT(nn.Module):
         weight = self.word_embeddings.weight
         c = self.config
         return KVCache.allocate(c.num_layers, batch_size, c.num_attention_heads, max_length, c.head_dim,
-                                dtype=dtype or weight.dtype, device=device or weight.device)
+                                dtype=dtype or weight.dtype, device=device or weight.device,
+                                track_tokens=c.reads_image_coordinates)
 
-    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        """Word plus position embeddings `[B, T, hidden]` (the input of layer 0)."""
+    def embed(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+              coordinates: ImageCoordinates | None = None) -> torch.Tensor:
+        """Word plus position embeddings `[B, T, hidden]` (the input of layer 0); with 2-D image positions,
+        plus the row and column embeddings of each image code (`coordinates` of these T tokens)."""
         x = self.word_embeddings(input_ids) + self.transformer.position_embeddings(position_ids)
+        if self.config.image_positions == "2d":
+            if coordinates is None:
+                coordinates = image_coordinates(input_ids, self.config.image_tokens)
+            place = (self.transformer.row_embeddings(coordinates.row.clamp(0, MAX_GRID_SIDE - 1))
+                     + self.transformer.col_embeddings(coordinates.col.clamp(0, MAX_GRID_SIDE - 1)))
+            x = x + place * coordinates.is_code.unsqueeze(-1).to(place.dtype)
         return self.embedding_dropout(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -299,8 +366,12 @@ class CogViewGPT(nn.Module):
         """
         past_len = 0 if kv_cache is None else kv_cache.length
         self._check_inputs(input_ids, position_ids, key_padding_mask, kv_cache, past_len)
-        attn_mask = build_attention_mask(input_ids.shape[1], past_len, key_padding_mask, input_ids.device)
-        x = self.embed(input_ids, position_ids)
+        length = input_ids.shape[1]
+        keys = self._key_coordinates(input_ids, kv_cache)
+        window = self.config.image_attention_window
+        attn_mask = build_attention_mask(length, past_len, key_padding_mask, input_ids.device,
+                                         image_window_mask(keys, length, window) if window else None)
+        x = self.embed(input_ids, position_ids, None if keys is None else keys.last(length))
         for layer in self.transformer.layers:
             if self.checkpoint_activations and self.training:
                 x = checkpoint(layer, x, attn_mask, kv_cache, use_reentrant=False)
@@ -309,6 +380,14 @@ class CogViewGPT(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(input_ids.shape[1])
         return self.logits(x)
+
+    def _key_coordinates(self, input_ids: torch.Tensor, kv_cache: KVCache | None) -> ImageCoordinates | None:
+        """Image coordinates of every key position (the cached ones and these), or None when the model
+        needs none (no local window, 1-D positions)."""
+        if not self.config.reads_image_coordinates:
+            return None
+        key_ids = input_ids if kv_cache is None else kv_cache.add_tokens(input_ids)
+        return image_coordinates(key_ids, self.config.image_tokens)
 
     def _check_inputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                       key_padding_mask: torch.Tensor | None, kv_cache: KVCache | None, past_len: int) -> None:

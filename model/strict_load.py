@@ -21,6 +21,8 @@ def _hint(key: str) -> str:
         return "check the tokenizer's vocabulary size and --hidden-size"
     if key == "transformer.position_embeddings.weight":
         return "check --max-position-embeddings and --hidden-size"
+    if key in ("transformer.row_embeddings.weight", "transformer.col_embeddings.weight"):
+        return "check --image-positions"
     return "check --hidden-size / --num-layers"
 
 

@@ -2,7 +2,7 @@
 
 No GPU is needed. Run by tests/test_kernels.py in its own process, because under TRITON_INTERPRET=1 (which
 the kernel tests set) the kernels are interpreter functions that cannot be compiled. Compiles fp16 with
-padding, dropout and PB-relax on, the fullest paths.
+padding, a sparse mask, dropout and PB-relax on, the fullest paths.
 """
 import sys
 from pathlib import Path
@@ -17,7 +17,7 @@ from model.kernels import decode_attention, flash_attention, layernorm  # noqa: 
 
 HOPPER = GPUTarget("cuda", 90, 32)
 ATTENTION_TENSORS = dict(Q="*fp16", K="*fp16", V="*fp16", O="*fp16", DO="*fp16", DQ="*fp16", DK="*fp16", DV="*fp16",
-                         LSE="*fp32", DELTA="*fp32", PAD="*i8")
+                         LSE="*fp32", DELTA="*fp32", PAD="*i8", M="*i8", SEEN="*i8")
 ROW_TENSORS = dict(X="*fp16", R="*fp16", W="*fp16", Bias="*fp16", Y="*fp16", DY="*fp16", DX="*fp16", MEAN="*fp32",
                    RSTD="*fp32", SCALE="*fp32", DW_PARTIAL="*fp32", DB_PARTIAL="*fp32")
 
@@ -30,7 +30,8 @@ def compile_for_hopper(kernel, pointers: dict[str, str], floats: tuple[str, ...]
 
 
 def main() -> None:
-    attention = dict(HAS_PAD=True, DROPOUT=True, HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64, BLOCK_N=64, PRECISION="tf32")
+    attention = dict(HAS_PAD=True, HAS_MASK=True, DROPOUT=True, HEAD_DIM=64, BLOCK_D=64, BLOCK_M=64, BLOCK_N=64,
+                     PRECISION="tf32")
     scales = ("q_scale", "alpha", "dropout_p")
     kernels = [(flash_attention._forward_kernel, ATTENTION_TENSORS, scales, attention),
                (flash_attention._backward_dkdv_kernel, ATTENTION_TENSORS, scales, attention),

@@ -14,18 +14,18 @@ from utils.errors import UserError
 VALUES = {"prompt": "a red circle", "input-source": "prompts.txt", "negative-prompt": "blue",
           "input-images": "images", "batch-size": "4", "seed": "0", "temperature": "1.0", "top-k": "200",
           "top-p": "1.0", "cfg-scale": "1.0", "max-caption-tokens": "5", "caption-candidates": "1",
-          "caption-model": "other_run", "post-selection-score": "agreement"}
+          "caption-model": "other_run", "post-selection-score": "agreement", "image-grid": "16x32"}
 
 # The audit of every task-specific flag against every task (docs/generation.md): what each task ignores.
 REFUSED = {
     "text2image": ["input-images", "max-caption-tokens", "caption-candidates", "caption-model",
                    "post-selection-score"],
-    "text2image-full": ["input-images", "max-caption-tokens", "caption-candidates"],
-    "image2text": ["prompt", "input-source", "negative-prompt", "cfg-scale", "batch-size"],
+    "text2image-full": ["input-images", "max-caption-tokens", "caption-candidates", "image-grid"],
+    "image2text": ["prompt", "input-source", "negative-prompt", "cfg-scale", "batch-size", "image-grid"],
     "post-selection": ["negative-prompt", "cfg-scale", "batch-size", "seed", "temperature", "top-k", "top-p",
-                       "max-caption-tokens", "caption-candidates"],
+                       "max-caption-tokens", "caption-candidates", "image-grid"],
     "super-resolution": ["negative-prompt", "cfg-scale", "batch-size", "max-caption-tokens", "caption-candidates",
-                         "caption-model", "post-selection-score"],
+                         "caption-model", "post-selection-score", "image-grid"],
 }
 # Flags every task reads: the checkpoint and its parts, devices, batching and where outputs go.
 READ_BY_EVERY_TASK = {"load", "generation_task", "max_inference_batch_size", "text_tokenizer", "vqvae", "device",

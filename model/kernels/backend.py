@@ -63,14 +63,16 @@ def resolve_attention_backend(q: torch.Tensor) -> str:
 
 
 def triton_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
-                  alpha: float, dropout_p: float) -> torch.Tensor:
+                  alpha: float, dropout_p: float, sparse: bool = False) -> torch.Tensor:
     """Causal attention `[B, H, T, d]` by the Triton kernels; `attn_mask` as `build_attention_mask`
     returns it, `alpha` 1 for the released PB-relax (and for none: the two are equal) or the paper's alpha,
     `dropout_p` the attention dropout (training only).
 
     The kernels take the key padding row rather than the `[T, S]` mask: the last query sees every
     earlier key, so the mask's last row is the padding row (its own, last key is always attended, and
-    is in every other query's future), and the queries are the last T of the S positions.
+    is in every other query's future), and the queries are the last T of the S positions. A `sparse`
+    mask (the local image window) is not causal plus padding: the flash kernel then reads all of it and
+    skips its empty tiles; one query's row is still the whole mask, so decoding reads it as a padding row.
     """
     key_padding = None if attn_mask is None else attn_mask[:, 0, -1, :].expand(q.shape[0], -1)
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
@@ -78,4 +80,6 @@ def triton_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: 
         from model.kernels.decode_attention import decode_attention
         return decode_attention(q, k, v, key_padding, alpha)
     from model.kernels.flash_attention import flash_attention
+    if sparse and attn_mask is not None:
+        return flash_attention(q, k, v, None, alpha, dropout_p, mask=attn_mask[:, 0])
     return flash_attention(q, k, v, key_padding, alpha, dropout_p)
