@@ -124,17 +124,28 @@ def text_block(fields: Sequence[str], width: int, lines_per_field: int = 1) -> I
 
 # --- images -----------------------------------------------------------------------------------------
 def display_side(sides: Sequence[int]) -> int:
-    """The side every image of a figure is shown at: a whole multiple of each image's side (so that
-    every enlargement is pixel-exact) and at least `MIN_DISPLAY_SIDE`."""
+    """The side of the square every image of a figure is shown in: a whole multiple of each image's
+    longer side (so that every enlargement is pixel-exact) and at least `MIN_DISPLAY_SIDE`."""
     common = math.lcm(*sides)
     return common * math.ceil(MIN_DISPLAY_SIDE / common)
 
 
+def longer_side(image: Image.Image) -> int:
+    return max(image.size)
+
+
 def enlarge(image: Image.Image, side: int) -> Image.Image:
-    """`image` (square) enlarged to `side` x `side` by nearest neighbour: each pixel becomes a block."""
-    if image.width != image.height or side % image.width:
+    """`image` enlarged by nearest neighbour (each pixel becomes a block) until its longer side is `side`,
+    centred in a white `side` x `side` square, so that images of any aspect ratio share one layout."""
+    if side % longer_side(image):
         raise ValueError(f"a {image.width}x{image.height} image cannot be enlarged pixel-exactly to {side} px")
-    return image.convert("RGB").resize((side, side), Image.Resampling.NEAREST)
+    factor = side // longer_side(image)
+    enlarged = image.convert("RGB").resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    if enlarged.size == (side, side):
+        return enlarged
+    square = Image.new("RGB", (side, side), BACKGROUND)
+    square.paste(enlarged, ((side - enlarged.width) // 2, (side - enlarged.height) // 2))
+    return square
 
 
 def framed(image: Image.Image, chosen: bool = False) -> Image.Image:
@@ -198,7 +209,7 @@ def grid(cells: Sequence[Cell], columns: int | None = None, side: int | None = N
     (`display_side` of the images by default) over its caption, `lines_per_field` lines a field."""
     if not cells:
         raise ValueError("a grid needs at least one image")
-    side = side or display_side([cell.image.width for cell in cells])
+    side = side or display_side([longer_side(cell.image) for cell in cells])
     columns = columns or math.ceil(math.sqrt(len(cells)))
     fields = max(len(cell.caption) for cell in cells)
     return tiles([cell_picture(cell, side, fields, lines_per_field, tiles_wide) for cell in cells], columns)
@@ -218,7 +229,7 @@ def titled_rows(rows: Sequence[tuple[str, Sequence[Cell]]], columns: int, side: 
                 header: Image.Image | None = None) -> Image.Image:
     """Optional column titles (`column_titles`), then each row's title line above its cells, rows
     `ROW_GAP` apart."""
-    side = side or display_side([cell.image.width for _, cells in rows for cell in cells])
+    side = side or display_side([longer_side(cell.image) for _, cells in rows for cell in cells])
     parts = [header] if header is not None else []
     parts += [titled(title, grid(cells, columns, side)) for title, cells in rows]
     return stack(parts, ROW_GAP)

@@ -52,6 +52,15 @@ def test_enlargement_is_pixel_exact_and_never_resamples():
     assert [figures.display_side(s) for s in ([32, 64, 128], [64], [256, 512], [100])] == [128, 128, 512, 200]
 
 
+def test_a_non_square_image_is_enlarged_exactly_and_centred_in_its_square():
+    """A 16 x 8 image (a 2 x 1 code grid's shape) at side 32: 2x blocks, white bands above and below."""
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (8, 16, 3), dtype=np.uint8))
+    square = pixels(figures.enlarge(image, 32))
+    assert square.shape == (32, 32, 3)
+    assert np.array_equal(square[8:24:2, ::2], pixels(image)) and np.array_equal(square[9:24:2, 1::2], pixels(image))
+    assert (square[:8] == 255).all() and (square[24:] == 255).all()
+
+
 def test_borders_separate_white_cells():
     side, columns = 64, 3
     white = [Image.new("RGB", (32, 32), "white") for _ in range(6)]
