@@ -60,6 +60,9 @@ from utils.logging import TensorBoardLogger, get_logger  # noqa: E402
 logger = get_logger("finetune_subject")
 
 ADAPTER_DIR = "adapter"
+# Class image i is sampled with seed CLASS_IMAGE_SEED + i whatever the run's --seed, so runs of several
+# seeds (and modes) share one cache of class images.
+CLASS_IMAGE_SEED = 0
 DEFAULT_MIX = "text2image=0.7,image2text=0.2,super_resolution=0.1"
 
 
@@ -219,11 +222,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         class_dir = Path(args.class_data or Path(args.save) / "class_images")
         settings = SamplingSettings(temperature=args.class_temperature, cfg_scale=args.class_cfg_scale)
         if mpu.is_main_process():
-            ensure_class_images(pipe, class_dir, read_prompts(args.class_prompts), args.num_class_images, args.seed,
-                                settings, fingerprint)
+            ensure_class_images(pipe, class_dir, read_prompts(args.class_prompts), args.num_class_images,
+                                CLASS_IMAGE_SEED, settings, fingerprint)
         mpu.barrier()
         images, captions = ensure_class_images(pipe, class_dir, read_prompts(args.class_prompts),
-                                               args.num_class_images, args.seed, settings, fingerprint)
+                                               args.num_class_images, CLASS_IMAGE_SEED, settings, fingerprint)
         prior_rows: MemoryRows = tokenise(images, captions, tok, pipe.vqvae, geometry, with_lowres, "class images")
         prior_data = TaskSequenceDataset(prior_rows, tok, mix, args.seed + 1, args.cfg_drop_prob, layout)
     streams = Streams(instance_data, prior_data, tok.pad_id)
