@@ -43,20 +43,6 @@ COLUMNS = (("recontext", "recontext"), ("recontext_unseen", "unseen 14"), ("comp
            ("property", "property"), ("class", "class pres."), ("shapes", "shapes acc."))
 
 
-def write_subject_data(folder: Path, num_class_prompts: int) -> tuple[Path, Path]:
-    """The spec's four instance images with caption files, and the class prompts (ordinary squares)."""
-    from data_utils.subject import class_prompts, instance_items
-
-    instances = folder / "instances"
-    instances.mkdir(parents=True, exist_ok=True)
-    for index, (image, caption) in enumerate(instance_items()):
-        image.save(instances / f"instance_{index}.png")
-        (instances / f"instance_{index}.txt").write_text(caption + "\n", encoding="utf-8")
-    prompts = folder / "class_prompts.txt"
-    prompts.write_text("".join(p.text + "\n" for p in class_prompts(num_class_prompts)), encoding="utf-8")
-    return instances, prompts
-
-
 def teal_through_vqvae(base: Path) -> dict:
     """Do the instance images survive the base VQ-VAE? Checker verdicts on their reconstructions, and how
     far the frame pixels' colour moves (RGB levels)."""
@@ -147,6 +133,8 @@ def main() -> None:
 
     base = train_from_scratch(Path(args.base_run_dir) / "shapes", "shapes", SHAPES, args.budget_minutes,
                               args.train_items, 512, vocab_size=400, args=args)
+    from data_utils.subject import write_subject_data
+
     instances, prompts = write_subject_data(run, args.num_class_images)
     from generation.pipeline import Pipeline
 

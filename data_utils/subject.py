@@ -14,6 +14,7 @@ open are stated where they are made:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from PIL import Image
 
 from data_utils.shapes import (BACKGROUND, COLOURS, COLOURS_ZH, POSITIONS, POSITIONS_ZH, SHAPES, SIZES, SIZES_ZH,
                                BBox, ShapeObject, caption_for, check_canvas_size, object_bbox, shape_mask)
+from utils.files import atomic_write_text
 
 TEAL = (0, 150, 150)
 IDENTIFIER = "sks"
@@ -171,3 +173,24 @@ def class_prompts(count: int, seed: int = 0) -> list[SubjectPrompt]:
                              list(SIZES)[rng.integers(len(SIZES))], POSITIONS[rng.integers(len(POSITIONS))])
         prompts.append(SubjectPrompt(caption_for([square]), (square,), "class"))
     return prompts
+
+
+def write_subject_data(folder: str | Path, num_class_prompts: int) -> tuple[Path, Path]:
+    """`folder/instances`: the four instance images as PNGs with `NAME.txt` captions (what
+    `finetune_subject.py --instance-data` reads), and `folder/class_prompts.txt` (its `--class-prompts`)."""
+    folder = Path(folder)
+    instances = folder / "instances"
+    instances.mkdir(parents=True, exist_ok=True)
+    for index, (image, caption) in enumerate(instance_items()):
+        image.save(instances / f"instance_{index}.png")
+        atomic_write_text(instances / f"instance_{index}.txt", caption + "\n")
+    prompts = folder / "class_prompts.txt"
+    atomic_write_text(prompts, "".join(p.text + "\n" for p in class_prompts(num_class_prompts)))
+    return instances, prompts
+
+
+if __name__ == "__main__":  # python -m data_utils.subject FOLDER [NUM_CLASS_PROMPTS]
+    import sys
+
+    written = write_subject_data(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 200)
+    print(*written)
