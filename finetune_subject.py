@@ -90,8 +90,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     what.add_argument("--mode", choices=MODES, default="lora", help="(default: %(default)s)")
     what.add_argument("--trainable", metavar="PARTS",
                       help="--mode frozen: the parts that train, e.g. embeddings,layers=2-3 (see finetune/trainable.py)")
-    what.add_argument("--lora-rank", type=positive_int, default=8, help="(default: %(default)s)")
-    what.add_argument("--lora-alpha", type=float, default=16.0, help="update scale alpha / rank (default: %(default)s)")
+    what.add_argument("--lora-rank", type=positive_int, default=4, help="(default: %(default)s)")
+    what.add_argument("--lora-alpha", type=float, default=8.0, help="update scale alpha / rank (default: %(default)s)")
     what.add_argument("--lora-targets", default=",".join(LORA_TARGETS),
                       help="linear layers to adapt, by (the end of) their names (default: %(default)s)")
     data = parser.add_argument_group("samples")

@@ -3,11 +3,11 @@ instance images, by full fine-tuning, frozen parts and LoRA, each with and witho
 
 Example:
     python benchmarks/bench_subject.py                    # base of bench_quality.py's recipe (30 min), 3 seeds
-    python benchmarks/bench_subject.py --budget-minutes 1 --vqvae-minutes 1 --train-items 2000 --seeds 1 \\
-        --train-iters 20 --num-class-images 16 --num-prompts 6 --images-per-prompt 1 --run-dir runs/bs_smoke
+    python benchmarks/bench_subject.py --base runs/small_shapes_model --seeds 1 --train-iters 20 \\
+        --num-class-images 16 --num-prompts 6 --images-per-prompt 1 --run-dir runs/bs_smoke
 
 1. The base model: `bench_quality.py`'s shapes recipe and stages (reused from `--base-run-dir` when that
-   run exists, so both benchmarks share one base).
+   run exists, so both benchmarks share one base), or `--base` for a quick run on a model at hand.
 2. Teal through the base VQ-VAE: the four instance images reconstructed from their codes, checked.
 3. Six fine-tuning runs per seed (`finetune_subject.py`, resumable stages), sharing one cache of class images.
 4. Every run and the base model measured on the same prompts and seeds (eval_utils/subject_accuracy.py):
@@ -37,7 +37,7 @@ from utils.stages import Stage  # noqa: E402
 MODES = {
     "full": ["--mode", "full", "--lr", "1e-4"],
     "frozen": ["--mode", "frozen", "--trainable", "embeddings,layers=2-3", "--lr", "3e-4"],
-    "lora": ["--mode", "lora", "--lora-rank", "8", "--lora-alpha", "16", "--lr", "1e-3"],
+    "lora": ["--mode", "lora", "--lora-rank", "4", "--lora-alpha", "8", "--lr", "1e-3"],
 }
 COLUMNS = (("recontext", "recontext"), ("recontext_unseen", "unseen 14"), ("composition", "composition"),
            ("property", "property"), ("class", "class pres."), ("shapes", "shapes acc."))
@@ -112,8 +112,12 @@ def table(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", default="runs/bench_subject")
-    parser.add_argument("--base-run-dir", default="runs/bench_quality",
-                        help="where bench_quality.py keeps (or this run makes) the shapes base model")
+    base_choice = parser.add_mutually_exclusive_group()
+    base_choice.add_argument("--base-run-dir", default="runs/bench_quality",
+                             help="where bench_quality.py keeps (or this run makes) the shapes base model")
+    base_choice.add_argument("--base", metavar="PATH",
+                             help="fine-tune this checkpoint instead (a shapes model with super-resolution, e.g. "
+                                  "of bench_quality.py's recipe trained for fewer steps, for a quick run)")
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="base transformer training time")
     parser.add_argument("--vqvae-minutes", type=float, default=5.0, help="base VQ-VAE training budget")
     parser.add_argument("--train-items", type=int, default=50000, help="shapes items of the base model's shards")
@@ -131,8 +135,11 @@ def main() -> None:
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
 
-    base = train_from_scratch(Path(args.base_run_dir) / "shapes", "shapes", SHAPES, args.budget_minutes,
-                              args.train_items, 512, vocab_size=400, args=args)
+    if args.base is not None:
+        base = Path(args.base)
+    else:
+        base = train_from_scratch(Path(args.base_run_dir) / "shapes", "shapes", SHAPES, args.budget_minutes,
+                                  args.train_items, 512, vocab_size=400, args=args)
     from data_utils.subject import write_subject_data
 
     instances, prompts = write_subject_data(run, args.num_class_images)

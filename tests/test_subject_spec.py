@@ -86,3 +86,34 @@ def test_a_frame_with_a_thick_border_or_a_dirty_centre_is_refused():
     thick[22 + 5:22 + 8, 22 + 5:22 + 15] = TEAL  # 3 rows of the inside filled: centre 70% white
     assert check_subject_image(thick, want).correct is False
     assert check_subject_image(pixels, want).correct is True
+
+
+class RenderingPipe:
+    """Stands in for a model: draws each prompt's objects exactly (or, `broken`, a filled teal square)."""
+
+    def __init__(self, scenes: dict, broken: bool = False):
+        self.scenes, self.broken = scenes, broken
+
+    def text2image(self, texts, n, seed, **sampling):
+        from types import SimpleNamespace
+
+        def draw(text):
+            if self.broken:
+                return render_scene([placed(ShapeObject("blue", "square", "large", "center"))])
+            return render_scene([placed(obj) for obj in self.scenes[text]])
+        return [SimpleNamespace(images=[draw(text)] * n) for text in texts]
+
+
+def test_the_benchmark_scores_perfect_drawings_1_and_wrong_ones_0():
+    from data_utils.shapes import ShapesDataset
+    from eval_utils.subject_accuracy import SHAPES_PROMPT_SEED, benchmark_prompts, subject_scores
+
+    scenes = {p.text: p.objects for prompts in benchmark_prompts(5).values() for p in prompts}
+    shapes = ShapesDataset(seed=SHAPES_PROMPT_SEED)
+    scenes.update({shapes.caption(i): shapes.objects(i) for i in range(5)})
+    perfect = subject_scores(RenderingPipe(scenes), 5, 2, 0, {})
+    assert perfect == {key: 1.0 for key in ("recontext", "recontext_seen", "recontext_unseen", "composition",
+                                            "property", "class", "shapes")}
+    wrong = subject_scores(RenderingPipe(scenes, broken=True), 5, 1, 0, {})
+    assert set(wrong.values()) == {0.0}
+    assert set(subject_scores(RenderingPipe(scenes), 5, 1, 0, {}, subject_prompts=False)) == {"class", "shapes"}
