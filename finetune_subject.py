@@ -206,11 +206,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     learned_super_resolution = parts.metadata.get("data", {}).get("lowres_grid") is not None
     mix = args.task_mix or task_mix(DEFAULT_MIX if learned_super_resolution else "text2image=0.8,image2text=0.2")
     with_lowres = mix.get("super_resolution", 0) > 0
+    pieces = identifier_pieces(tok, args.identifier)
     if mpu.is_main_process():
-        logger.info("identifier %r is the pieces %s of the base tokenizer", args.identifier,
-                    identifier_pieces(tok, args.identifier))
-    else:
-        identifier_pieces(tok, args.identifier)
+        logger.info("identifier %r is the pieces %s of the base tokenizer", args.identifier, pieces)
 
     instances = read_instance_folder(args.instance_data, args.identifier, args.class_noun, args.caption_template)
     instance_rows = tokenise(instances.images, instances.captions, tok, pipe.vqvae, geometry, with_lowres,
@@ -232,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     streams = Streams(instance_data, prior_data, tok.pad_id)
 
     model.train()
-    trained = select_trainable(model, args)
+    adapted = select_trainable(model, args)
     setup = build_deepspeed_config(args, mpu.get_world_size())
     schedule = LRSchedule(lr=args.lr, total_steps=args.train_iters, warmup_fraction=args.warmup,
                           min_lr_ratio=args.min_lr_ratio, decay_style=args.lr_decay_style)
@@ -241,9 +239,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                                            config=setup.config)
     if mpu.is_main_process():
         checkpointing.remove_stale_temporaries(args.save)
-        logger.info("mode %s: %s of %s parameters train (%d tensors)", args.mode,
+        logger.info("mode %s: %s of %s parameters train, in %s", args.mode,
                     f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,}",
-                    f"{sum(p.numel() for p in model.parameters()):,}", len(trained))
+                    f"{sum(p.numel() for p in model.parameters()):,}",
+                    f"{len(adapted)} LoRA-wrapped projections" if args.mode == "lora" else f"{len(adapted)} tensors")
     torch.manual_seed(dropout_seed(args.seed, mpu.get_rank()))
     start, data_position, seconds = 0, 0, 0.0
     if resume_iteration is not None:

@@ -3,7 +3,7 @@ on ground-truth renders and on negatives that each break one rule."""
 import numpy as np
 import pytest
 
-from data_utils.shapes import POSITIONS, SIZES, ShapeObject, parse_caption
+from data_utils.shapes import ShapeObject, parse_caption
 from data_utils.subject import (INSTANCES, TEAL, SubjectObject, class_prompts, composition_prompts, instance_items,
                                 placed, property_prompts, recontext_prompts, render_scene, scene_caption)
 from data_utils.subject_checker import check_subject_image, is_class_preserved
