@@ -250,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         start, data_position, seconds = int(state["iteration"]), int(state["data_position"]), float(state["seconds"])
         logger.info("resumed from %s/%d", args.load, start)
     if start < args.train_iters:
-        seconds = train(args, engine, streams, setup, start, data_position, seconds, pipe)
+        metadata = {**parts.metadata, "finetune": {"base": str(args.base), "mode": args.mode}}
+        seconds = train(args, engine, streams, setup, start, data_position, seconds, metadata)
     if mpu.is_main_process():
         folder = write_adapter(engine.module, args, fingerprint, seconds)
         logger.info("fine-tuned for %.1f s; adapter in %s", seconds, folder)
@@ -258,7 +259,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def train(args: argparse.Namespace, engine, streams: Streams, setup, start: int, data_position: int, seconds: float,
-          pipe: Pipeline) -> float:
+          metadata: dict) -> float:
+    """The steps from `start` to `--train-iters`; returns the seconds spent in them, over all resumes.
+    Checkpoints carry the base's metadata (tokenizer, VQ-VAE, sizes), so a `full` or `frozen` run's save
+    folder loads in generation like any training folder."""
     positions = MicroBatchPositions(data_position, setup.micro_batch_size, setup.gradient_accumulation_steps,
                                     mpu.get_world_size(), mpu.get_rank())
     batches = iter(positions)
@@ -266,7 +270,7 @@ def train(args: argparse.Namespace, engine, streams: Streams, setup, start: int,
                                     purge_step=start + 1 if start else None)
     bar = tqdm(total=args.train_iters, initial=start, desc="fine-tune", unit="step",
                disable=not mpu.is_main_process(), dynamic_ncols=True)
-    tok = pipe.tokenizer
+    tok = streams.instance.tokenizer
     began = time.perf_counter()
     for iteration in range(start + 1, args.train_iters + 1):
         lr = engine.get_lr()[0]
@@ -286,8 +290,7 @@ def train(args: argparse.Namespace, engine, streams: Streams, setup, start: int,
             elapsed = seconds + time.perf_counter() - began
             checkpointing.save_checkpoint(engine, args.save, iteration,
                                           {"iteration": iteration, "data_position": data_position, "seconds": elapsed},
-                                          lambda path: write_model_config(path, pipe.model.config,
-                                                                          {"finetune": {"base": str(args.base)}}))
+                                          lambda path: write_model_config(path, engine.module.config, metadata))
             seconds, began = elapsed, time.perf_counter()
     bar.close()
     tensorboard.close()

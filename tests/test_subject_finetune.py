@@ -14,7 +14,7 @@ import torch
 
 from checkpoints.trackers import write_latest_iteration
 from data_utils.subject import class_prompts
-from finetune.adapters import read_adapter
+from finetune.adapters import apply_adapters, read_adapter
 from finetune.class_images import ensure_class_images, image_path
 from finetune.data import read_instance_folder
 from generation.pipeline import Pipeline
@@ -108,6 +108,10 @@ def test_frozen_parts_save_only_what_trained_and_no_prior_needs_no_class_images(
     assert sorted(tensors) == sorted(n for n, _ in base.named_parameters() if n.startswith(trained))
     assert not torch.equal(tensors["word_embeddings.weight"], base.word_embeddings.weight)
     assert not (tmp_path / "frozen" / "class_images").exists()
+    # the run's own save folder is a complete model: the base with the adapter folded in
+    apply_adapters(base, [tmp_path / "frozen" / "adapter"])
+    saved = Pipeline.from_checkpoint(tmp_path / "frozen").model.state_dict()
+    assert all(torch.equal(saved[name], tensor) for name, tensor in base.state_dict().items())
 
 
 def test_bad_flags_and_captions_are_one_line_errors(setup, tmp_path):
