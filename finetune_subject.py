@@ -127,6 +127,9 @@ def check_args(args: argparse.Namespace) -> None:
         for dest in ("lora_rank", "lora_alpha", "lora_targets"):
             if dest in given:
                 raise UserError(f"--{dest.replace('_', '-')} needs --mode lora")
+    if args.zero_stage == 3:
+        raise UserError("--zero-stage 3 partitions the weights, and the adapter is read from the whole module; "
+                        "fine-tune with stage 0-2 (the optimizer states of what trains are small anyway)")
     if args.tensorboard_dir is None:
         args.tensorboard_dir = f"{args.save}/tensorboard"
 

@@ -123,6 +123,7 @@ def test_bad_flags_and_captions_are_one_line_errors(setup, tmp_path):
                            (["--prior-loss-weight", "0", "--mode", "lora", "--trainable", "embeddings"],
                             "--trainable goes with --mode frozen"),
                            (["--prior-loss-weight", "0", "--mode", "full", "--lora-rank", "4"], "needs --mode lora"),
+                           (["--prior-loss-weight", "0", "--zero-stage", "3"], "stage 0-2"),
                            ([], "needs --class-prompts")):
         with pytest.raises(UserError, match=message):
             finetune_subject.parse_args(common + extra)
