@@ -91,13 +91,13 @@ def read_instance_folder(folder: str | Path, identifier: str, class_noun: str,
 
 
 def identifier_pieces(tokenizer: UnifiedTokenizer, identifier: str) -> list[str]:
-    """The SentencePiece pieces the identifier becomes (on its own, after a space, as in a caption).
+    """The SentencePiece pieces the identifier becomes (as a word of its own, as in a caption).
 
     A tokenizer trained on shapes captions has no piece for `sks`: it becomes `▁s` plus the byte piece of
     `k` (byte fallback; no caption has a k) plus `s`. That rare byte piece is what makes it a rare
     identifier, as DreamBooth wants. `<unk>` would make every unknown word the same token: refused.
     """
-    ids = tokenizer.text_tokenizer.encode(f"a {identifier}")[1:] if identifier else []
+    ids = tokenizer.text_tokenizer.encode(identifier) if identifier.strip() else []
     pieces = [tokenizer.text_tokenizer.id_to_piece(i) for i in ids]
     if not pieces or any(i == 0 for i in ids):
         raise UserError(f"the identifier {identifier!r} encodes to <unk> with this tokenizer ({pieces}); choose "

@@ -16,7 +16,7 @@ from checkpoints.trackers import write_latest_iteration
 from data_utils.subject import class_prompts
 from finetune.adapters import apply_adapters, read_adapter
 from finetune.class_images import ensure_class_images, image_path
-from finetune.data import read_instance_folder
+from finetune.data import identifier_pieces, read_instance_folder
 from generation.pipeline import Pipeline
 from generation.sampling import SamplingSettings
 from model.config_file import CONFIG_FILE
@@ -127,6 +127,8 @@ def test_bad_flags_and_captions_are_one_line_errors(setup, tmp_path):
                            ([], "needs --class-prompts")):
         with pytest.raises(UserError, match=message):
             finetune_subject.parse_args(common + extra)
+    tokenizer = Pipeline.from_checkpoint(setup.base).tokenizer
+    assert identifier_pieces(tokenizer, "sks") == ["▁s", "<0x6B>", "s"]  # no caption has a k: a byte piece
     with pytest.raises(UserError, match="does not name the identifier"):
         read_instance_folder(setup.instances, "zzz", "square", None)
     with pytest.raises(UserError, match="has caption files"):
