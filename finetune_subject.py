@@ -69,16 +69,19 @@ DEFAULT_MIX = "text2image=0.7,image2text=0.2,super_resolution=0.1"
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     subject = parser.add_argument_group("subject")
-    subject.add_argument("--base", required=True, metavar="PATH", help="the base checkpoint (any layout generation loads)")
+    subject.add_argument("--base", required=True, metavar="PATH",
+                         help="the base checkpoint (any layout generation loads)")
     subject.add_argument("--instance-data", required=True, metavar="DIR",
                          help="3-5 images of the subject, each with a NAME.txt caption (or see --caption-template)")
-    subject.add_argument("--identifier", default="sks", help="the rare word that names the subject (default: %(default)s)")
+    subject.add_argument("--identifier", default="sks",
+                         help="the rare word that names the subject (default: %(default)s)")
     subject.add_argument("--class-noun", default="square", help="the subject's class (default: %(default)s)")
     subject.add_argument("--caption-template", metavar="TEXT",
                          help="one caption for every instance image, e.g. 'a {identifier} {class_noun}'")
     prior = parser.add_argument_group("prior preservation")
     prior.add_argument("--prior-loss-weight", type=non_negative_float, default=1.0,
-                       help="weight of the class images' loss; 0 switches prior preservation off (default: %(default)s)")
+                       help="weight of the class images' loss; 0 switches prior preservation off "
+                            "(default: %(default)s)")
     prior.add_argument("--class-prompts", metavar="FILE", help="class prompts, one per line")
     prior.add_argument("--num-class-images", type=positive_int, default=200, help="(default: %(default)s)")
     prior.add_argument("--class-data", metavar="DIR", help="cache of the class images (default: SAVE/class_images)")
@@ -89,7 +92,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     what = parser.add_argument_group("what trains (the VQ-VAE never does)")
     what.add_argument("--mode", choices=MODES, default="lora", help="(default: %(default)s)")
     what.add_argument("--trainable", metavar="PARTS",
-                      help="--mode frozen: the parts that train, e.g. embeddings,layers=2-3 (see finetune/trainable.py)")
+                      help="--mode frozen: the parts that train, e.g. embeddings,layers=2-3 "
+                           "(see finetune/trainable.py)")
     what.add_argument("--lora-rank", type=positive_int, default=4, help="(default: %(default)s)")
     what.add_argument("--lora-alpha", type=float, default=8.0, help="update scale alpha / rank (default: %(default)s)")
     what.add_argument("--lora-targets", default=",".join(LORA_TARGETS),

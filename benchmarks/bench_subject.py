@@ -44,24 +44,29 @@ COLUMNS = (("recontext", "recontext"), ("recontext_unseen", "unseen 14"), ("comp
 
 
 def teal_through_vqvae(base: Path) -> dict:
-    """Do the instance images survive the base VQ-VAE? Checker verdicts on their reconstructions, and how
-    far the frame pixels' colour moves (RGB levels)."""
+    """Can the base VQ-VAE represent the subject at all? Checker verdicts on the reconstructed instance images,
+    how far their frame pixels' colour moves (RGB levels), and, to tell colour from shape, verdicts on the
+    same frames drawn in the six shapes colours."""
     import numpy as np
 
-    from data_utils.subject import INSTANCES, SubjectObject, TEAL, instance_items
+    from data_utils.shapes import COLOURS
+    from data_utils.subject import INSTANCES, TEAL, SubjectObject, placed, render_scene
     from data_utils.subject_checker import check_subject_image
     from generation.pipeline import Pipeline
 
     pipe = Pipeline.from_checkpoint(base)
-    images = [image for image, _ in instance_items()]
+    subjects = [SubjectObject(size, position) for size, position in INSTANCES]
+    images = [render_scene([placed(subject)]) for subject in subjects]
     recon = pipe.decode_codes(pipe.encode_images(images))
-    passed, errors = 0, []
-    for (size, position), original, rebuilt in zip(INSTANCES, images, recon):
-        passed += check_subject_image(rebuilt, [SubjectObject(size, position)]).correct
-        frame = (np.asarray(original) == TEAL).all(axis=2)
-        errors.append(np.abs(np.asarray(rebuilt, dtype=np.int32) - np.array(TEAL))[frame].mean())
+    passed = sum(check_subject_image(rebuilt, [subject]).correct for subject, rebuilt in zip(subjects, recon))
+    errors = [np.abs(np.asarray(rebuilt, dtype=np.int32) - np.array(TEAL))[(np.asarray(image) == TEAL).all(axis=2)]
+              .mean() for image, rebuilt in zip(images, recon)]
+    coloured = [SubjectObject(s.size, s.position, colour) for colour in COLOURS for s in subjects]
+    coloured_recon = pipe.decode_codes(pipe.encode_images([render_scene([placed(s)]) for s in coloured]))
     return {"passed": passed, "of": len(images), "frame_error_mean": float(np.mean(errors)),
-            "frame_error_max": float(np.max(errors))}
+            "frame_error_max": float(np.max(errors)),
+            "coloured_passed": sum(check_subject_image(r, [s]).correct for s, r in zip(coloured, coloured_recon)),
+            "coloured_of": len(coloured)}
 
 
 def evaluate(pipe_loader, path: Path, settings: dict, subject_prompts: bool = True) -> dict:
@@ -97,7 +102,8 @@ def summary(values: list[float]) -> str:
 
 
 def table(results: dict) -> str:
-    header = f"{'run':<16}" + "".join(f"{title:>14}" for _, title in COLUMNS) + f"{'train s':>9}{'saved MB':>10}{'% model':>9}"
+    header = (f"{'run':<16}" + "".join(f"{title:>14}" for _, title in COLUMNS)
+              + f"{'train s':>9}{'saved MB':>10}{'% model':>9}")
     lines = [header]
     base = results["base"]
     lines.append(f"{'base':<16}" + "".join(f"{summary([base[key]]) if key in base else '-':>14}" for key, _ in COLUMNS))
@@ -151,7 +157,8 @@ def main() -> None:
     teal = teal_through_vqvae(base)
     print(f"teal through the base VQ-VAE: {teal['passed']}/{teal['of']} reconstructed instance images pass the "
           f"checker; frame pixels off by {teal['frame_error_mean']:.1f} RGB levels on average "
-          f"(worst image {teal['frame_error_max']:.1f})", flush=True)
+          f"(worst image {teal['frame_error_max']:.1f}); the same frames in the six shapes colours: "
+          f"{teal['coloured_passed']}/{teal['coloured_of']} pass", flush=True)
     model_bytes = 4 * sum(p.numel() for p in loader()().model.parameters())
     results: dict = {"base_checkpoint": str(base), "teal": teal, "runs": {}}
     for seed in range(1, args.seeds + 1):

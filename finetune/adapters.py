@@ -81,7 +81,8 @@ def read_adapter(folder: str | os.PathLike) -> tuple[AdapterConfig, dict[str, to
         if not (folder / name).is_file():
             raise UserError(f"no adapter in {folder}: {name} is missing (expected {ADAPTER_WEIGHTS} + "
                             f"{ADAPTER_CONFIG}, written by finetune_subject.py)")
-    return AdapterConfig.from_dict(read_json(folder / ADAPTER_CONFIG), folder), read_safetensors(folder / ADAPTER_WEIGHTS)
+    config = AdapterConfig.from_dict(read_json(folder / ADAPTER_CONFIG), folder)
+    return config, read_safetensors(folder / ADAPTER_WEIGHTS)
 
 
 def _updates(config: AdapterConfig, tensors: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor],

@@ -40,7 +40,8 @@ def _check_manifest(folder: Path, expected: dict) -> None:
         found = read_json(path)
         for key, value in expected.items():
             if found.get(key) != value:
-                raise UserError(f"the class images in {folder} were made with another {key} ({str(found.get(key))[:60]}); "
+                raise UserError(f"the class images in {folder} were made with another {key} "
+                                f"({str(found.get(key))[:60]}); "
                                 f"give another --class-data folder or delete this one")
     else:
         folder.mkdir(parents=True, exist_ok=True)
