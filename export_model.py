@@ -10,6 +10,8 @@ and `model_config.json` keeps the tokenizer and VQ-VAE that the training data re
 `generate_samples.py --load runs/gpt-export` needs nothing else. (Generation also loads the training
 folder directly; exporting gives one self-contained, pickle-free file to share.) The load-time model
 flags (--pb-relax ...) are for a checkpoint without model_config.json; the export records them.
+`--merge-adapter DIR` (repeatable) folds fine-tuning adapters into the exported weights: a standalone
+checkpoint of the fine-tuned model.
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="iteration to export (default: the newest, from latest_checkpointed_iteration.txt)")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="folder for model.safetensors + model_config.json")
+    parser.add_argument("--merge-adapter", action="append", metavar="DIR",
+                        help="fold this fine-tuning adapter (finetune_subject.py) into the export; repeatable")
     add_load_time_model_args(parser)
     return parse_noting_given(parser, argv)
 
@@ -55,6 +59,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     folder = checkpoint_folder(Path(args.load), args.iteration)
     model, metadata = load_model_for_inference(folder, **load_time_model_settings(args))
+    if args.merge_adapter:
+        from finetune.adapters import apply_adapters
+
+        configs = apply_adapters(model, args.merge_adapter)
+        metadata = {**metadata, "merged_adapters": [{"path": str(path), "identifier": config.identifier,
+                                                     "class_noun": config.class_noun, "mode": config.mode}
+                                                    for path, config in zip(args.merge_adapter, configs)]}
     save_exported(model, args.output, metadata)
     logger.info("exported %s (%s parameters) to %s", folder, f"{model.num_parameters():,}", args.output)
 

@@ -76,7 +76,8 @@ class Run:
     def metadata(self, **fields: Any) -> dict[str, Any]:
         """What goes into every PNG and manifest record: the task, the checkpoint and all settings (the
         precision too: the same seed samples other images in bf16 than in fp32)."""
-        return {"task": self.args.generation_task, "checkpoint": str(self.args.load), **fields,
+        adapters = {"adapters": self.args.adapter} if self.args.adapter else {}
+        return {"task": self.args.generation_task, "checkpoint": str(self.args.load), **adapters, **fields,
                 **self.settings.to_dict(), "precision": self.args.precision}
 
     def save_image(self, name: str, image, **fields: Any) -> dict[str, Any]:
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     pipe = Pipeline.from_checkpoint(args.load, vqvae=args.vqvae, text_tokenizer=args.text_tokenizer,
                                     device=args.device, precision=args.precision, caption_model=args.caption_model,
                                     max_batch_rows=args.max_inference_batch_size,
-                                    post_selection=args.post_selection_score, **load_time_model_settings(args))
+                                    post_selection=args.post_selection_score, adapters=args.adapter or (),
+                                    **load_time_model_settings(args))
     if output_grid is not None:
         pipe.geometry = with_output_grid(pipe.geometry, output_grid, pipe.tokenizer)
     run = Run(args, pipe)

@@ -86,7 +86,7 @@ def label_regions(classes: np.ndarray, background: int) -> np.ndarray:
         labels = new
 
 
-def _best_shape(region: np.ndarray) -> str:
+def best_shape(region: np.ndarray) -> str:
     height, width = region.shape
     area = region.sum()
     best, best_iou = SHAPES[0], -1.0
@@ -115,7 +115,7 @@ def detect_objects(pixels: np.ndarray) -> list[ShapeObject]:
         region = labels[y0:y1, x0:x1] == region_id
         detected.append(ShapeObject(
             colour=COLOUR_NAMES[classes[y, x]],
-            shape=_best_shape(region),
+            shape=best_shape(region),
             size="large" if (x1 - x0 + y1 - y0) / 2 >= large_side else "small",
             position=cell_of((x0 + x1) / 2, (y0 + y1) / 2, size),
             bbox=(x0, y0, x1, y1),

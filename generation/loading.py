@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -115,8 +115,12 @@ def _load_model(path: Path, device: torch.device, settings: Mapping[str, Any] | 
 def load_components(checkpoint: str | os.PathLike, vqvae: str | os.PathLike | None = None,
                     text_tokenizer: str | os.PathLike | None = None, device: str | torch.device | None = None,
                     caption_model: str | os.PathLike | None = None,
-                    model_settings: Mapping[str, Any] | None = None) -> Components:
+                    model_settings: Mapping[str, Any] | None = None,
+                    adapters: Sequence[str | os.PathLike] = ()) -> Components:
     """Everything generation needs, checked against each other (see the module docstring).
+
+    `adapters`: fine-tuning adapters folded into the model, each refused unless made for this checkpoint
+    (`finetune.adapters.apply_adapters`).
 
     `model_settings` (layernorm_order, pb_relax, pb_relax_alpha) apply to `checkpoint`, not to
     `caption_model`, which has its own config."""
@@ -126,6 +130,10 @@ def load_components(checkpoint: str | os.PathLike, vqvae: str | os.PathLike | No
     checkpoint = Path(checkpoint)
     device = resolve_device(device)
     model, metadata = _load_model(checkpoint, device, model_settings)
+    if adapters:
+        from finetune.adapters import apply_adapters
+
+        apply_adapters(model, adapters)
 
     vqvae_path = _need_path(vqvae, _recorded_path(metadata, "vqvae", checkpoint), "VQ-VAE", "--vqvae", checkpoint)
     vq = load_vqvae(vqvae_path, device=device)

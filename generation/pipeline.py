@@ -108,19 +108,22 @@ class Pipeline:
                         precision: str = "fp32", caption_model: str | os.PathLike | None = None,
                         max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS, post_selection: str = "agreement",
                         layernorm_order: str | None = None, pb_relax: bool | None = None,
-                        pb_relax_alpha: float | None = None) -> "Pipeline":
+                        pb_relax_alpha: float | None = None,
+                        adapters: Sequence[str | os.PathLike] = ()) -> "Pipeline":
         """Load a checkpoint (any layout `model.checkpoint.load_model_for_inference` reads) with the
         tokenizer and VQ-VAE its metadata names; `vqvae` / `text_tokenizer` override those paths.
         `device=None` takes the GPU when there is one. `precision` ("fp32", "bf16", "fp16") is the
         transformer's compute precision: fp32 weights under autocast, as training's checkpoints hold.
         `layernorm_order`, `pb_relax`, `pb_relax_alpha`: None takes the checkpoint's (model_config.json, or
-        what CogView's release implies); a value contradicting model_config.json is an error."""
+        what CogView's release implies); a value contradicting model_config.json is an error.
+        `adapters`: folders written by `finetune_subject.py`, folded into the model (several subjects at once)."""
         from generation.loading import load_components
 
         parts = load_components(path, vqvae=vqvae, text_tokenizer=text_tokenizer, device=device,
                                 caption_model=caption_model,
                                 model_settings=dict(layernorm_order=layernorm_order, pb_relax=pb_relax,
-                                                    pb_relax_alpha=pb_relax_alpha))
+                                                    pb_relax_alpha=pb_relax_alpha),
+                                adapters=adapters)
         return cls(parts.model, parts.tokenizer, parts.vqvae, parts.geometry, parts.caption_model, max_batch_rows,
                    precision, post_selection)
 

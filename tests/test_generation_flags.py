@@ -27,9 +27,9 @@ REFUSED = {
     "super-resolution": ["negative-prompt", "cfg-scale", "batch-size", "max-caption-tokens", "caption-candidates",
                          "caption-model", "post-selection-score", "image-grid"],
 }
-# Flags every task reads: the checkpoint and its parts, devices, batching and where outputs go.
-READ_BY_EVERY_TASK = {"load", "generation_task", "max_inference_batch_size", "text_tokenizer", "vqvae", "device",
-                      "precision", "attention_backend", "layernorm_order", "pb_relax", "pb_relax_alpha",
+# Flags every task reads: the checkpoint, its adapters and its parts, devices, batching and where outputs go.
+READ_BY_EVERY_TASK = {"load", "adapter", "generation_task", "max_inference_batch_size", "text_tokenizer", "vqvae",
+                      "device", "precision", "attention_backend", "layernorm_order", "pb_relax", "pb_relax_alpha",
                       "output_path", "tensorboard_dir"}
 
 
