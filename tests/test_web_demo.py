@@ -44,7 +44,7 @@ def start_demo(*argv: str, cwd: Path = ROOT) -> subprocess.Popen:
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def wait_until_serving(server: subprocess.Popen, url: str, timeout: float = 60.0) -> None:
+def wait_until_serving(server: subprocess.Popen, url: str, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -101,7 +101,7 @@ def test_generate_download_and_errors_in_a_browser(demo_url, checkpoint, tmp_pat
             generate = page.get_by_role("button", name="Generate")
             started = time.monotonic()
             generate.click()
-            expect(page.locator("#candidates img")).to_have_count(CANDIDATES, timeout=60_000)
+            expect(page.locator("#candidates img")).to_have_count(CANDIDATES, timeout=120_000)
             print(f"\nclick Generate -> {CANDIDATES} ranked candidates on the page: "
                   f"{time.monotonic() - started:.1f} s (tiny model)")
 
@@ -121,7 +121,7 @@ def test_generate_download_and_errors_in_a_browser(demo_url, checkpoint, tmp_pat
                 assert image.convert("RGB").tobytes() == again[0].images[0].tobytes()
 
             page.get_by_role("button", name="Super-resolve").click()
-            expect(page.locator("#downloads")).to_contain_text(f"seed{metadata['seed']}_sr", timeout=60_000)
+            expect(page.locator("#downloads")).to_contain_text(f"seed{metadata['seed']}_sr", timeout=120_000)
             expect(page.locator("#upscaled img")).to_be_visible()
             page.screenshot(path=str(screenshot_path(tmp_path)), full_page=True)
 
