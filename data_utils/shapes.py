@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -133,17 +133,26 @@ def shape_mask(shape: str, width: int, height: int) -> np.ndarray:
 
 def render(objects: Sequence[ShapeObject], size: int = 64) -> Image.Image:
     """Draw `objects` (each with a bbox), in order, on a white size x size canvas."""
+    return draw(objects, size, lambda obj, width, height: (shape_mask(obj.shape, width, height), COLOURS[obj.colour]))
+
+
+Paint = Callable[[Any, int, int], tuple[np.ndarray, tuple[int, int, int]]]
+
+
+def draw(objects: Sequence[Any], size: int, paint: Paint) -> Image.Image:
+    """Draw placed objects, in order, on a white size x size canvas; `paint(obj, width, height)` gives
+    the mask an object fills in its bbox and its colour (shapes here, the subject in data_utils/subject.py)."""
     check_canvas_size(size)
     canvas = np.empty((size, size, 3), dtype=np.uint8)
     canvas[:] = BACKGROUND
     for obj in objects:
         if obj.bbox is None:
-            raise ValueError(f"cannot render {obj}: it has no bbox (use object_bbox to place it)")
+            raise ValueError(f"cannot draw {obj}: it has no bbox (place it first, e.g. with object_bbox)")
         x0, y0, x1, y1 = obj.bbox
         if x0 < 0 or y0 < 0 or x1 > size or y1 > size:
             raise ValueError(f"bbox {obj.bbox} lies outside the {size} px canvas")
-        region = canvas[y0:y1, x0:x1]
-        region[shape_mask(obj.shape, x1 - x0, y1 - y0)] = COLOURS[obj.colour]
+        mask, colour = paint(obj, x1 - x0, y1 - y0)
+        canvas[y0:y1, x0:x1][mask] = colour
     return Image.fromarray(canvas, mode="RGB")
 
 

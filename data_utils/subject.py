@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from data_utils.shapes import (BACKGROUND, COLOURS, COLOURS_ZH, POSITIONS, POSITIONS_ZH, SHAPES, SIZES, SIZES_ZH,
-                               BBox, ShapeObject, caption_for, check_canvas_size, object_bbox, shape_mask)
+                               BBox, ShapeObject, caption_for, draw, object_bbox, shape_mask)
 from utils.files import atomic_write_text
 
 TEAL = (0, 150, 150)
@@ -74,20 +74,13 @@ def frame_mask(width: int, height: int) -> np.ndarray:
 
 def render_scene(objects: Sequence[SceneObject], size: int = 64) -> Image.Image:
     """Draw placed subjects and shapes, in order, on a white size x size canvas."""
-    check_canvas_size(size)
-    canvas = np.empty((size, size, 3), dtype=np.uint8)
-    canvas[:] = BACKGROUND
-    for obj in objects:
-        if obj.bbox is None:
-            raise ValueError(f"cannot render {obj}: it has no bbox (use placed())")
-        x0, y0, x1, y1 = obj.bbox
-        if x0 < 0 or y0 < 0 or x1 > size or y1 > size:
-            raise ValueError(f"bbox {obj.bbox} lies outside the {size} px canvas")
-        if isinstance(obj, SubjectObject):
-            canvas[y0:y1, x0:x1][frame_mask(x1 - x0, y1 - y0)] = obj.rgb
-        else:
-            canvas[y0:y1, x0:x1][shape_mask(obj.shape, x1 - x0, y1 - y0)] = COLOURS[obj.colour]
-    return Image.fromarray(canvas, mode="RGB")
+    return draw(objects, size, _paint)
+
+
+def _paint(obj: SceneObject, width: int, height: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+    if isinstance(obj, SubjectObject):
+        return frame_mask(width, height), obj.rgb
+    return shape_mask(obj.shape, width, height), COLOURS[obj.colour]
 
 
 def _subject_phrase(obj: SubjectObject, language: str) -> str:
