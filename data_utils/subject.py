@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from data_utils.shapes import (BACKGROUND, COLOURS, COLOURS_ZH, POSITIONS, POSITIONS_ZH, SHAPES, SIZES, SIZES_ZH,
+from data_utils.shapes import (COLOURS, COLOURS_ZH, POSITIONS, POSITIONS_ZH, SHAPES, SIZES, SIZES_ZH,
                                BBox, ShapeObject, caption_for, draw, object_bbox, shape_mask)
 from utils.files import atomic_write_text
 

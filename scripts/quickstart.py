@@ -14,7 +14,6 @@ is missing. At the end the paths of everything written are printed.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
