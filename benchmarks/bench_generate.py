@@ -43,15 +43,17 @@ METHODS = ("ours", "cogview", "nocache")
 
 
 class SyntheticText:
-    """A text tokenizer of a given size whose every prompt is the same 16 pieces (speed needs no words)."""
+    """A text tokenizer of a given size whose every prompt is the same `prompt_tokens` pieces (speed needs
+    no words); benchmarks/bench_gpu.py uses it too."""
 
     fingerprint = "synthetic"
 
-    def __init__(self, vocab_size: int):
+    def __init__(self, vocab_size: int, prompt_tokens: int = PROMPT_TOKENS):
         self.vocab_size = vocab_size
+        self.prompt_tokens = prompt_tokens
 
     def encode(self, text: str) -> list[int]:
-        return [(7 * i) % self.vocab_size for i in range(PROMPT_TOKENS)]
+        return [(7 * i) % self.vocab_size for i in range(self.prompt_tokens)]
 
     def decode(self, ids) -> str:
         return ""

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_generate import SyntheticText  # noqa: E402
 from data_utils.sequences import max_length, text2image  # noqa: E402
 from data_utils.tokenizer import UnifiedTokenizer  # noqa: E402
 from generation.sampling import SamplingSettings  # noqa: E402
@@ -47,21 +48,6 @@ TEXT_TOKENS = 64
 CODEBOOK_SIZE = 8192  # CogView's: with 50,000 text pieces its vocabulary of 58,240 ids
 SIZES = {"300m": dict(layers=24, hidden=1024, heads=16, text_vocab=50000, grid=32, batch=8),
          "tiny": dict(layers=2, hidden=64, heads=2, text_vocab=1000, grid=8, batch=2)}
-
-
-class SyntheticText:
-    """A text tokenizer whose every prompt is the same TEXT_TOKENS pieces (speed needs no words)."""
-
-    fingerprint = "synthetic"
-
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
-
-    def encode(self, text: str) -> list[int]:
-        return [(7 * i) % self.vocab_size for i in range(TEXT_TOKENS)]
-
-    def decode(self, ids) -> str:
-        return ""
 
 
 def sync(device: torch.device) -> None:
@@ -161,7 +147,7 @@ def main() -> None:
     device = torch.device(args.device)
     size = SIZES[args.size]
     backends = ("sdpa", "triton") if device.type == "cuda" and triton_installed() else ("sdpa",)
-    tok = UnifiedTokenizer(SyntheticText(size["text_vocab"]), CODEBOOK_SIZE)
+    tok = UnifiedTokenizer(SyntheticText(size["text_vocab"], TEXT_TOKENS), CODEBOOK_SIZE)
     grid = size["grid"]
     config = ModelConfig(vocab_size=tok.vocab_size, num_layers=size["layers"], hidden_size=size["hidden"],
                          num_attention_heads=size["heads"],

@@ -123,16 +123,20 @@ def test_kv_cache_decoding_matches_the_full_forward_under_the_window():
         assert codes[0, j].flatten().tolist() == expected
 
 
+def padded_rows(tok, grid: int, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two text-to-image rows of different text lengths, right-padded: ids, positions, real-token mask."""
+    rows = [text2image(tok, tok.encode_text(text), grid, codes) for text in ("a red circle", "ab")]
+    batch = collate_sequences([{"input_ids": torch.tensor(r.ids), "position_ids": torch.tensor(r.position_ids),
+                                "task": "text2image"} for r in rows], tok.pad_id)
+    return batch["input_ids"], batch["position_ids"], batch["input_ids"] != tok.pad_id
+
+
 def test_skipping_unseen_keys_in_query_blocks_computes_the_same_logits_and_gradients(monkeypatch):
     """A 16x16 grid (290 tokens: three query blocks), rows of different text lengths, right padding."""
     tok = tiny_tokenizer()
     model = windowed_model(tok, window=2, positions=300)
     codes = torch.arange(256) % 16
-    rows = [text2image(tok, tok.encode_text(text), 16, codes) for text in ("a red circle", "ab")]
-    batch = collate_sequences([{"input_ids": torch.tensor(r.ids), "position_ids": torch.tensor(r.position_ids),
-                                "task": "text2image"} for r in rows], tok.pad_id)
-    ids, positions = batch["input_ids"], batch["position_ids"]
-    padding = ids != tok.pad_id
+    ids, positions, padding = padded_rows(tok, 16, codes)
 
     def logits_and_grads(query_block: int):
         monkeypatch.setattr("model.gpt.QUERY_BLOCK", query_block)
@@ -157,11 +161,7 @@ def test_the_triton_kernel_skips_the_windows_empty_tiles_and_computes_what_torch
     tok = tiny_tokenizer()
     model = windowed_model(tok, window=1, positions=96)
     codes = torch.arange(64) % 16
-    rows = [text2image(tok, tok.encode_text(text), 8, codes) for text in ("a red circle", "ab")]
-    batch = collate_sequences([{"input_ids": torch.tensor(r.ids), "position_ids": torch.tensor(r.position_ids),
-                                "task": "text2image"} for r in rows], tok.pad_id)
-    ids, positions = batch["input_ids"], batch["position_ids"]
-    padding = ids != tok.pad_id
+    ids, positions, padding = padded_rows(tok, 8, codes)
 
     def logits_and_grads(backend: str):
         set_attention_backend(backend)
