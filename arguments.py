@@ -131,8 +131,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def add_attention_backend_flag(group: argparse._ArgumentGroup) -> None:
     """`--attention-backend`, shared by training and generation (docs/kernels.md)."""
     group.add_argument("--attention-backend", choices=ATTENTION_BACKENDS, default="auto",
-                       help="auto: SDPA until the fused Triton kernels have been measured on a GPU "
-                            "(docs/kernels.md); or force triton, sdpa or torch (default: %(default)s)")
+                       help="auto: on CUDA the fused Triton kernels for PB-relax's alpha form and the image "
+                            "window once they pass a check on the device, else SDPA (docs/kernels.md); or "
+                            "force triton, sdpa or torch (default: %(default)s)")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -158,7 +158,7 @@ class SelfAttention(nn.Module):
         about QUERY_BLOCK x (text + window band + QUERY_BLOCK)."""
         # The Triton kernel skips the empty tiles of a sparse mask itself.
         blocks = self.skip_unseen_keys and attn_mask is not None and q.shape[2] > QUERY_BLOCK
-        if blocks and resolve_attention_backend(q) != "triton":
+        if blocks and self._backend(q) != "triton":
             context = torch.cat([self._attend_seen_keys(q[:, :, start:start + QUERY_BLOCK], k, v,
                                                         attn_mask[:, :, start:start + QUERY_BLOCK])
                                  for start in range(0, q.shape[2], QUERY_BLOCK)], dim=2)
@@ -180,7 +180,7 @@ class SelfAttention(nn.Module):
                       ) -> torch.Tensor:
         """`attend` before the heads are merged: `[B, heads, T, d]`."""
         dropout_p = self.attention_dropout if self.training else 0.0
-        backend = resolve_attention_backend(q)
+        backend = self._backend(q)
         if backend == "triton":
             context = triton_attend(q, k, v, attn_mask, self.pb_relax_alpha or 1.0, dropout_p, self.skip_unseen_keys)
         elif backend == "torch" or self.pb_relax_alpha is not None:
@@ -204,6 +204,10 @@ class SelfAttention(nn.Module):
                 context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
                                                          is_causal=is_causal, scale=scale).to(dtype)
         return context
+
+    def _backend(self, q: torch.Tensor) -> str:
+        return resolve_attention_backend(q, alpha_form=self.pb_relax_alpha is not None,
+                                         sparse=self.skip_unseen_keys)
 
     def _attend_math(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      attn_mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:

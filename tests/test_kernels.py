@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from model import CogViewGPT, ModelConfig
 from model.gpt import LayerNorm, SelfAttention, build_attention_mask
 from model.kernels import attention_backend, set_attention_backend
-from model.kernels.backend import resolve_attention_backend
+from model.kernels import backend
+from model.kernels.backend import auto_backend, resolve_attention_backend
 from utils.errors import UserError
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
@@ -251,9 +252,36 @@ def test_kernels_compile_for_a_gpu(tmp_path):
 def test_backend_choice_and_its_errors():
     q = torch.zeros(1, 1, 4, 8)
     set_attention_backend("auto")
-    assert resolve_attention_backend(q) == "sdpa"  # CPU tensors: never the kernels
+    assert resolve_attention_backend(q, alpha_form=True, sparse=True) == "sdpa"  # CPU tensors: never the kernels
     with pytest.raises(UserError, match="attention backend must be one of"):
         set_attention_backend("flash")
+
+
+def test_auto_takes_the_kernels_on_cuda_only_where_they_save_work_and_were_verified():
+    assert auto_backend(on_cuda=True, alpha_form=True, sparse=False, kernels_verified=True) == "triton"
+    assert auto_backend(on_cuda=True, alpha_form=False, sparse=True, kernels_verified=True) == "triton"
+    assert auto_backend(on_cuda=True, alpha_form=False, sparse=False, kernels_verified=True) == "sdpa"
+    assert auto_backend(on_cuda=True, alpha_form=True, sparse=True, kernels_verified=False) == "sdpa"
+    assert auto_backend(on_cuda=False, alpha_form=True, sparse=True, kernels_verified=True) == "sdpa"
+
+
+@needs_triton
+def test_device_self_check_accepts_the_kernels_and_refuses_a_wrong_one(monkeypatch, caplog):
+    """`auto` runs the same check on a GPU's first call; here on CPU tensors through the interpreter."""
+    backend.triton_verified.cache_clear()
+    assert backend.triton_verified(torch.device("cpu"), torch.float32, 16)
+    backend.triton_verified.cache_clear()
+    monkeypatch.setattr(backend, "triton_attend", lambda q, k, v, *rest: v.flip(2))
+    assert not backend.triton_verified(torch.device("cpu"), torch.float32, 16)
+    assert "differ from the torch reference" in caplog.text
+    backend.triton_verified.cache_clear()
+
+    def broken(*args):
+        raise RuntimeError("PassManager::run failed\nmore detail")
+    monkeypatch.setattr(backend, "triton_attend", broken)
+    assert not backend.triton_verified(torch.device("cpu"), torch.float16, 16)
+    assert "cannot run on cpu torch.float16 (RuntimeError: PassManager::run failed)" in caplog.text
+    backend.triton_verified.cache_clear()
 
 
 def test_sdpa_and_torch_backends_agree():

@@ -1,9 +1,12 @@
 """Which attention implementation `SelfAttention.attend` runs, and the glue to the Triton kernels.
 
 Backends (`--attention-backend`, one process-wide choice set once by the scripts):
-  auto    SDPA for now. The kernels pass their tests under Triton's interpreter and compile for sm_90, but
-          have not yet run on a GPU (bf16 cannot be checked by the interpreter); `auto` turns to them on
-          CUDA once `benchmarks/bench_kernels.py` has measured them there (docs/kernels.md).
+  auto    on CUDA, the kernels where they do what SDPA cannot: the paper's alpha form of PB-relax (which SDPA
+          cannot express, so it would fall back to torch's T x S scores) and the local image window (whose
+          empty tiles the kernel skips); SDPA for the rest. The kernels are taken only once they have
+          matched the torch reference on that device and dtype (`triton_verified`): they pass their tests
+          under Triton's interpreter, which cannot run bf16, so the first GPU run checks them itself and
+          falls back to SDPA, with one warning, if they fail. On a CPU: SDPA.
   triton  the fused kernels of this package; an error where they cannot run.
   sdpa    `F.scaled_dot_product_attention` (the paper's alpha form of PB-relax falls back to torch).
   torch   the plain matmul-softmax-matmul of `SelfAttention._attend_math`, the reference for the others.
@@ -20,6 +23,9 @@ import os
 import torch
 
 from utils.errors import UserError
+from utils.logging import get_logger
+
+logger = get_logger(__name__)
 
 ATTENTION_BACKENDS = ("auto", "triton", "sdpa", "torch")
 
@@ -52,10 +58,51 @@ def attention_backend() -> str:
     return _backend
 
 
-def resolve_attention_backend(q: torch.Tensor) -> str:
-    """The backend that runs this call: "triton", "sdpa" or "torch" (never "auto")."""
+def auto_backend(on_cuda: bool, alpha_form: bool, sparse: bool, kernels_verified: bool) -> str:
+    """`auto`'s choice: the kernels on CUDA where they beat the fallback's work (module docstring)."""
+    if on_cuda and (alpha_form or sparse) and kernels_verified:
+        return "triton"
+    return "sdpa"
+
+
+@functools.cache
+def triton_verified(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether the kernels match the torch reference on this device, dtype and head size: a causal,
+    left-padded batch in both PB-relax forms, forward only, checked once per process. A kernel that
+    fails to compile or disagrees turns `auto` to SDPA with one warning instead of a wrong answer."""
+    if not triton_installed():
+        return False
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 80, head_dim, generator=generator).to(device, dtype) for _ in range(3))
+    padding = torch.ones(2, 80, dtype=torch.bool, device=device)
+    padding[1, :7] = False
+    mask = torch.ones(80, 80, dtype=torch.bool, device=device).tril() & padding[:, None, None, :]
+    mask |= torch.eye(80, dtype=torch.bool, device=device)
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+    try:
+        for alpha in (1.0, 32.0):
+            got = triton_attend(q, k, v, mask, alpha, 0.0).float()
+            scores = (q.float() @ k.float().transpose(-2, -1)) / head_dim ** 0.5
+            expected = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v.float()
+            error = (got - expected).abs().max().item()
+            if not error <= tolerance:
+                logger.warning("attention backend auto: the Triton kernels differ from the torch reference by "
+                               "%.3g on %s %s (alpha %s); using SDPA", error, device, dtype, alpha)
+                return False
+    except Exception as err:  # a compiler or driver failure must not stop the run: SDPA does the same work
+        logger.warning("attention backend auto: the Triton kernels cannot run on %s %s (%s: %s); using SDPA",
+                       device, dtype, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return False
+    return True
+
+
+def resolve_attention_backend(q: torch.Tensor, alpha_form: bool = False, sparse: bool = False) -> str:
+    """The backend that runs this call: "triton", "sdpa" or "torch" (never "auto"). `alpha_form`: the
+    paper's PB-relax form is on; `sparse`: the mask is the local image window's."""
     if _backend == "auto":
-        return "sdpa"
+        if not q.is_cuda or not (alpha_form or sparse):
+            return "sdpa"
+        return auto_backend(True, alpha_form, sparse, triton_verified(q.device, q.dtype, q.shape[-1]))
     if _backend == "triton" and not q.is_cuda and not interpreting():
         raise UserError("--attention-backend triton needs a CUDA device (or TRITON_INTERPRET=1, Triton's "
                         "slow CPU interpreter, as the tests use)")
