@@ -38,6 +38,10 @@ PROMPTS_ZH = [
 ]
 
 
+# Sampling and post-selection of the samples and of the evaluation (docs/results.md, "Quick start").
+SAMPLING = ["--cfg-scale", "1.5", "--temperature", "0.4", "--post-selection-score", "caption"]
+
+
 def build_stages(args: argparse.Namespace) -> list[Stage]:
     run = Path(args.run_dir)
     tok, vq, data, gpt, out = run / "tokenizer", run / "vqvae", run / "data", run / "gpt", run / "samples"
@@ -71,8 +75,7 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
         # CogView's caption score: at 1,500 steps the text-to-image direction of the agreement score still
         # favours typical images over faithful ones (docs/tasks/post_selection.md, "Which score").
         Stage("text2image", ["generate_samples.py", "--load", str(gpt), "--generation-task", "text2image-full",
-                             "--input-source", str(run / "prompts.txt"), "--batch-size", "8", "--cfg-scale", "1.5",
-                             "--temperature", "0.4", "--post-selection-score", "caption",
+                             "--input-source", str(run / "prompts.txt"), "--batch-size", "8", *SAMPLING,
                              "--output-path", str(out / "text2image")],
               [out / "text2image" / "manifest.jsonl"]),
         Stage("captions", ["generate_samples.py", "--load", str(gpt), "--generation-task", "image2text",
@@ -84,6 +87,11 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
                                    "--input-images", str(held_out_images(run)[0]),
                                    "--output-path", str(out / "super_resolution")],
               [out / "super_resolution" / "manifest.jsonl"]),
+        *(Stage(f"evaluate-{language}", ["evaluate.py", "--load", str(gpt), "--sections", "t2i", "--dataset", "shapes",
+                                         "--language", language, "--num-prompts", str(args.eval_prompts),
+                                         *SAMPLING, "--candidates", "8", "--post-select",
+                                         "--output-json", str(run / f"eval_{language}.json")],
+                [run / f"eval_{language}.json"]) for language in ("en", "zh")),
         Stage("loss-plot", ["scripts/plot_training.py", str(run / "tb" / "gpt"), "--tags", "train/loss",
                             "train/image_loss", "train/text_loss", "valid/loss", "--title",
                             "quick start: transformer loss (nats per token)", "--output",
@@ -104,6 +112,20 @@ def write_held_out_inputs(run_dir: Path, count: int, size: int) -> None:
         item.image.save(folder / f"heldout_{index}.png")
         captions.append(item.caption)
     (folder / "captions.txt").write_text("\n".join(captions) + "\n", encoding="utf-8")
+
+
+def accuracy_summary(run_dir: Path) -> str:
+    """The evaluation stages' share of held-out prompts whose image is fully correct, per language."""
+    from utils.files import read_json
+
+    lines = []
+    for language, name in (("en", "English"), ("zh", "Chinese")):
+        report = read_json(run_dir / f"eval_{language}.json")["sections"]["t2i"]
+        row = next(iter(report["by_cfg_scale"].values()))
+        first, picked = (row[key]["groups"]["all"]["correct"] for key in ("first_candidate", "judged"))
+        lines.append(f"  {name:<8} {report['prompts']} held-out prompts: first candidate {100 * first:.1f}%, "
+                     f"post-selected of {report['candidates']} {100 * picked:.1f}%")
+    return "\n".join(lines)
 
 
 def held_out_images(run_dir: Path) -> list[Path]:
@@ -158,6 +180,7 @@ def main() -> None:
     parser.add_argument("--train-items", type=int, default=20000, help="shapes items in the training shards")
     parser.add_argument("--vqvae-minutes", type=float, default=2.5, help="VQ-VAE training budget")
     parser.add_argument("--train-iters", type=int, default=1500, help="transformer optimizer steps (batch 32)")
+    parser.add_argument("--eval-prompts", type=int, default=100, help="held-out prompts evaluated per language")
     parser.add_argument("--docs-images", type=Path, default=None,
                         help="also copy the overview grid and the loss plot here (how docs/images is made)")
     parser.add_argument("--model-flags", default="--num-layers 4 --hidden-size 256 --num-attention-heads 8",
@@ -177,6 +200,8 @@ def main() -> None:
         shutil.copyfile(overview, args.docs_images / "quickstart_grid.png")
         shutil.copyfile(run_dir / "training_loss.png", args.docs_images / "quickstart_loss.png")
     print(f"\nquick start finished in {time.time() - start:.0f} s; everything is under {run_dir}/")
+    print("images fully correct by the shapes checker (../shared/datasets/shapes.md), cfg 1.5:")
+    print(accuracy_summary(run_dir))
     for label, path in [("text tokenizer", run_dir / "tokenizer" / "sp.model"), ("VQ-VAE", run_dir / "vqvae"),
                         ("token shards", run_dir / "data"), ("transformer checkpoints", run_dir / "gpt"),
                         ("text-to-image + post-selection + SR", run_dir / "samples" / "text2image"),
