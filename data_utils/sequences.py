@@ -62,6 +62,9 @@ TASKS = ("text2image", "image2text", "super_resolution", "vqa", "grounded_captio
 # The tasks that read an image and answer in text or location tokens (they need a tokenizer with location
 # bins, and rows with annotations: data_utils/annotations.py).
 UNDERSTANDING_TASKS = ("vqa", "grounded_caption", "referring", "box_to_phrase")
+# Ids a grounded caption's body may hold beyond the text budget: `[PHR]` and two location ids per object, for
+# up to five objects.
+GROUNDED_MARKER_BUDGET = 16
 # How the builders number positions (see "Position layouts" above); a model records its own
 # (`ModelConfig.position_layout`), which is why model/config.py reads the names from here.
 POSITION_LAYOUTS = ("consecutive", "fixed-image")
@@ -327,11 +330,11 @@ def parse_grounded_caption(tok: UnifiedTokenizer, generated: IdsLike, width: int
 
 def _part_lengths(task: str, text_max_tokens: int, grid: int, lo_grid: int | None) -> tuple[int, ...]:
     """Lengths of the parts whose positions each start at 0, for the longest text (each text part of an
-    understanding task, a grounded caption's body included, is at most `text_max_tokens`)."""
+    understanding task is at most `text_max_tokens`, a grounded caption's body `GROUNDED_MARKER_BUDGET` more)."""
     if task == "vqa":
         return (2 * text_max_tokens + grid * grid + 6,)
     if task == "grounded_caption":
-        return (text_max_tokens + grid * grid + 5,)
+        return (text_max_tokens + GROUNDED_MARKER_BUDGET + grid * grid + 5,)
     if task in ("referring", "box_to_phrase"):
         return (text_max_tokens + grid * grid + 8,)
     if task == "text2image":

@@ -114,7 +114,7 @@ def test_max_length_bounds_the_longest_sequence(tok, task):
     text = [tok.text_offset + 5] * 8
     box = box_to_ids(tok, (0, 0, 64, 64), 64, 64)
     image = torch.zeros(4, 4, dtype=torch.long)
-    body = [tok["[PHR]"], *text[:3], *box, *text[:2]]  # 8 tokens, the budget
+    body = [tok["[PHR]"], *text[:3], *box, *text[:2]] + [tok["[PHR]"], *text[:1], *box] * 4  # 8 + 16 ids
     built = {"vqa": lambda: sequences.vqa(tok, image, 4, text, text),
              "grounded_caption": lambda: sequences.grounded_caption(tok, image, 4, body),
              "referring": lambda: sequences.referring(tok, image, 4, text, box),
