@@ -142,7 +142,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="validation data folder; its loss is measured every --eval-interval steps")
     group.add_argument("--task-mix", type=task_mix, default={"text2image": 1.0}, metavar="TASK=W,...",
                        help="sampling weights of the tasks, e.g. text2image=0.7,image2text=0.2,"
-                            "super_resolution=0.1 (default: text2image=1)")
+                            "super_resolution=0.1; the understanding tasks vqa, grounded_caption, referring and "
+                            "box_to_phrase need data made with location bins (default: text2image=1)")
     group.add_argument("--txt-loss-scale", metavar="S", type=non_negative_float, default=1.0,
                        help="loss weight of targets that are not image codes (text and command tokens) "
                             "relative to image codes (default: %(default)s)")
