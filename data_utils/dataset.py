@@ -85,6 +85,7 @@ class TaskSequenceDataset(Dataset):
         self.tasks, self._cumulative = _active_tasks(task_weights, rows.format.lowres_grid is not None,
                                                      rows.format.annotation_tokens > 0 and tokenizer.location_bins > 0)
         self._weights = np.diff(self._cumulative, prepend=0.0)
+        self._reads_annotations = any(task in sequences.UNDERSTANDING_TASKS for task in self.tasks)
         self._permutation_epoch = -1
         self._permutation = np.zeros(0, dtype=np.int64)
         self.grid_mix = _checked_grid_mix(grid_mix, rows.format.image_grid, tokenizer)
@@ -143,7 +144,8 @@ class TaskSequenceDataset(Dataset):
     def __getitem__(self, position: int) -> dict[str, Any]:
         for offset in range(len(self.rows)):
             row = self.rows[self.row_index(position + offset)]
-            records = annotations.unpack(row.annotations) if row.annotations is not None else None
+            records = annotations.unpack(row.annotations) if row.annotations is not None and self._reads_annotations \
+                else None
             task, drop_text = self.draw(position, records.tasks() if records is not None else None)
             if task is not None:
                 break
