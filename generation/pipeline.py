@@ -317,9 +317,10 @@ class Pipeline:
             raise UserError(f"{count} images but {len(values)} {what}")
         return values
 
-    def answer(self, images: ImagesLike, questions: str | Sequence[str],
-               max_tokens: int = understanding.DEFAULT_MAX_ANSWER_TOKENS) -> list[str]:
-        """The answer to each image's question (one question for all, or one each)."""
+    def answer(self, images: ImagesLike, questions: str | Sequence[str], max_tokens: int | None = None) -> list[str]:
+        """The answer to each image's question (one question for all, or one each); an answer holds at most
+        `max_tokens` text tokens (default: the text budget the model was trained with)."""
+        max_tokens = max_tokens or self.geometry.text_max_tokens
         codes = self.encode_images(images)
         question_ids = [self._text_ids(q) for q in self._one_each(questions, len(codes), "questions")]
         with self._autocast():
@@ -348,9 +349,10 @@ class Pipeline:
         return [sequences.parse_box(self.tokenizer, ids, width, height)
                 for ids, (width, height) in zip(generated, self._sizes(images))]
 
-    def phrase_for_box(self, images: ImagesLike, boxes: Sequence[Box],
-                       max_tokens: int = understanding.DEFAULT_MAX_ANSWER_TOKENS) -> list[str]:
-        """The phrase naming each image's box ([x0, y0, x1, y1] in pixels of that image, one box each)."""
+    def phrase_for_box(self, images: ImagesLike, boxes: Sequence[Box], max_tokens: int | None = None) -> list[str]:
+        """The phrase naming each image's box ([x0, y0, x1, y1] in pixels of that image, one box each), of at
+        most `max_tokens` text tokens (default: the text budget)."""
+        max_tokens = max_tokens or self.geometry.text_max_tokens
         sizes = self._sizes(images)
         if len(boxes) != len(sizes):
             raise UserError(f"{len(sizes)} images but {len(boxes)} boxes")

@@ -25,7 +25,6 @@ from generation.tasks import Geometry, caption_ids_mask, check_fits, grid_of
 from utils.errors import UserError
 
 GREEDY = SamplingSettings(top_k=1)
-DEFAULT_MAX_ANSWER_TOKENS = 32
 
 
 def require_locations(tok: UnifiedTokenizer) -> None:
