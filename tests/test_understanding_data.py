@@ -75,6 +75,9 @@ def test_jsonl_fields_give_annotations_and_bad_rows_are_skipped_and_counted(tmp_
     skipped = [item for item in loaded if isinstance(item, SkippedItem)]
     assert sorted(s.reason for s in skipped) == sorted([MALFORMED_LINE] * 4 + [BAD_ANNOTATIONS])
     first, plain = [item for item in loaded if not isinstance(item, SkippedItem)]
+    # Tokenizer training reads every text of a row (train_text_tokenizer.py).
+    train = open_dataset(str(path), size=32)
+    assert train.texts(0) == ["a dog on a mat", "what is it?", "a dog", "a dog", "a mat", "the dog"]
     assert plain.annotations is None
     # The 100x50 image keeps its centred 50x50 square (x from 25), scaled to 32 px (x 0.64).
     assert first.annotations == TaskAnnotations([("what is it?", "a dog")], [("a dog", (3, 6, 16, 20))],
