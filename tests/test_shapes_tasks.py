@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data_utils.shapes import ShapeObject, ShapesDataset, object_bbox, render
+from data_utils.shapes import COLOURS, COLOURS_ZH, SHAPES_ZH, ShapeObject, ShapesDataset, object_bbox, render
 from data_utils.shapes_tasks import (GroundedObject, QuestionAnswer, ReferringExpression, questions,
                                      referring_expressions, shapes_tasks, visible_boxes)
 
@@ -93,7 +93,6 @@ def test_question_six_is_half_present_and_deterministic():
 
 
 def _zh(colour, shape):
-    from data_utils.shapes import COLOURS_ZH, SHAPES_ZH
     return COLOURS_ZH[colour], SHAPES_ZH[shape]
 
 
@@ -115,7 +114,6 @@ def pixel_box(image, colour):
 
 
 def test_boxes_are_those_of_the_visible_pixels():
-    from data_utils.shapes import COLOURS
     # Two large shapes in neighbouring cells jittered towards each other overlap by 1 px; the later one
     # (a square) covers the earlier one's right column.
     left = placed("red", "square", "large", "top left", (1, 0))     # x in [2, 22)
