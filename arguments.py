@@ -143,7 +143,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="validation data folder; its loss is measured every --eval-interval steps")
     group.add_argument("--task-mix", type=task_mix, default={"text2image": 1.0}, metavar="TASK=W,...",
                        help="sampling weights of the tasks, e.g. text2image=0.7,image2text=0.2,"
-                            "super_resolution=0.1 (default: text2image=1)")
+                            "super_resolution=0.1; the understanding tasks vqa, grounded_caption, referring and "
+                            "box_to_phrase need data made with location bins (default: text2image=1)")
     group.add_argument("--txt-loss-scale", metavar="S", type=non_negative_float, default=1.0,
                        help="loss weight of targets that are not image codes (text and command tokens) "
                             "relative to image codes (default: %(default)s)")
@@ -257,7 +258,8 @@ def add_component_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     return models
 
 
-GENERATION_TASKS = ("text2image", "image2text", "post-selection", "super-resolution", "text2image-full")
+GENERATION_TASKS = ("text2image", "image2text", "post-selection", "super-resolution", "text2image-full", "vqa",
+                    "grounded-caption", "grounding")
 
 
 def add_load_time_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -298,7 +300,10 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                             "post-selection: rank --input-images by how well they explain --prompt; "
                             "super-resolution: each input image at twice its side, conditioned on --prompt; "
                             "text2image-full: --batch-size candidates per prompt, post-selection, then "
-                            "super-resolution of the best (default: %(default)s)")
+                            "super-resolution of the best; vqa: answer --question about each input image (or the "
+                            "IMAGE<TAB>QUESTION lines of --input-source); grounded-caption: a caption with a box "
+                            "per object phrase, for each input image; grounding: the box --prompt names in each "
+                            "input image (default: %(default)s)")
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--prompt", action="append", metavar="TEXT",
                         help="a prompt (repeat for several); English or Chinese")
@@ -309,7 +314,10 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="the unconditional branch of guidance uses this text instead of no text "
                              "(needs --cfg-scale other than 1)")
     inputs.add_argument("--input-images", nargs="+", metavar="PATH",
-                        help="image files or folders, for image2text, post-selection and super-resolution")
+                        help="image files or folders, for image2text, post-selection, super-resolution, vqa, "
+                             "grounded-caption and grounding")
+    inputs.add_argument("--question", metavar="TEXT",
+                        help="vqa: the question asked about every --input-images image")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--batch-size", type=positive_int, default=4,
                           help="images per prompt (default: %(default)s)")

@@ -1,4 +1,5 @@
-"""Every inference task of a trained model, batched: text-to-image, captions, post-selection, super-resolution.
+"""Every inference task of a trained model, batched: text-to-image, captions, post-selection, super-resolution,
+questions, grounded captions and grounding.
 
 Examples:
     python generate_samples.py --load runs/gpt --prompt "a large red circle at the top left" --batch-size 8
@@ -9,6 +10,11 @@ Examples:
     python generate_samples.py --load runs/gpt --generation-task super-resolution
         --prompt "a small blue square in the center" --input-images samples/0000_000.png
     python generate_samples.py --load runs/gpt --generation-task text2image-full --prompt "..." --batch-size 16
+    python generate_samples.py --load runs/gpt --generation-task vqa --question "what colour is the circle?"
+        --input-images photos/                                   # or --input-source lines IMAGE<TAB>QUESTION
+    python generate_samples.py --load runs/gpt --generation-task grounded-caption --input-images photos/
+    python generate_samples.py --load runs/gpt --generation-task grounding --prompt "the red circle"
+        --input-images photos/
 
 Outputs go to --output-path: one PNG per image with the prompt, seed and sampling settings in its
 metadata, a grid per prompt, and manifest.jsonl with one record per image, caption or score (see
@@ -27,7 +33,7 @@ from PIL import Image
 
 from arguments import add_generation_args, load_time_model_settings, parse_noting_given
 from data_utils.sequences import grid_shape, grid_with_tokens
-from generation.inputs import read_image_inputs
+from generation.inputs import read_image_inputs, read_question_inputs
 from generation import figures
 from generation.outputs import Manifest, save_png, write_skip_report
 from generation.pipeline import Pipeline
@@ -181,6 +187,47 @@ class Run:
         self.manifest.flush()
         self.log_throughput(len(images), time.time() - start)
 
+    # --- understanding tasks (greedy decoding: no sampling settings) ---------------------------------------
+    def understanding_record(self, **fields: Any) -> dict[str, Any]:
+        return {"task": self.args.generation_task, "checkpoint": str(self.args.load), **fields,
+                "precision": self.args.precision}
+
+    def vqa(self, questions: list[str], paths: list[Path], images: list[Image.Image]) -> None:
+        start = time.time()
+        answers = self.pipe.answer(images, questions)
+        for path, question, answer in zip(paths, questions, answers):
+            self.manifest.add(self.understanding_record(input=str(path), question=question, answer=answer))
+            print(f"{path}\t{question}\t{answer}", flush=True)
+        self.manifest.flush()
+        self.log_throughput(len(images), time.time() - start)
+
+    def grounded_caption(self, paths: list[Path], images: list[Image.Image]) -> None:
+        start = time.time()
+        captions = self.pipe.grounded_caption(images)
+        for path, image, caption in zip(paths, images, captions):
+            name = f"{path.stem}_grounded.png"
+            record = self.understanding_record(
+                file=name, input=str(path), caption=caption.text,
+                objects=[{"phrase": phrase, "box": list(box)} for phrase, box in caption.objects])
+            save_png(self.out / name, figures.boxes_figure(image, caption.objects), record)
+            self.manifest.add(record)
+            print(f"{path}\t{self.out / name}\t{caption.text}", flush=True)
+        self.manifest.flush()
+        self.log_throughput(len(images), time.time() - start)
+
+    def grounding(self, text: str, paths: list[Path], images: list[Image.Image]) -> None:
+        start = time.time()
+        boxes = self.pipe.ground(images, text)
+        for path, image, box in zip(paths, images, boxes):
+            name = f"{path.stem}_grounding.png"
+            record = self.understanding_record(file=name, input=str(path), prompt=text,
+                                               box=None if box is None else list(box))
+            save_png(self.out / name, figures.boxes_figure(image, [] if box is None else [(text, box)]), record)
+            self.manifest.add(record)
+            print(f"{path}\t{self.out / name}\t{box}", flush=True)
+        self.manifest.flush()
+        self.log_throughput(len(images), time.time() - start)
+
     def super_resolution(self, text: str, paths: list[Path], images: list[Image.Image]) -> None:
         start = time.time()
         upscaled = self.pipe.super_resolve(images, text, seed=self.args.seed,
@@ -196,16 +243,16 @@ class Run:
 
 
 TEXT_TASKS = ("text2image", "text2image-full")
-IMAGE_TASKS = ("image2text", "post-selection", "super-resolution")
+IMAGE_TASKS = ("image2text", "post-selection", "super-resolution", "grounded-caption", "grounding")
 SAMPLING_TASKS = ("text2image", "text2image-full", "image2text", "super-resolution")  # post-selection only scores
 MATCHING_TASKS = ("post-selection", "text2image-full", "image2text")  # image2text with --caption-candidates > 1
 # The tasks that read each flag; given to any other task (even at its default value) a flag would do
 # nothing, so it is refused. Every flag not listed here is read by every task.
 FLAG_READERS = {
-    "prompt": TEXT_TASKS + ("post-selection", "super-resolution"),
-    "input_source": TEXT_TASKS + ("post-selection", "super-resolution"),
+    "prompt": TEXT_TASKS + ("post-selection", "super-resolution", "grounding"),
+    "input_source": TEXT_TASKS + ("post-selection", "super-resolution", "vqa"),
     "negative_prompt": TEXT_TASKS, "cfg_scale": TEXT_TASKS, "batch_size": TEXT_TASKS,
-    "input_images": IMAGE_TASKS,
+    "input_images": IMAGE_TASKS + ("vqa",), "question": ("vqa",),
     "seed": SAMPLING_TASKS, "temperature": SAMPLING_TASKS, "top_k": SAMPLING_TASKS, "top_p": SAMPLING_TASKS,
     "max_caption_tokens": ("image2text",), "caption_candidates": ("image2text",),
     "caption_model": MATCHING_TASKS, "post_selection_score": MATCHING_TASKS, "image_grid": ("text2image",),
@@ -224,6 +271,11 @@ def check_flags(args: argparse.Namespace) -> None:
             raise UserError(f"{_flag(dest)} is not used by --generation-task {task} (only by {', '.join(tasks)})")
     if "negative_prompt" in given and args.cfg_scale == 1.0:
         raise UserError("--negative-prompt needs --cfg-scale other than 1 (at 1 the unconditional branch is not used)")
+    if task == "vqa" and ("question" in given) == ("input_source" in given):
+        raise UserError("--generation-task vqa asks --question about every --input-images image, or reads "
+                        "IMAGE<TAB>QUESTION lines from --input-source: give exactly one of the two")
+    if task == "vqa" and "input_source" in given and "input_images" in given:
+        raise UserError("--input-source names the images of vqa itself; leave out --input-images")
     if task == "image2text" and args.caption_candidates == 1:
         for dest in ("caption_model", "post_selection_score"):
             if dest in given:
@@ -245,8 +297,11 @@ def main(argv: list[str] | None = None) -> None:
         prompts = collect_prompts(args.prompt, args.input_source)
         inputs: tuple = (interactive_prompts() if prompts is None else prompts,)
     else:
-        text = () if task == "image2text" else (one_prompt(args, task),)
-        batch = read_image_inputs(args.input_images, task)
+        text = () if task in ("image2text", "grounded-caption", "vqa") else (one_prompt(args, task),)
+        if task == "vqa" and args.input_source:
+            batch = read_question_inputs(args.input_source, task)
+        else:
+            batch = read_image_inputs(args.input_images, task)
         Path(args.output_path).mkdir(parents=True, exist_ok=True)
         report = write_skip_report(args.output_path, batch.skipped)
         if not batch.images:
@@ -255,6 +310,8 @@ def main(argv: list[str] | None = None) -> None:
         summary = f"{len(batch.images)} input image(s) done, {len(batch.skipped)} skipped (listed in {report}); "
         if batch.skipped:
             logger.warning("skipping %d of the input files (listed in %s)", len(batch.skipped), report)
+        if task == "vqa":
+            text = (batch.texts or [args.question] * len(batch.images),)
         inputs = (*text, batch.paths, batch.images)
     pipe = Pipeline.from_checkpoint(args.load, vqvae=args.vqvae, text_tokenizer=args.text_tokenizer,
                                     device=args.device, precision=args.precision, caption_model=args.caption_model,
@@ -266,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     run = Run(args, pipe)
     try:
         {"text2image": run.text2image, "text2image-full": run.text2image_full, "image2text": run.image2text,
-         "post-selection": run.post_selection, "super-resolution": run.super_resolution}[task](*inputs)
+         "post-selection": run.post_selection, "super-resolution": run.super_resolution, "vqa": run.vqa,
+         "grounded-caption": run.grounded_caption, "grounding": run.grounding}[task](*inputs)
     finally:
         run.tensorboard.close()
     logger.info("%s: %swrote %s", task, summary, run.manifest.path)

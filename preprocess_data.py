@@ -31,7 +31,8 @@ from data_utils.image_sources import (EMPTY_CAPTION, CaptionedImage, CaptionedIm
 from data_utils.images import downscale, pil_to_tensor
 from data_utils.shards import (FORMAT_VERSION, MANIFEST_NAME, RowFormat, read_manifest, remove_unlisted_files,
                                write_manifest, write_shard)
-from data_utils.tokenizer import UnifiedTokenizer
+from data_utils import annotations
+from data_utils.tokenizer import DEFAULT_LOCATION_BINS, UnifiedTokenizer
 from utils.errors import UserError, run_main
 from utils.files import atomic_write_text
 from utils.logging import TensorBoardLogger, get_logger
@@ -41,6 +42,9 @@ from vqvae.model import VQVAE
 logger = get_logger("preprocess_data")
 
 SKIP_REPORT_NAME = "skipped.txt"
+# Room for every question, box and expression of a two-object shapes item in English or Chinese (up to about
+# 380 with a tokenizer trained on them, `train_text_tokenizer.py`).
+DEFAULT_ANNOTATION_TOKENS = 512
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,6 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="text budget per row; longer captions are truncated and counted (default %(default)s)")
     rows.add_argument("--with-lowres", action="store_true",
                       help="also store the codes of the image downscaled 2x (needed for super-resolution)")
+    rows.add_argument("--location-bins", type=int, default=DEFAULT_LOCATION_BINS,
+                      help="bins per side of the location-token grid (docs/architecture.md); the data's tokenizer "
+                           "and every model trained on it get them. 0: no location tokens, no understanding "
+                           "tasks, the tokenizer of data made before them (default %(default)s)")
+    rows.add_argument("--annotation-tokens", type=int, default=None,
+                      help="ids per row for the understanding tasks' questions, boxes and expressions "
+                           f"(default {DEFAULT_ANNOTATION_TOKENS} with location bins, 0 without)")
     run = parser.add_argument_group("run")
     run.add_argument("--output", required=True, help="data folder to create (or to resume)")
     run.add_argument("--workers", type=int, default=1,
@@ -79,6 +90,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.location_bins < 0:
+        parser.error(f"--location-bins must be >= 0, got {args.location_bins}")
+    if args.annotation_tokens is None:
+        args.annotation_tokens = DEFAULT_ANNOTATION_TOKENS if args.location_bins else 0
+    if args.annotation_tokens < 0 or (args.annotation_tokens and not args.location_bins):
+        parser.error(f"--annotation-tokens {args.annotation_tokens}: must be >= 0, and 0 with --location-bins 0 "
+                     "(the understanding tasks need location tokens)")
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
     return args
@@ -100,6 +118,8 @@ class EncodeSettings:
     with_lowres: bool
     chunk_size: int
     batch_size: int
+    location_bins: int = 0
+    annotation_tokens: int = 0
 
     def open_source(self) -> CaptionedImageSource:
         return open_dataset(self.dataset, split=self.split, size=self.image_size, language=self.language,
@@ -107,7 +127,7 @@ class EncodeSettings:
 
     def load_models(self) -> tuple[UnifiedTokenizer, VQVAE]:
         vqvae = load_vqvae(self.vqvae)
-        return UnifiedTokenizer.from_files(self.text_tokenizer, vqvae.config.codebook_size), vqvae
+        return UnifiedTokenizer.from_files(self.text_tokenizer, vqvae.config.codebook_size, self.location_bins), vqvae
 
     def row_format(self, tokenizer: UnifiedTokenizer, vqvae: VQVAE) -> RowFormat:
         """The row layout, after checking that the image size suits the VQ-VAE and has a grid token."""
@@ -121,7 +141,7 @@ class EncodeSettings:
         if self.with_lowres:
             tokenizer.grid_token(grid // 2)
         return RowFormat(self.text_max_tokens, grid, grid // 2 if self.with_lowres else None,
-                         RowFormat.dtype_for_vocab(tokenizer.vocab_size))
+                         RowFormat.dtype_for_vocab(tokenizer.vocab_size), self.annotation_tokens)
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide the rows; a resumed run must match them (the dataset by `describe()`)."""
@@ -139,6 +159,7 @@ class ChunkResult:
     source_indices: np.ndarray
     skipped: list[SkippedItem]
     truncated: int
+    annotations_dropped: int = 0  # annotation records left out: a text over the budget, or no room in the row
 
 
 # ---------------------------------------------------------------- the chunk worker
@@ -185,7 +206,8 @@ def encode_chunk(chunk: int) -> ChunkResult:
     kept: list[CaptionedImage] = []
     texts: list[list[int]] = []
     skipped: list[SkippedItem] = []
-    truncated = 0
+    truncated = dropped = 0
+    annotation_fields: list[np.ndarray | None] = []
     for index in indices:
         item = load_item(state.source, index)
         if isinstance(item, SkippedItem):
@@ -199,6 +221,14 @@ def encode_chunk(chunk: int) -> ChunkResult:
         truncated += len(ids) > budget
         kept.append(item)
         texts.append(ids[:budget])
+        field = None
+        if state.row_format.annotation_tokens:
+            row_annotations, dropped_texts = annotations.to_ids(
+                state.tokenizer, item.annotations or annotations.TaskAnnotations(), item.caption,
+                item.image.width, item.image.height, budget)
+            field, dropped_records = annotations.pack(row_annotations, state.row_format.annotation_tokens)
+            dropped += dropped_texts + dropped_records
+        annotation_fields.append(field)
 
     row_format = state.row_format
     rows = np.zeros((len(kept), row_format.row_length), dtype=row_format.numpy_dtype)
@@ -207,9 +237,10 @@ def encode_chunk(chunk: int) -> ChunkResult:
         lowres = (encode_images(state.vqvae, [downscale(item.image) for item in kept], state.settings.batch_size)
                   if row_format.lowres_grid else [None] * len(kept))
         for i, text_ids in enumerate(texts):
-            rows[i] = row_format.pack(np.asarray(text_ids), images[i], lowres[i], state.tokenizer.pad_id)
+            rows[i] = row_format.pack(np.asarray(text_ids), images[i], lowres[i], state.tokenizer.pad_id,
+                                      annotation_fields[i])
     return ChunkResult(chunk, len(indices), rows, np.array([item.index for item in kept], dtype=np.int64),
-                       skipped, truncated)
+                       skipped, truncated, dropped)
 
 
 def run_chunks(settings: EncodeSettings, chunks: list[int], workers: int) -> Iterator[ChunkResult]:
@@ -247,7 +278,8 @@ def new_manifest(settings: EncodeSettings, tokenizer: UnifiedTokenizer, vqvae: V
         "num_chunks": -(-len(source) // settings.chunk_size),
         "complete": False,
         "shards": [],
-        "counts": {"items": 0, "rows": 0, "skipped": 0, "truncated": 0, "skipped_by_reason": {}},
+        "counts": {"items": 0, "rows": 0, "skipped": 0, "truncated": 0, "annotations_dropped": 0,
+                   "skipped_by_reason": {}},
         "skipped": [],
     }
 
@@ -287,7 +319,8 @@ def open_output(output: Path, expected: dict[str, Any]) -> dict[str, Any]:
 def record_chunk(manifest: dict[str, Any], shard: dict[str, Any], result: ChunkResult) -> None:
     """Add a finished chunk's shard and skips to the manifest (shards kept in chunk order) and recount."""
     manifest["shards"] = sorted([*manifest["shards"], {**shard, "items": result.num_items,
-                                                       "truncated": result.truncated}],
+                                                       "truncated": result.truncated,
+                                                       "annotations_dropped": result.annotations_dropped}],
                                 key=lambda entry: entry["first_chunk"])
     manifest["skipped"] = sorted([*manifest["skipped"], *(skip.to_dict() for skip in result.skipped)],
                                  key=lambda entry: entry["index"])
@@ -296,6 +329,7 @@ def record_chunk(manifest: dict[str, Any], shard: dict[str, Any], result: ChunkR
                           "rows": sum(entry["rows"] for entry in manifest["shards"]),
                           "skipped": len(manifest["skipped"]),
                           "truncated": sum(entry["truncated"] for entry in manifest["shards"]),
+                          "annotations_dropped": sum(entry["annotations_dropped"] for entry in manifest["shards"]),
                           "skipped_by_reason": dict(reasons.most_common())}
     manifest["complete"] = len(manifest["shards"]) == manifest["num_chunks"]
 
@@ -346,6 +380,9 @@ def summarise(output: Path, manifest: dict[str, Any]) -> None:
     counts = manifest["counts"]
     logger.info("%d rows from %d items in %d shards in %s", counts["rows"], counts["items"], len(manifest["shards"]),
                 output)
+    if counts["annotations_dropped"]:
+        logger.warning("%d question(s), box(es) or expression(s) were left out: a text over --text-max-tokens, or "
+                       "no room left in --annotation-tokens", counts["annotations_dropped"])
     if counts["truncated"]:
         logger.warning("%d caption(s) were longer than --text-max-tokens %d and were truncated",
                        counts["truncated"], RowFormat.from_dict(manifest).text_max_tokens)
@@ -359,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         dataset=args.dataset, split=args.split, num_items=args.num_items, image_size=args.image_size,
         language=args.language, seed=args.seed, text_tokenizer=args.text_tokenizer, vqvae=args.vqvae,
         text_max_tokens=args.text_max_tokens, with_lowres=args.with_lowres, chunk_size=args.chunk_size,
-        batch_size=args.batch_size)
+        batch_size=args.batch_size, location_bins=args.location_bins, annotation_tokens=args.annotation_tokens)
     output = Path(args.output)
     summarise(output, process(settings, output, args.workers, args.log_dir))
 

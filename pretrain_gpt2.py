@@ -76,7 +76,8 @@ def load_data(args: argparse.Namespace, position_layout: str) -> TrainingData:
     if not recorded.get("path") or not Path(recorded["path"]).is_file():
         raise UserError(f"the text tokenizer recorded in {args.train_data}/manifest.json ({recorded.get('path')}) "
                         f"is missing; restore it or re-run preprocess_data.py")
-    tokenizer = UnifiedTokenizer.from_files(recorded["path"], int(recorded["codebook_size"]))
+    tokenizer = UnifiedTokenizer.from_files(recorded["path"], int(recorded["codebook_size"]),
+                                            int(recorded.get("location_bins", 0)))
     train_rows = ShardedRows(args.train_data, tokenizer=tokenizer)
     train = TaskSequenceDataset(train_rows, tokenizer, args.task_mix, args.seed, args.cfg_drop_prob, position_layout,
                                 args.grid_mix)

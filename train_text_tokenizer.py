@@ -57,7 +57,7 @@ def dataset_captions(args: argparse.Namespace) -> Iterator[str]:
     skipped = 0
     for index in tqdm(range(len(source)), desc=f"captions of {args.dataset}", unit="caption"):
         try:
-            yield source.caption(index)
+            yield from source.texts(index)  # the caption, and any questions, answers and expressions
         except SkipItem as skip:
             skipped += 1
             logger.warning("skipping item %d: %s", index, skip)

@@ -4,6 +4,13 @@
 trains and whether its text is dropped for classifier-free guidance all follow from (seed, position),
 so a resumed run only has to store how many samples it consumed to continue the exact same stream.
 Token order is left to `data_utils.sequences`.
+
+The understanding tasks (vqa, grounded_caption, referring, box_to_phrase) read a row's annotations
+(`data_utils/annotations.py`). A row without what a task needs (no questions, no boxes, a caption whose
+phrases could not be grounded) never draws that task: its draw is made among the tasks it can train, by
+their weights, and one of the row's records of that kind is picked, again by (seed, position). A row that
+can train no task of the mix at all (a mix of understanding tasks only) hands the sample to the next row
+of the epoch's order that can.
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data_utils import sequences
+from data_utils import annotations, sequences
 from data_utils.padding import pad_sequences
 from data_utils.shards import RowFormat, ShardedRows
 from data_utils.tokenizer import UnifiedTokenizer
@@ -24,9 +31,11 @@ DEFAULT_TASK_WEIGHTS: Mapping[str, float] = MappingProxyType({"text2image": 1.0}
 # Extra entropy words that keep the epoch permutations and the grid crops apart from the per-sample draws.
 _PERMUTATION_STREAM = 0x7065726D
 _CROP_STREAM = 0x63726F70
+_RECORD_STREAM = 0x72656364
 
 
-def _active_tasks(task_weights: Mapping[str, float], has_lowres: bool) -> tuple[tuple[str, ...], np.ndarray]:
+def _active_tasks(task_weights: Mapping[str, float], has_lowres: bool,
+                  has_annotations: bool = False) -> tuple[tuple[str, ...], np.ndarray]:
     """Tasks with a positive weight and their cumulative probabilities; refuses unknown or impossible ones."""
     for task, weight in task_weights.items():
         if task not in sequences.TASKS:
@@ -39,6 +48,10 @@ def _active_tasks(task_weights: Mapping[str, float], has_lowres: bool) -> tuple[
     if "super_resolution" in tasks and not has_lowres:
         raise UserError("super_resolution needs low-resolution codes in the data; re-run preprocess_data.py "
                         "with --with-lowres or set its weight to 0")
+    understanding = [task for task in tasks if task in sequences.UNDERSTANDING_TASKS]
+    if understanding and not has_annotations:
+        raise UserError(f"{', '.join(understanding)} need(s) rows with annotations and location tokens; re-run "
+                        "preprocess_data.py with --location-bins > 0 (the default) or set the weight(s) to 0")
     weights = np.array([task_weights[task] for task in tasks], dtype=np.float64)
     return tasks, np.cumsum(weights / weights.sum())
 
@@ -69,7 +82,10 @@ class TaskSequenceDataset(Dataset):
         self.seed = int(seed)
         self.cfg_drop_prob = float(cfg_drop_prob)
         self.text_positions = sequences.text_positions_for(position_layout, rows.format.text_max_tokens)
-        self.tasks, self._cumulative = _active_tasks(task_weights, rows.format.lowres_grid is not None)
+        self.tasks, self._cumulative = _active_tasks(task_weights, rows.format.lowres_grid is not None,
+                                                     rows.format.annotation_tokens > 0 and tokenizer.location_bins > 0)
+        self._weights = np.diff(self._cumulative, prepend=0.0)
+        self._reads_annotations = any(task in sequences.UNDERSTANDING_TASKS for task in self.tasks)
         self._permutation_epoch = -1
         self._permutation = np.zeros(0, dtype=np.int64)
         self.grid_mix = _checked_grid_mix(grid_mix, rows.format.image_grid, tokenizer)
@@ -88,12 +104,35 @@ class TaskSequenceDataset(Dataset):
             self._permutation_epoch = epoch
         return int(self._permutation[offset])
 
-    def draw(self, position: int) -> tuple[str, bool]:
-        """The task of sample `position` and whether its text is dropped."""
+    def draw(self, position: int, row_tasks: Sequence[str] | None = None) -> tuple[str | None, bool]:
+        """The task of sample `position` and whether its text is dropped; `row_tasks`: the understanding tasks
+        its row can train (None: all), the others' weights left out of its draw (None: no task fits)."""
         rng = np.random.default_rng([self.seed, int(position)])
         task_draw, drop_draw = rng.random(2)  # both always drawn, so each stays fixed if the other changes
-        task = self.tasks[min(int(np.searchsorted(self._cumulative, task_draw, side="right")), len(self.tasks) - 1)]
+        tasks, cumulative = self.tasks, self._cumulative
+        if row_tasks is not None and any(t in sequences.UNDERSTANDING_TASKS and t not in row_tasks for t in tasks):
+            keep = [k for k, t in enumerate(tasks) if t not in sequences.UNDERSTANDING_TASKS or t in row_tasks]
+            if not keep:
+                return None, False
+            tasks = tuple(tasks[k] for k in keep)
+            cumulative = np.cumsum(self._weights[keep] / self._weights[keep].sum())
+        task = tasks[min(int(np.searchsorted(cumulative, task_draw, side="right")), len(tasks) - 1)]
         return task, task == "text2image" and drop_draw < self.cfg_drop_prob
+
+    def _understanding(self, task: str, position: int, records: annotations.RowAnnotations, image: torch.Tensor,
+                       grid) -> sequences.TokenSequence:
+        """The sequence of an understanding task, from one of the row's records picked by (seed, position)."""
+        rng = np.random.default_rng([self.seed, int(position), _RECORD_STREAM])
+        tok = self.tokenizer
+        if task == "grounded_caption":
+            return sequences.grounded_caption(tok, image, grid, records.grounded)
+        pool = {"vqa": records.questions, "referring": records.expressions, "box_to_phrase": records.objects}[task]
+        a, b = pool[int(rng.integers(len(pool)))]
+        if task == "vqa":
+            return sequences.vqa(tok, image, grid, a, b)
+        if task == "referring":
+            return sequences.referring(tok, image, grid, a, b)
+        return sequences.box_to_phrase(tok, image, grid, b, a)
 
     def crop(self, position: int, codes: np.ndarray) -> np.ndarray:
         """Sample `position`'s crop of `codes` under `grid_mix`: a shape of the mix, at a place in the grid."""
@@ -103,14 +142,25 @@ class TaskSequenceDataset(Dataset):
         return codes[top:top + rows, left:left + cols]
 
     def __getitem__(self, position: int) -> dict[str, Any]:
-        row = self.rows[self.row_index(position)]
-        task, drop_text = self.draw(position)
+        for offset in range(len(self.rows)):
+            row = self.rows[self.row_index(position + offset)]
+            records = annotations.unpack(row.annotations) if row.annotations is not None and self._reads_annotations \
+                else None
+            task, drop_text = self.draw(position, records.tasks() if records is not None else None)
+            if task is not None:
+                break
+        else:
+            raise UserError(f"no row of {self.rows.data_dir} holds questions, boxes or expressions for "
+                            f"{', '.join(self.tasks)}; add text2image or image2text to the mix")
         grid = self.rows.format.image_grid
         image = torch.from_numpy(row.image)
-        if task != "super_resolution" and self.grid_mix:
+        # Boxes name places in the whole image, so the understanding tasks are never cropped.
+        if task in ("text2image", "image2text") and self.grid_mix:
             cropped = self.crop(position, row.image)
             grid, image = tuple(cropped.shape), torch.from_numpy(np.ascontiguousarray(cropped))
-        if task == "text2image":
+        if task in sequences.UNDERSTANDING_TASKS:
+            sequence = self._understanding(task, position, records, image, grid)
+        elif task == "text2image":
             text_ids = [] if drop_text else row.text_ids
             sequence = sequences.text2image(self.tokenizer, text_ids, grid, image, self.text_positions)
         elif task == "image2text":
@@ -143,7 +193,7 @@ def collate_sequences(samples: Sequence[Mapping[str, Any]], pad_id: int) -> dict
 
 
 def _task_lengths(row_format: RowFormat, task_weights: Mapping[str, float], measure) -> int:
-    tasks, _ = _active_tasks(task_weights, row_format.lowres_grid is not None)
+    tasks, _ = _active_tasks(task_weights, row_format.lowres_grid is not None, row_format.annotation_tokens > 0)
     return max(measure(task, row_format.text_max_tokens, row_format.image_grid, row_format.lowres_grid)
                for task in tasks)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -26,8 +27,10 @@ from typing import Iterable
 
 from PIL import Image
 
+from data_utils.annotations import TaskAnnotations
 from data_utils.images import load_image
 from data_utils.shapes import ShapesDataset
+from data_utils.shapes_tasks import shapes_tasks
 from utils.errors import UserError
 from utils.logging import get_logger
 
@@ -52,6 +55,7 @@ IMAGE_TOO_SMALL = "image too small"
 MISSING_CAPTION = "missing caption"
 UNREADABLE_CAPTION = "unreadable caption"
 EMPTY_CAPTION = "empty caption"
+BAD_ANNOTATIONS = "bad annotations"
 
 
 class SkipItem(Exception):
@@ -82,6 +86,8 @@ class CaptionedImage:
     caption: str
     source: str  # a file path, or "shapes:{seed}:{index}", or "emoji:{caption}"
     metadata: dict | None = None
+    # Questions, object boxes and referring expressions, in pixels of `image` (data_utils/annotations.py).
+    annotations: TaskAnnotations | None = None
 
 
 class CaptionedImageSource(ABC):
@@ -103,6 +109,11 @@ class CaptionedImageSource(ABC):
     @abstractmethod
     def describe(self) -> dict:
         """What a manifest records to say which data this is."""
+
+    def texts(self, index: int) -> list[str]:
+        """Every text of `index` a tokenizer should know: its caption, and its questions, answers, phrases and
+        expressions where it has them (cheap, for tokenizer training); raises `SkipItem`."""
+        return [self.caption(index)]
 
     def _check_index(self, index: int) -> None:
         if not 0 <= index < len(self):
@@ -148,11 +159,22 @@ class ShapesSource(CaptionedImageSource):
         self._check_index(index)
         item = self.dataset.item(index)
         metadata = {"language": item.language, "objects": [obj.to_dict() for obj in item.objects]}
-        return CaptionedImage(index, item.image, item.caption, f"shapes:{self.seed}:{index}", metadata)
+        tasks = shapes_tasks(item.objects, self.dataset.size, item.language, self.seed, index)
+        annotations = TaskAnnotations([(qa.question, qa.answer) for qa in tasks.questions],
+                                      [(obj.phrase, obj.box) for obj in tasks.objects],
+                                      [(ref.expression, ref.box) for ref in tasks.expressions])
+        return CaptionedImage(index, item.image, item.caption, f"shapes:{self.seed}:{index}", metadata, annotations)
 
     def caption(self, index: int) -> str:
         self._check_index(index)
         return self.dataset.caption(index)
+
+    def texts(self, index: int) -> list[str]:
+        self._check_index(index)
+        item = self.dataset.item(index)
+        tasks = shapes_tasks(item.objects, self.dataset.size, item.language, self.seed, index)
+        return [item.caption, *(text for qa in tasks.questions for text in (qa.question, qa.answer)),
+                *(ref.expression for ref in tasks.expressions)]
 
     def describe(self) -> dict:
         return {"name": "shapes", "split": self.split, "seed": self.seed, "size": self.dataset.size,
@@ -202,6 +224,7 @@ class _Entry:
     caption_path: Path | None = None  # or read from a .txt beside the image
     problem: str | None = None  # a reason to skip known at scan time
     problem_detail: str = ""
+    annotations: dict | None = None  # a JSONL row's "questions", "objects" and "expressions", checked in shape
 
 
 class FileSource(CaptionedImageSource):
@@ -219,6 +242,11 @@ class FileSource(CaptionedImageSource):
     def caption(self, index: int) -> str:
         self._check_index(index)
         return self._caption(self._entries[index])
+
+    def texts(self, index: int) -> list[str]:
+        fields = self._entries[index].annotations or {}
+        return [self.caption(index), *(entry[key] for name, keys in ANNOTATION_FIELDS.items()
+                                       for entry in fields.get(name, []) for key in keys if key != "box")]
 
     def _caption(self, entry: _Entry) -> str:
         if entry.problem is not None:
@@ -245,7 +273,14 @@ class FileSource(CaptionedImageSource):
         if entry.image_path is None:
             raise SkipItem(MISSING_IMAGE, entry.key)
         image = read_image_or_skip(entry.image_path, entry.key, self.min_side)
-        return CaptionedImage(index, center_crop_resize(image, self.size), caption, str(entry.image_path))
+        annotations = None
+        if entry.annotations is not None:
+            try:
+                annotations = annotations_in_crop(entry.annotations, image.width, image.height, self.size)
+            except ValueError as err:
+                raise SkipItem(BAD_ANNOTATIONS, entry.key, str(err)) from None
+        return CaptionedImage(index, center_crop_resize(image, self.size), caption, str(entry.image_path),
+                              annotations=annotations)
 
     def describe(self) -> dict:
         return {"name": "files", "path": str(self.root), "split": self.split, "size": self.size,
@@ -286,8 +321,65 @@ def _scan_folder(root: Path) -> list[_Entry]:
     return sorted(entries, key=lambda entry: entry.key)
 
 
-def _parse_list_line(line: str, suffix: str) -> tuple[str, str | None] | str:
-    """(image path, caption) of one JSONL/TSV line, or the reason it is malformed."""
+# The understanding-task fields of a JSONL row (docs/datasets.md) and the keys of each of their entries.
+ANNOTATION_FIELDS = {"questions": ("question", "answer"), "objects": ("phrase", "box"),
+                     "expressions": ("expression", "box")}
+
+
+def _check_annotation_fields(record: dict) -> dict | None | str:
+    """A JSONL row's annotation fields, None when it has none, or the reason they are malformed."""
+    found = {name: record[name] for name in ANNOTATION_FIELDS if name in record}
+    if not found:
+        return None
+    for name, entries in found.items():
+        keys = ANNOTATION_FIELDS[name]
+        if not isinstance(entries, list):
+            return f'"{name}" must be a list'
+        for entry in entries:
+            if not isinstance(entry, dict) or set(entry) != set(keys):
+                return f'each of "{name}" must be {{{", ".join(repr(k) for k in keys)}}}'
+            texts = [entry[k] for k in keys if k != "box"]
+            if not all(isinstance(t, str) and t.strip() for t in texts):
+                return f'"{name}" holds an empty or non-text {" or ".join(k for k in keys if k != "box")}'
+            box = entry.get("box")
+            if box is not None and not (isinstance(box, list) and len(box) == 4
+                                        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+                return f'a box of "{name}" must be [x0, y0, x1, y1] in pixels'
+    return found
+
+
+def annotations_in_crop(fields: dict, width: int, height: int, size: int) -> TaskAnnotations:
+    """A JSONL row's annotations, boxes moved from pixels of the width x height file into the size x size
+    image it is encoded as (`center_crop_resize`): the box is cut to the kept square, then scaled, widened to
+    whole pixels. An object or expression whose box lies outside the square is left out; a box outside the
+    file or empty is a ValueError (the row is skipped)."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+
+    def moved(box: list) -> tuple[int, int, int, int] | None:
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            raise ValueError(f"box {box} is empty or outside the {width}x{height} image")
+        x0, x1 = max(x0 - left, 0), min(x1 - left, side)
+        y0, y1 = max(y0 - top, 0), min(y1 - top, side)
+        if x0 >= x1 or y0 >= y1:
+            return None
+        scale = size / side
+        return (math.floor(x0 * scale), math.floor(y0 * scale), min(size, math.ceil(x1 * scale)),
+                min(size, math.ceil(y1 * scale)))
+
+    annotations = TaskAnnotations([(qa["question"], qa["answer"]) for qa in fields.get("questions", [])])
+    for name, target in (("objects", annotations.objects), ("expressions", annotations.expressions)):
+        text_key = ANNOTATION_FIELDS[name][0]
+        for entry in fields.get(name, []):
+            box = moved(entry["box"])
+            if box is not None:
+                target.append((entry[text_key], box))
+    return annotations
+
+
+def _parse_list_line(line: str, suffix: str) -> tuple[str, str | None, dict | None] | str:
+    """(image path, caption, annotation fields) of one JSONL/TSV line, or the reason it is malformed."""
     if suffix == ".jsonl":
         try:
             record = json.loads(line)
@@ -296,11 +388,14 @@ def _parse_list_line(line: str, suffix: str) -> tuple[str, str | None] | str:
         if not isinstance(record, dict) or not isinstance(record.get("image"), str):
             return 'expected {"image": path, "caption": text}'
         caption = record.get("caption")
-        return record["image"], caption if isinstance(caption, str) else None
+        annotations = _check_annotation_fields(record)
+        if isinstance(annotations, str):
+            return annotations
+        return record["image"], caption if isinstance(caption, str) else None, annotations
     if "\t" not in line:
         return "expected path<TAB>caption"
     path, caption = line.split("\t", 1)
-    return path, caption
+    return path, caption, None
 
 
 def _read_list(list_path: Path) -> list[_Entry]:
@@ -317,9 +412,10 @@ def _read_list(list_path: Path) -> list[_Entry]:
         if isinstance(parsed, str):
             entries.append(_Entry(f"{list_path.name}:{number}", None, problem=MALFORMED_LINE, problem_detail=parsed))
             continue
-        path, caption = parsed
+        path, caption, annotations = parsed
         path = path.strip()
-        entries.append(_Entry(path, list_path.parent / path if path else None, caption=caption))
+        entries.append(_Entry(path, list_path.parent / path if path else None, caption=caption,
+                              annotations=annotations))
     return entries
 
 

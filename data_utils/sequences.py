@@ -8,6 +8,22 @@ CogView has no task tokens; the order of the parts tells the model what to do (d
     super-resolution   [ROI1] text G_lo [BOI1] lo [EOI1] | [ROI2] [POS w] G_hi [BOI2] hi [EOI2]
                        positions restart at 0 at [ROI2]
 
+The understanding tasks (tokens of a tokenizer with location bins, `UnifiedTokenizer(..., location_bins=B)`)
+read the image first, like image-to-text, and a task token right after `[EOI1]` says which task it is, since
+the prompt (everything up to the part to generate) must already tell them apart:
+
+    vqa                G [BOI1] codes [EOI1] [QUES] question [ANS] answer [SEP]            prompt ends at [ANS]
+    grounded_caption   G [BOI1] codes [EOI1] [GRND] caption [SEP]                          prompt ends at [GRND]
+                       where each object phrase of the caption reads `[PHR] phrase L_tl L_br`
+    referring          G [BOI1] codes [EOI1] [REF] expression [BOX] L_tl L_br [SEP]        prompt ends at [BOX]
+    box_to_phrase      G [BOI1] codes [EOI1] [BOX] L_tl L_br [PHR] phrase [SEP]            prompt ends at [PHR]
+                       positions 0 … n-1
+
+`L_tl L_br` are the location tokens of a box's top-left and bottom-right cells (`data_utils/locations.py`).
+In a grounded caption `[PHR]` opens an object phrase and its two location tokens close it, as Kosmos-2's
+`<p> phrase </p> <box> … </box>`: "[PHR] a large red circle L L at the top left and [PHR] a small …".
+The parsers (`parse_answer`, `parse_grounded_caption`, `parse_box`, `parse_phrase`) read generated ids back.
+
 `G` names the grid of the image that follows: one grid token for a square grid (`[BASE]` for 32x32),
 the pair `G_rows G_cols` for a non-square one (`[SMALL] [BASE]`: 16 rows of 32 codes). Each side must
 have a grid token (4, 8, 16, 32 or 64), so squares read exactly as before.
@@ -38,10 +54,17 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from data_utils.locations import Box, ids_to_box
 from data_utils.tokenizer import GRID_TOKENS, UnifiedTokenizer, as_id_list
 from utils.errors import UserError
 
-TASKS = ("text2image", "image2text", "super_resolution")
+TASKS = ("text2image", "image2text", "super_resolution", "vqa", "grounded_caption", "referring", "box_to_phrase")
+# The tasks that read an image and answer in text or location tokens (they need a tokenizer with location
+# bins, and rows with annotations: data_utils/annotations.py).
+UNDERSTANDING_TASKS = ("vqa", "grounded_caption", "referring", "box_to_phrase")
+# Ids a grounded caption's body may hold beyond the text budget: `[PHR]` and two location ids per object, for
+# up to five objects.
+GROUNDED_MARKER_BUDGET = 16
 # How the builders number positions (see "Position layouts" above); a model records its own
 # (`ModelConfig.position_layout`), which is why model/config.py reads the names from here.
 POSITION_LAYOUTS = ("consecutive", "fixed-image")
@@ -163,8 +186,157 @@ def super_resolution(tok: UnifiedTokenizer, text_ids: IdsLike, lo_codes: IdsLike
                          _after_text(text, low_rest, text_positions) + list(range(len(high))))
 
 
+# --- understanding tasks ----------------------------------------------------------------------------------
+def _image_first(tok: UnifiedTokenizer, codes: IdsLike, grid: Grid) -> list[int]:
+    return [*grid_ids(tok, grid), tok["[BOI1]"], *_codes(tok, codes, grid, "image"), tok["[EOI1]"]]
+
+
+def _box(tok: UnifiedTokenizer, box_ids: IdsLike) -> list[int]:
+    ids = as_id_list(box_ids)
+    if len(ids) != 2 or not all(tok.is_location_id(i) for i in ids):
+        raise ValueError("a box is two location token ids (data_utils.locations.box_to_ids)")
+    return ids
+
+
+def _consecutive(ids: list[int]) -> TokenSequence:
+    return TokenSequence(ids, list(range(len(ids))))
+
+
+def vqa(tok: UnifiedTokenizer, codes: IdsLike, grid: Grid, question_ids: IdsLike,
+        answer_ids: IdsLike | None = None) -> TokenSequence:
+    """`G [BOI1] codes [EOI1] [QUES] question [ANS] answer [SEP]`; without `answer_ids`, the prompt ending at
+    `[ANS]`."""
+    ids = [*_image_first(tok, codes, grid), tok["[QUES]"], *_text(tok, question_ids), tok["[ANS]"]]
+    if answer_ids is not None:
+        ids += [*_text(tok, answer_ids), tok["[SEP]"]]
+    return _consecutive(ids)
+
+
+def grounded_caption(tok: UnifiedTokenizer, codes: IdsLike, grid: Grid,
+                     caption_ids: IdsLike | None = None) -> TokenSequence:
+    """`G [BOI1] codes [EOI1] [GRND] caption [SEP]`, `caption_ids` from `grounded_caption_ids`; without it,
+    the prompt ending at `[GRND]`."""
+    ids = [*_image_first(tok, codes, grid), tok["[GRND]"]]
+    if caption_ids is not None:
+        body = as_id_list(caption_ids)
+        allowed = {tok["[PHR]"]}
+        if not all(tok.is_text_id(i) or tok.is_location_id(i) or i in allowed for i in body):
+            raise ValueError("a grounded caption holds text ids, [PHR] and location ids only "
+                             "(build it with grounded_caption_ids)")
+        ids += [*body, tok["[SEP]"]]
+    return _consecutive(ids)
+
+
+def grounded_caption_ids(tok: UnifiedTokenizer, caption: str,
+                         objects: Iterable[tuple[str, IdsLike]]) -> list[int] | None:
+    """The body of a grounded caption: `caption` with each object's phrase marked as `[PHR] phrase L_tl L_br`.
+
+    `objects` are (phrase, two location ids) in caption order; each phrase is looked for in `caption` after
+    the previous one (the first occurrence). None when a phrase is not there: such a caption cannot be
+    grounded. The text between phrases is encoded piece by piece, so "a large red circle" reads the same
+    wherever it stands.
+    """
+    body: list[int] = []
+    start = 0
+    for phrase, box_ids in objects:
+        at = caption.find(phrase, start) if phrase.strip() else -1
+        if at < 0:
+            return None
+        before = caption[start:at]
+        if before.strip():
+            body += tok.encode_text(before)
+        body += [tok["[PHR]"], *tok.encode_text(phrase), *_box(tok, box_ids)]
+        start = at + len(phrase)
+    if caption[start:].strip():
+        body += tok.encode_text(caption[start:])
+    return body
+
+
+def referring(tok: UnifiedTokenizer, codes: IdsLike, grid: Grid, expression_ids: IdsLike,
+              box_ids: IdsLike | None = None) -> TokenSequence:
+    """`G [BOI1] codes [EOI1] [REF] expression [BOX] L_tl L_br [SEP]`; without `box_ids`, the prompt ending
+    at `[BOX]`."""
+    ids = [*_image_first(tok, codes, grid), tok["[REF]"], *_text(tok, expression_ids), tok["[BOX]"]]
+    if box_ids is not None:
+        ids += [*_box(tok, box_ids), tok["[SEP]"]]
+    return _consecutive(ids)
+
+
+def box_to_phrase(tok: UnifiedTokenizer, codes: IdsLike, grid: Grid, box_ids: IdsLike,
+                  phrase_ids: IdsLike | None = None) -> TokenSequence:
+    """`G [BOI1] codes [EOI1] [BOX] L_tl L_br [PHR] phrase [SEP]`; without `phrase_ids`, the prompt ending
+    at `[PHR]`."""
+    ids = [*_image_first(tok, codes, grid), tok["[BOX]"], *_box(tok, box_ids), tok["[PHR]"]]
+    if phrase_ids is not None:
+        ids += [*_text(tok, phrase_ids), tok["[SEP]"]]
+    return _consecutive(ids)
+
+
+# --- reading generated ids back ----------------------------------------------------------------------------
+def _until_end(tok: UnifiedTokenizer, generated: IdsLike) -> list[int]:
+    """The generated ids before the first `[SEP]` or `[PAD]` (the end of every understanding answer)."""
+    ids = as_id_list(generated)
+    ends = {tok["[SEP]"], tok["[PAD]"]}
+    return ids[:next((k for k, i in enumerate(ids) if i in ends), len(ids))]
+
+
+def parse_answer(tok: UnifiedTokenizer, generated: IdsLike) -> str:
+    """The text of a generated answer (vqa); tokens other than text are ignored."""
+    return tok.decode_text(_until_end(tok, generated)).strip()
+
+
+def parse_phrase(tok: UnifiedTokenizer, generated: IdsLike) -> str:
+    """The text of a generated phrase (box_to_phrase)."""
+    return parse_answer(tok, generated)
+
+
+def parse_box(tok: UnifiedTokenizer, generated: IdsLike, width: int, height: int) -> Box | None:
+    """The box in pixels of a width x height image named by the first two generated ids (referring), or
+    None when they are not two location tokens."""
+    ids = _until_end(tok, generated)[:2]
+    if len(ids) != 2 or not all(tok.is_location_id(i) for i in ids):
+        return None
+    return ids_to_box(tok, ids, width, height)
+
+
+@dataclass
+class GroundedCaption:
+    text: str  # the caption without its markers
+    objects: list[tuple[str, Box]]  # (phrase, box in pixels) of each grounded phrase, in order
+
+
+def parse_grounded_caption(tok: UnifiedTokenizer, generated: IdsLike, width: int, height: int) -> GroundedCaption:
+    """The caption text and each `[PHR] phrase L_tl L_br` as (phrase, box in pixels of a width x height image).
+
+    A phrase not closed by two location tokens is left out of `objects` (its text stays in `text`)."""
+    ids = _until_end(tok, generated)
+    objects: list[tuple[str, Box]] = []
+    phr = tok["[PHR]"]
+    k = 0
+    while k < len(ids):
+        if ids[k] != phr:
+            k += 1
+            continue
+        end = k + 1
+        while end < len(ids) and tok.is_text_id(ids[end]):
+            end += 1
+        box = ids[end:end + 2]
+        if end > k + 1 and len(box) == 2 and all(tok.is_location_id(i) for i in box):
+            objects.append((tok.decode_text(ids[k + 1:end]).strip(), ids_to_box(tok, box, width, height)))
+            end += 2
+        k = end
+    return GroundedCaption(tok.decode_text(ids).strip(), objects)
+
+
 def _part_lengths(task: str, text_max_tokens: int, grid: int, lo_grid: int | None) -> tuple[int, ...]:
-    """Lengths of the parts whose positions each start at 0, for the longest text."""
+    """Lengths of the parts whose positions each start at 0, for the longest text (each text part of an
+    understanding task is at most `text_max_tokens`, a grounded caption's body `GROUNDED_MARKER_BUDGET` more)."""
+    if task == "vqa":
+        return (2 * text_max_tokens + grid * grid + 6,)
+    if task == "grounded_caption":
+        return (text_max_tokens + GROUNDED_MARKER_BUDGET + grid * grid + 5,)
+    if task in ("referring", "box_to_phrase"):
+        return (text_max_tokens + grid * grid + 8,)
     if task == "text2image":
         return (text_max_tokens + grid * grid + 4,)
     if task == "image2text":

@@ -31,12 +31,14 @@ MAX_OPEN_SHARDS = 1024
 
 @dataclass(frozen=True)
 class RowFormat:
-    """Fixed-length row layout: `text_len | text (PAD-filled) | image codes | optional lowres codes`."""
+    """Fixed-length row layout: `text_len | text (PAD-filled) | image codes | optional lowres codes |
+    optional annotations` (the understanding tasks' records, `data_utils/annotations.py`)."""
 
     text_max_tokens: int
     image_grid: int
     lowres_grid: int | None
     dtype: str  # "uint16" or "int32"
+    annotation_tokens: int = 0  # 0: no annotations field
 
     def __post_init__(self) -> None:
         if self.text_max_tokens < 1 or self.image_grid < 1:
@@ -45,6 +47,8 @@ class RowFormat:
             raise ValueError(f"lowres grid {self.lowres_grid} must be half the image grid {self.image_grid}")
         if self.dtype not in ("uint16", "int32"):
             raise ValueError(f"row dtype must be uint16 or int32, got {self.dtype}")
+        if self.annotation_tokens < 0:
+            raise ValueError(f"annotation tokens must be >= 0, got {self.annotation_tokens}")
 
     @staticmethod
     def dtype_for_vocab(vocab_size: int) -> str:
@@ -64,8 +68,12 @@ class RowFormat:
         return self.image_offset + self.image_grid**2
 
     @property
-    def row_length(self) -> int:
+    def annotations_offset(self) -> int:
         return self.lowres_offset + (self.lowres_grid**2 if self.lowres_grid else 0)
+
+    @property
+    def row_length(self) -> int:
+        return self.annotations_offset + self.annotation_tokens
 
     @property
     def numpy_dtype(self) -> np.dtype:
@@ -81,6 +89,9 @@ class RowFormat:
         if self.lowres_grid:
             table.append({"name": "lowres", "offset": self.lowres_offset, "length": self.lowres_grid**2,
                           "grid": self.lowres_grid})
+        if self.annotation_tokens:
+            table.append({"name": "annotations", "offset": self.annotations_offset, "length": self.annotation_tokens,
+                          "grid": None})
         return table
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,16 +101,19 @@ class RowFormat:
     def from_dict(cls, data: Mapping[str, Any]) -> RowFormat:
         """Inverse of `to_dict`; raises ValueError when the field table is not one we write."""
         fields = {field["name"]: field for field in data["fields"]}
-        lowres = fields.get("lowres")
+        lowres, annotations = fields.get("lowres"), fields.get("annotations")
         row_format = cls(text_max_tokens=int(fields["text"]["length"]), image_grid=int(fields["image"]["grid"]),
-                         lowres_grid=int(lowres["grid"]) if lowres else None, dtype=str(data["dtype"]))
+                         lowres_grid=int(lowres["grid"]) if lowres else None, dtype=str(data["dtype"]),
+                         annotation_tokens=int(annotations["length"]) if annotations else 0)
         if row_format.to_dict() != {"row_length": data["row_length"], "dtype": data["dtype"],
                                     "fields": list(data["fields"])}:
             raise ValueError("field table does not match the row layout this code writes")
         return row_format
 
-    def pack(self, text_ids: np.ndarray, image: np.ndarray, lowres: np.ndarray | None, pad_id: int) -> np.ndarray:
-        """One row from its parts; `text_ids` must already fit the text budget."""
+    def pack(self, text_ids: np.ndarray, image: np.ndarray, lowres: np.ndarray | None, pad_id: int,
+             annotations: np.ndarray | None = None) -> np.ndarray:
+        """One row from its parts; `text_ids` must already fit the text budget, `annotations` (the field from
+        `data_utils.annotations.pack`) is given exactly when the format has that field."""
         if len(text_ids) > self.text_max_tokens:
             raise ValueError(f"{len(text_ids)} text ids exceed the budget of {self.text_max_tokens}")
         if image.shape != (self.image_grid, self.image_grid):
@@ -113,7 +127,13 @@ class RowFormat:
         if lowres is not None:
             if lowres.shape != (self.lowres_grid, self.lowres_grid):
                 raise ValueError(f"lowres codes of shape {lowres.shape}, expected {(self.lowres_grid,) * 2}")
-            row[self.lowres_offset:] = lowres.reshape(-1)
+            row[self.lowres_offset:self.annotations_offset] = lowres.reshape(-1)
+        if (annotations is None) != (self.annotation_tokens == 0):
+            raise ValueError("annotations must be given exactly when the format has an annotations field")
+        if annotations is not None:
+            if annotations.shape != (self.annotation_tokens,):
+                raise ValueError(f"annotations of shape {annotations.shape}, expected ({self.annotation_tokens},)")
+            row[self.annotations_offset:] = annotations
         return row
 
 
@@ -125,6 +145,7 @@ class Row:
     image: np.ndarray
     lowres: np.ndarray | None
     source_index: int
+    annotations: np.ndarray | None = None  # the raw field; read it with data_utils.annotations.unpack
 
 
 def unpack_row(row_format: RowFormat, row: np.ndarray, source_index: int) -> Row:
@@ -135,10 +156,12 @@ def unpack_row(row_format: RowFormat, row: np.ndarray, source_index: int) -> Row
         raise UserError(f"corrupt row (text length {text_len} > {f.text_max_tokens}) for source item {source_index}")
     lowres = None
     if f.lowres_grid:
-        lowres = np.array(row[f.lowres_offset:], dtype=np.int64).reshape(f.lowres_grid, f.lowres_grid)
+        lowres = np.array(row[f.lowres_offset:f.annotations_offset], dtype=np.int64).reshape(f.lowres_grid,
+                                                                                              f.lowres_grid)
+    annotations = np.array(row[f.annotations_offset:], dtype=np.int64) if f.annotation_tokens else None
     return Row(text_ids=np.array(row[f.text_offset:f.text_offset + text_len], dtype=np.int64),
                image=np.array(row[f.image_offset:f.lowres_offset], dtype=np.int64).reshape(f.image_grid, f.image_grid),
-               lowres=lowres, source_index=source_index)
+               lowres=lowres, source_index=source_index, annotations=annotations)
 
 
 # ---------------------------------------------------------------- writer side

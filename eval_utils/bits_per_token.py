@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from data_utils.dataset import TaskSequenceDataset, collate_sequences, positions_needed
-from data_utils.sequences import TASKS
+from data_utils.sequences import TASKS, UNDERSTANDING_TASKS
 from data_utils.shards import ShardedRows
 from data_utils.tokenizer import UnifiedTokenizer
 from eval_utils.report import Section
@@ -136,10 +136,12 @@ def bits_per_token(model: torch.nn.Module, batches: Iterable[Mapping], tokenizer
 
 
 def bpt_tasks(rows: ShardedRows, trained: Sequence[str] | None = None) -> list[str]:
-    """Every task the rows can make (super-resolution needs their low-res codes) that the model was trained
-    on (`trained`, from the checkpoint's metadata; None when it does not say, as in CogView's release):
-    an untrained task's bits would say nothing about the model and swamp the average."""
+    """Every task the rows can make (super-resolution needs their low-res codes, the understanding tasks their
+    annotations) that the model was trained on (`trained`, from the checkpoint's metadata; None when it does
+    not say, as in CogView's release): an untrained task's bits would say nothing about the model and swamp
+    the average."""
     return [task for task in TASKS if (task != "super_resolution" or rows.format.lowres_grid)
+            and (task not in UNDERSTANDING_TASKS or rows.format.annotation_tokens)
             and (trained is None or task in trained)]
 
 

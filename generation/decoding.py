@@ -56,6 +56,9 @@ class DecodeSpec:
     settings: SamplingSettings = field(default_factory=SamplingSettings)
     stop_id: int | None = None       # a row that samples this id is finished (kept as its last token)
     pad_id: int = 0
+    # The ids allowed next given a row's new tokens so far ([V] bool), in place of `allowed`: a grammar, such
+    # as a grounded caption's (location slots take location tokens only). None: `allowed` at every step.
+    constraint: Callable[[list[int]], torch.Tensor] | None = None
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -140,6 +143,8 @@ def decode_batch(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec
             tokens = live_forced[:, :run]
         else:
             run = 1
+            if spec.constraint is not None:
+                allowed = torch.stack([spec.constraint(out[row, :step].tolist()) for row in live.tolist()]).to(device)
             tokens = _next_tokens(logits, live_forced[:, 0], [generators[i] for i in live.tolist()], allowed,
                                   spec.settings).unsqueeze(1)
         out[live, step:step + run] = tokens

@@ -250,3 +250,26 @@ def selection_cells(images: Sequence[Image.Image], seeds: Sequence[int], scores:
 def prompt_figure(prompt: str, cells: Sequence[Cell], columns: int | None = None) -> Image.Image:
     """The grid of one prompt under the prompt (two lines wide), each image over its caption."""
     return titled(prompt, grid(cells, columns), lines=2)
+
+
+BOX_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
+BOX_FIGURE_SIDE = 256  # boxes are drawn on the image enlarged to at least this, so labels fit beside them
+
+
+def boxes_figure(image: Image.Image, boxes: Sequence[tuple[str, Sequence[int]]]) -> Image.Image:
+    """`image` enlarged pixel-exactly (to at least `BOX_FIGURE_SIDE`), each (label, [x0, y0, x1, y1]) box drawn
+    in its own colour, labelled above its top-left corner (below it when there is no room above), kept inside
+    the picture."""
+    factor = max(1, math.ceil(BOX_FIGURE_SIDE / longer_side(image)))
+    shown = image.convert("RGB").resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    pen = ImageDraw.Draw(shown)
+    for k, (label, (x0, y0, x1, y1)) in enumerate(boxes):
+        colour = BOX_COLOURS[k % len(BOX_COLOURS)]
+        pen.rectangle((x0 * factor, y0 * factor, x1 * factor - 1, y1 * factor - 1), outline=colour, width=2)
+        width = int(font().getlength(label)) + 4
+        left = max(2, min(x0 * factor + 2, shown.width - width + 2))
+        top = y0 * factor - LINE_HEIGHT
+        top = top if top >= 0 else y0 * factor + 2
+        pen.rectangle((left - 2, top, left - 2 + width, top + LINE_HEIGHT - 1), fill=colour)
+        pen.text((left, top), label, fill="white", font=font())
+    return shown

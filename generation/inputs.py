@@ -25,6 +25,7 @@ class ImageInputs:
     paths: list[Path] = field(default_factory=list)
     images: list[Image.Image] = field(default_factory=list)
     skipped: list[SkippedItem] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # each image's question, when read by `read_question_inputs`
 
 
 def input_files(entries: Sequence[str] | None, task: str) -> list[Path]:
@@ -45,11 +46,13 @@ def input_files(entries: Sequence[str] | None, task: str) -> list[Path]:
     return files
 
 
-def read_image_inputs(entries: Sequence[str] | None, task: str, min_side: int = MIN_IMAGE_SIDE) -> ImageInputs:
+def read_image_inputs(entries: Sequence[str] | None, task: str, min_side: int = MIN_IMAGE_SIDE,
+                      texts: Sequence[str] | None = None) -> ImageInputs:
     """Every input image that can be read; the others are skipped with their reason (the index is the
-    file's place among all input files)."""
+    file's place among all input files). `texts`: one per file (a question), kept for the images read."""
     inputs = ImageInputs()
-    for index, path in enumerate(input_files(entries, task)):
+    files = input_files(entries, task)
+    for index, path in enumerate(files):
         try:
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise SkipItem(NOT_AN_IMAGE, str(path), f"'{path.suffix or path.name}' is not one of "
@@ -60,4 +63,30 @@ def read_image_inputs(entries: Sequence[str] | None, task: str, min_side: int = 
             continue
         inputs.paths.append(path)
         inputs.images.append(image)
+        if texts is not None:
+            inputs.texts.append(texts[index])
     return inputs
+
+
+def read_question_inputs(path: str | Path, task: str, min_side: int = MIN_IMAGE_SIDE) -> ImageInputs:
+    """The images and questions of a UTF-8 file of `IMAGE<TAB>QUESTION` lines (image paths relative to the
+    file's folder); an image that cannot be read is skipped like any input, a malformed line stops the run."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"question file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    images, questions = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        image, tab, question = line.partition("\t")
+        if not tab or not image.strip() or not question.strip():
+            raise UserError(f"{path}:{number}: expected IMAGE<TAB>QUESTION")
+        images.append(str(path.parent / image.strip()))
+        questions.append(question.strip())
+    if not images:
+        raise UserError(f"question file {path} holds no questions")
+    return read_image_inputs(images, task, min_side, questions)

@@ -144,7 +144,11 @@ def load_components(checkpoint: str | os.PathLike, vqvae: str | os.PathLike | No
 
     tok_path = _need_path(text_tokenizer, _recorded_path(metadata, "tokenizer", checkpoint), "text tokenizer",
                           "--text-tokenizer", checkpoint)
-    tokenizer = UnifiedTokenizer(TextTokenizer(tok_path), vq.config.codebook_size)
+    # The location grid is part of the vocabulary the checkpoint was trained with; one made before location
+    # tokens records none (0), which gives its tokenizer exactly as it was.
+    recorded_tokenizer = metadata.get("tokenizer")
+    location_bins = int(recorded_tokenizer.get("location_bins", 0)) if isinstance(recorded_tokenizer, Mapping) else 0
+    tokenizer = UnifiedTokenizer(TextTokenizer(tok_path), vq.config.codebook_size, location_bins)
     recorded = _recorded_fingerprint(metadata, "tokenizer")
     if recorded is not None and tokenizer.fingerprint() != recorded:
         raise UserError(f"text tokenizer {tok_path} with the VQ-VAE's {vq.config.codebook_size} codes "

@@ -6,6 +6,10 @@
     captions = pipe.caption(results[0].images)
     ranking = pipe.rerank("a large red circle at the top left", results[0].images)
     big = pipe.super_resolve([results[0].images[ranking.order[0]]], "a large red circle at the top left")
+    pipe.answer(images, "what colour is the circle?")    # a model trained with the understanding tasks
+    pipe.grounded_caption(images)[0].objects             # [(phrase, box in pixels of the input image)]
+    pipe.ground(images, "the red circle")                # a box per image
+    pipe.phrase_for_box(images, [(1, 1, 21, 21)])        # a phrase per image
 
 Images go in and come out as PIL images (tensors `[B, 3, H, W]` in [0, 1] are accepted too); every
 task also has a code-level twin in `generation.tasks` for callers that already hold VQ-VAE codes.
@@ -20,10 +24,12 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from data_utils import sequences
 from data_utils.images import pil_to_tensor, tensor_to_pil
+from data_utils.locations import Box, box_to_ids
 from data_utils.tokenizer import UnifiedTokenizer
 from fp16 import PRECISIONS, inference_autocast
-from generation import scoring, tasks
+from generation import scoring, tasks, understanding
 from generation.decoding import DEFAULT_MAX_BATCH_ROWS
 from generation.sampling import SamplingSettings
 from generation.scoring import POST_SELECTION_SCORES
@@ -295,6 +301,71 @@ class Pipeline:
                                          ranking.scores)
             results.append(SelectedImage(candidates, best, self.decode_codes(upscaled)[0]))
         return results
+
+    # --- understanding tasks (greedy; boxes in pixels of each input image) ------------------------------
+    def _sizes(self, images: ImagesLike) -> list[tuple[int, int]]:
+        """(width, height) of each input image: boxes are read and written in its pixels (the model sees it
+        resized to its square, and location cells are fractions of the image, so they map back exactly)."""
+        if isinstance(images, torch.Tensor):
+            return [(int(images.shape[-1]), int(images.shape[-2]))] * len(images)
+        return [image.size for image in images]
+
+    @staticmethod
+    def _one_each(values, count: int, what: str) -> list:
+        values = [values] * count if isinstance(values, str) else list(values)
+        if len(values) != count:
+            raise UserError(f"{count} images but {len(values)} {what}")
+        return values
+
+    def answer(self, images: ImagesLike, questions: str | Sequence[str], max_tokens: int | None = None) -> list[str]:
+        """The answer to each image's question (one question for all, or one each); an answer holds at most
+        `max_tokens` text tokens (default: the text budget the model was trained with)."""
+        max_tokens = max_tokens or self.geometry.text_max_tokens
+        codes = self.encode_images(images)
+        question_ids = [self._text_ids(q) for q in self._one_each(questions, len(codes), "questions")]
+        with self._autocast():
+            answers = understanding.answer_ids(self.model, self.tokenizer, self.geometry, codes, question_ids,
+                                               max_tokens, self.max_batch_rows)
+        return [sequences.parse_answer(self.tokenizer, ids) for ids in answers]
+
+    def grounded_caption(self, images: ImagesLike, max_tokens: int | None = None) -> list[sequences.GroundedCaption]:
+        """Each image's caption with its object phrases and their boxes; `max_tokens` defaults to the text
+        budget plus room for the phrases' markers."""
+        codes = self.encode_images(images)
+        max_tokens = max_tokens or self.geometry.text_max_tokens + sequences.GROUNDED_MARKER_BUDGET
+        with self._autocast():
+            generated = understanding.grounded_caption_ids(self.model, self.tokenizer, self.geometry, codes,
+                                                           max_tokens, self.max_batch_rows)
+        return [sequences.parse_grounded_caption(self.tokenizer, ids, width, height)
+                for ids, (width, height) in zip(generated, self._sizes(images))]
+
+    def ground(self, images: ImagesLike, expressions: str | Sequence[str]) -> list[Box | None]:
+        """The box each image's referring expression names (one expression for all, or one each)."""
+        codes = self.encode_images(images)
+        expression_ids = [self._text_ids(e) for e in self._one_each(expressions, len(codes), "expressions")]
+        with self._autocast():
+            generated = understanding.referring_box_ids(self.model, self.tokenizer, self.geometry, codes,
+                                                        expression_ids, self.max_batch_rows)
+        return [sequences.parse_box(self.tokenizer, ids, width, height)
+                for ids, (width, height) in zip(generated, self._sizes(images))]
+
+    def phrase_for_box(self, images: ImagesLike, boxes: Sequence[Box], max_tokens: int | None = None) -> list[str]:
+        """The phrase naming each image's box ([x0, y0, x1, y1] in pixels of that image, one box each), of at
+        most `max_tokens` text tokens (default: the text budget)."""
+        max_tokens = max_tokens or self.geometry.text_max_tokens
+        sizes = self._sizes(images)
+        if len(boxes) != len(sizes):
+            raise UserError(f"{len(sizes)} images but {len(boxes)} boxes")
+        understanding.require_locations(self.tokenizer)
+        try:
+            box_ids = [box_to_ids(self.tokenizer, box, width, height) for box, (width, height) in zip(boxes, sizes)]
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        codes = self.encode_images(images)
+        with self._autocast():
+            generated = understanding.phrase_ids(self.model, self.tokenizer, self.geometry, codes, box_ids,
+                                                 max_tokens, self.max_batch_rows)
+        return [sequences.parse_phrase(self.tokenizer, ids) for ids in generated]
 
     def _input_grid_for_super_resolution(self, images: ImagesLike) -> int:
         low = self.image_size(self.geometry.lowres_grid)

@@ -56,7 +56,8 @@ def checkpoint(tmp_path_factory) -> Path:
     save_exported(tiny_model(tokenizer, max_positions=112), folder / "gpt", extra=metadata)
     preprocess_data.main(["--dataset", "shapes", "--split", "val", "--num-items", str(NUM_PROMPTS),
                           "--text-tokenizer", str(sp_model), "--vqvae", str(folder / "vqvae"),
-                          "--output", str(folder / "val"), "--with-lowres", "--workers", "0"])
+                          "--output", str(folder / "val"), "--with-lowres", "--workers", "0",
+                          "--location-bins", "0"])  # the model's tokenizer has no location tokens
     return folder
 
 
@@ -179,9 +180,11 @@ def test_contradictory_flags_are_refused_before_anything_loads(tmp_path, flags, 
 
 
 def test_bits_per_token_scores_the_tasks_the_rows_allow_and_the_model_learned():
-    with_lowres, without = SimpleNamespace(format=SimpleNamespace(lowres_grid=4)), \
-        SimpleNamespace(format=SimpleNamespace(lowres_grid=None))
+    with_lowres, without = SimpleNamespace(format=SimpleNamespace(lowres_grid=4, annotation_tokens=0)), \
+        SimpleNamespace(format=SimpleNamespace(lowres_grid=None, annotation_tokens=0))
     assert bpt_tasks(with_lowres) == ["text2image", "image2text", "super_resolution"]
+    annotated = SimpleNamespace(format=SimpleNamespace(lowres_grid=None, annotation_tokens=512))
+    assert bpt_tasks(annotated, ["text2image", "vqa", "referring"]) == ["text2image", "vqa", "referring"]
     assert bpt_tasks(without) == ["text2image", "image2text"]
     assert bpt_tasks(with_lowres, ["image2text", "text2image"]) == ["text2image", "image2text"]
     assert bpt_tasks(without, ["super_resolution"]) == []

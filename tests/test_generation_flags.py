@@ -14,18 +14,25 @@ from utils.errors import UserError
 VALUES = {"prompt": "a red circle", "input-source": "prompts.txt", "negative-prompt": "blue",
           "input-images": "images", "batch-size": "4", "seed": "0", "temperature": "1.0", "top-k": "200",
           "top-p": "1.0", "cfg-scale": "1.0", "max-caption-tokens": "5", "caption-candidates": "1",
-          "caption-model": "other_run", "post-selection-score": "agreement", "image-grid": "16x32"}
+          "caption-model": "other_run", "post-selection-score": "agreement", "image-grid": "16x32",
+          "question": "what colour is the circle?"}
 
 # The audit of every task-specific flag against every task (docs/generation.md): what each task ignores.
 REFUSED = {
     "text2image": ["input-images", "max-caption-tokens", "caption-candidates", "caption-model",
-                   "post-selection-score"],
-    "text2image-full": ["input-images", "max-caption-tokens", "caption-candidates", "image-grid"],
-    "image2text": ["prompt", "input-source", "negative-prompt", "cfg-scale", "batch-size", "image-grid"],
+                   "post-selection-score", "question"],
+    "text2image-full": ["input-images", "max-caption-tokens", "caption-candidates", "image-grid", "question"],
+    "image2text": ["prompt", "input-source", "negative-prompt", "cfg-scale", "batch-size", "image-grid", "question"],
     "post-selection": ["negative-prompt", "cfg-scale", "batch-size", "seed", "temperature", "top-k", "top-p",
-                       "max-caption-tokens", "caption-candidates", "image-grid"],
+                       "max-caption-tokens", "caption-candidates", "image-grid", "question"],
     "super-resolution": ["negative-prompt", "cfg-scale", "batch-size", "max-caption-tokens", "caption-candidates",
-                         "caption-model", "post-selection-score", "image-grid"],
+                         "caption-model", "post-selection-score", "image-grid", "question"],
+    # Greedy decoding: no sampling flag is read.
+    **{task: ["negative-prompt", "cfg-scale", "batch-size", "seed", "temperature", "top-k", "top-p",
+              "max-caption-tokens", "caption-candidates", "caption-model", "post-selection-score", "image-grid",
+              *extra] for task, extra in (("vqa", ["prompt"]), ("grounded-caption", ["prompt", "input-source",
+                                                                                      "question"]),
+                                          ("grounding", ["input-source", "question"]))},
 }
 # Flags every task reads: the checkpoint, its adapters and its parts, devices, batching and where outputs go.
 READ_BY_EVERY_TASK = {"load", "adapter", "generation_task", "max_inference_batch_size", "text_tokenizer", "vqvae",
@@ -52,6 +59,8 @@ def test_the_flags_a_task_reads_are_accepted(task):
         argv[argv.index("--caption-candidates") + 1] = "2"  # --caption-model and the score match candidates
     if task in ("text2image", "text2image-full"):
         argv[argv.index("--cfg-scale") + 1] = "2"  # --negative-prompt is the unconditional branch of guidance
+    if task == "vqa":  # --question about --input-images, or the questions of --input-source: one of the two
+        del argv[argv.index("--input-source"):argv.index("--input-source") + 2]
     generate_samples.check_flags(parse("--generation-task", task, *argv))
 
 

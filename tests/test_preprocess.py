@@ -21,7 +21,7 @@ from data_utils.image_sources import open_dataset
 from data_utils.images import pil_to_tensor
 from data_utils.shards import ShardedRows, read_manifest
 from data_utils.text_tokenizer import train_sentencepiece
-from data_utils.tokenizer import UnifiedTokenizer
+from data_utils.tokenizer import DEFAULT_LOCATION_BINS, UnifiedTokenizer
 from utils.errors import UserError
 from vqvae.api import img2code, load_vqvae, save_vqvae, vqvae_fingerprint
 from vqvae.config import VQVAEConfig
@@ -35,11 +35,11 @@ def tools(tmp_path_factory):
     """A small SentencePiece model on shapes captions (both languages) and an untrained tiny VQ-VAE."""
     folder = tmp_path_factory.mktemp("tools")
     captions = open_dataset("shapes", num_items=1000, language="both")
-    sp_model = train_sentencepiece((captions.caption(i) for i in range(len(captions))), folder / "sp", 400)
+    sp_model = train_sentencepiece((t for i in range(len(captions)) for t in captions.texts(i)), folder / "sp", 400)
     torch.manual_seed(0)
     save_vqvae(VQVAE(VQVAEConfig(codebook_size=64, embed_dim=16, hidden_channels=16, downsample=8)), folder / "vq")
     vqvae = load_vqvae(folder / "vq")
-    tokenizer = UnifiedTokenizer.from_files(sp_model, vqvae.config.codebook_size)
+    tokenizer = UnifiedTokenizer.from_files(sp_model, vqvae.config.codebook_size, DEFAULT_LOCATION_BINS)  # as preprocessed
     return SimpleNamespace(sp=str(sp_model), vq=str(folder / "vq"), vqvae=vqvae, tokenizer=tokenizer)
 
 
@@ -66,7 +66,8 @@ def test_rows_decode_back_to_captions_and_codes(tools, tmp_path):
     manifest = rows.manifest
     assert manifest["complete"] and manifest["num_chunks"] == 3
     assert [shard["rows"] for shard in manifest["shards"]] == [16, 16, 8]
-    assert manifest["counts"] == {"items": 40, "rows": 40, "skipped": 0, "truncated": 0, "skipped_by_reason": {}}
+    assert manifest["counts"] == {"items": 40, "rows": 40, "skipped": 0, "truncated": 0, "annotations_dropped": 0,
+                                  "skipped_by_reason": {}}
     assert manifest["tokenizer"]["fingerprint"] == tools.tokenizer.fingerprint()
     assert manifest["dataset"]["args"]["language"] == "both"
     assert (output / "skipped.txt").read_text().strip() == "no items skipped"

@@ -161,7 +161,7 @@ def test_fingerprint_depends_on_text_model_and_codebook():
     assert base.fingerprint() != UnifiedTokenizer(FakeTextTokenizer(300, "b"), 512).fingerprint()
     assert base.fingerprint() != UnifiedTokenizer(FakeTextTokenizer(300, "a"), 1024).fingerprint()
     assert base.describe() == {"path": None, "fingerprint": base.fingerprint(), "codebook_size": 512,
-                               "vocab_size": 896}
+                               "vocab_size": 896, "location_bins": 0}
 
 
 # --- prompts -----------------------------------------------------------------------------------
