@@ -70,10 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="text budget per row; longer captions are truncated and counted (default %(default)s)")
     rows.add_argument("--with-lowres", action="store_true",
                       help="also store the codes of the image downscaled 2x (needed for super-resolution)")
-    rows.add_argument("--location-bins", type=int, default=DEFAULT_LOCATION_BINS,
-                      help="bins per side of the location-token grid (docs/architecture.md); the data's tokenizer "
-                           "and every model trained on it get them. 0: no location tokens, no understanding "
-                           "tasks, the tokenizer of data made before them (default %(default)s)")
+    rows.add_argument("--location-bins", type=int, default=0,
+                      help="bins per side of the location-token grid (docs/architecture.md), for the understanding "
+                           f"tasks (VQA, grounding); {DEFAULT_LOCATION_BINS} as in Kosmos-2. The data's tokenizer and "
+                           "every model trained on it get them. 0: no location tokens, no understanding tasks, "
+                           "the vocabulary of the image and caption tasks alone (default %(default)s)")
     rows.add_argument("--annotation-tokens", type=int, default=None,
                       help="ids per row for the understanding tasks' questions, boxes and expressions "
                            f"(default {DEFAULT_ANNOTATION_TOKENS} with location bins, 0 without)")

@@ -51,7 +51,7 @@ def _active_tasks(task_weights: Mapping[str, float], has_lowres: bool,
     understanding = [task for task in tasks if task in sequences.UNDERSTANDING_TASKS]
     if understanding and not has_annotations:
         raise UserError(f"{', '.join(understanding)} need(s) rows with annotations and location tokens; re-run "
-                        "preprocess_data.py with --location-bins > 0 (the default) or set the weight(s) to 0")
+                        "preprocess_data.py with --location-bins > 0 (e.g. 32) or set the weight(s) to 0")
     weights = np.array([task_weights[task] for task in tasks], dtype=np.float64)
     return tasks, np.cumsum(weights / weights.sum())
 

@@ -47,7 +47,7 @@ COMMAND_TOKENS: tuple[str, ...] = COGVIEW_COMMAND_TOKENS + EXTENSION_COMMAND_TOK
 # The task tokens of visual questions, grounded captions, referring expressions and box-to-phrase
 # (data_utils/sequences.py), present only in a tokenizer with location bins. Append only.
 UNDERSTANDING_COMMAND_TOKENS: tuple[str, ...] = ("[QUES]", "[ANS]", "[GRND]", "[REF]", "[BOX]", "[PHR]")
-DEFAULT_LOCATION_BINS = 32  # bins per side of the location grid of new data (Kosmos-2 uses 32)
+DEFAULT_LOCATION_BINS = 32  # bins per side of the location grid when the understanding tasks are on (as Kosmos-2)
 
 # Side of the code grid -> the command token that announces it (CogView always wrote [BASE]).
 GRID_TOKENS: dict[int, str] = {4: "[MINI]", 8: "[TINY]", 16: "[SMALL]", 32: "[BASE]", 64: "[BIG]"}

@@ -56,8 +56,7 @@ def checkpoint(tmp_path_factory) -> Path:
     save_exported(tiny_model(tokenizer, max_positions=112), folder / "gpt", extra=metadata)
     preprocess_data.main(["--dataset", "shapes", "--split", "val", "--num-items", str(NUM_PROMPTS),
                           "--text-tokenizer", str(sp_model), "--vqvae", str(folder / "vqvae"),
-                          "--output", str(folder / "val"), "--with-lowres", "--workers", "0",
-                          "--location-bins", "0"])  # the model's tokenizer has no location tokens
+                          "--output", str(folder / "val"), "--with-lowres", "--workers", "0"])
     return folder
 
 

@@ -208,7 +208,7 @@ def rows_32(tmp_path_factory) -> SimpleNamespace:
     save_vqvae(VQVAE(VQVAEConfig(codebook_size=64, embed_dim=16, hidden_channels=16, downsample=8)), folder / "vq")
     preprocess_data.main(["--text-tokenizer", str(sp_model), "--vqvae", str(folder / "vq"), "--output",
                           str(folder / "rows"), "--dataset", "shapes", "--num-items", "4", "--image-size", "256",
-                          "--text-max-tokens", "16", "--workers", "0", "--location-bins", "0"])
+                          "--text-max-tokens", "16", "--workers", "0"])
     tokenizer = UnifiedTokenizer.from_files(sp_model, 64)
     return SimpleNamespace(rows=ShardedRows(folder / "rows", tokenizer=tokenizer), tokenizer=tokenizer,
                            vqvae=load_vqvae(folder / "vq"))

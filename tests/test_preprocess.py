@@ -21,7 +21,7 @@ from data_utils.image_sources import open_dataset
 from data_utils.images import pil_to_tensor
 from data_utils.shards import ShardedRows, read_manifest
 from data_utils.text_tokenizer import train_sentencepiece
-from data_utils.tokenizer import DEFAULT_LOCATION_BINS, UnifiedTokenizer
+from data_utils.tokenizer import UnifiedTokenizer
 from utils.errors import UserError
 from vqvae.api import img2code, load_vqvae, save_vqvae, vqvae_fingerprint
 from vqvae.config import VQVAEConfig
@@ -39,7 +39,7 @@ def tools(tmp_path_factory):
     torch.manual_seed(0)
     save_vqvae(VQVAE(VQVAEConfig(codebook_size=64, embed_dim=16, hidden_channels=16, downsample=8)), folder / "vq")
     vqvae = load_vqvae(folder / "vq")
-    tokenizer = UnifiedTokenizer.from_files(sp_model, vqvae.config.codebook_size, DEFAULT_LOCATION_BINS)  # as preprocessed
+    tokenizer = UnifiedTokenizer.from_files(sp_model, vqvae.config.codebook_size)  # as preprocessed: no location bins
     return SimpleNamespace(sp=str(sp_model), vq=str(folder / "vq"), vqvae=vqvae, tokenizer=tokenizer)
 
 

@@ -1,6 +1,7 @@
 """Data of the understanding tasks: annotations in rows, a user's JSONL fields (bad rows skipped and counted),
 preprocessed shapes rows read back as the spec's questions and boxes, and a training step on the new tasks."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -85,15 +86,23 @@ def test_jsonl_fields_give_annotations_and_bad_rows_are_skipped_and_counted(tmp_
 
 
 @pytest.fixture(scope="module")
-def shapes_rows(tools, tmp_path_factory):  # noqa: F811
+def located(tools):  # noqa: F811
+    """`tools` with the tokenizer of data preprocessed with --location-bins 32."""
+    tokenizer = UnifiedTokenizer.from_files(tools.sp, tools.vqvae.config.codebook_size, location_bins=32)
+    return SimpleNamespace(**{**vars(tools), "tokenizer": tokenizer})
+
+
+@pytest.fixture(scope="module")
+def shapes_rows(located, tmp_path_factory):
     output = tmp_path_factory.mktemp("rows") / "data"
-    preprocess_data.main(cli_args(tools, output, "--dataset", "shapes", "--num-items", "24", "--language", "both",
-                                  "--image-size", "64", "--workers", "0", "--chunk-size", "12"))
-    return ShardedRows(output, tools.tokenizer)
+    preprocess_data.main(cli_args(located, output, "--dataset", "shapes", "--num-items", "24", "--language", "both",
+                                  "--image-size", "64", "--workers", "0", "--chunk-size", "12",
+                                  "--location-bins", "32"))
+    return ShardedRows(output, located.tokenizer)
 
 
-def test_preprocessed_shapes_rows_hold_the_spec_questions_and_boxes(tools, shapes_rows):  # noqa: F811
-    tok = tools.tokenizer
+def test_preprocessed_shapes_rows_hold_the_spec_questions_and_boxes(located, shapes_rows):
+    tok = located.tokenizer
     assert shapes_rows.manifest["counts"]["annotations_dropped"] == 0
     assert shapes_rows.manifest["tokenizer"]["location_bins"] == 32
     source = open_dataset("shapes", num_items=24, language="both")
@@ -115,10 +124,10 @@ def test_preprocessed_shapes_rows_hold_the_spec_questions_and_boxes(tools, shape
             assert all(abs(a - b) < 2 for a, b in zip(box, obj.box)) and iou(box, obj.box) > 0.7
 
 
-def test_dataset_draws_the_understanding_tasks_and_a_training_step_learns(tools, shapes_rows):  # noqa: F811
+def test_dataset_draws_the_understanding_tasks_and_a_training_step_learns(located, shapes_rows):
     from tests.generation_helpers import tiny_model
 
-    tok = tools.tokenizer
+    tok = located.tokenizer
     mix = {"text2image": 1.0, **UNDERSTANDING_MIX}
     dataset = TaskSequenceDataset(shapes_rows, tok, mix, seed=3)
     samples = [dataset[p] for p in range(200)]
@@ -151,32 +160,32 @@ def test_dataset_draws_the_understanding_tasks_and_a_training_step_learns(tools,
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
 
 
-def test_rows_without_a_tasks_material_never_draw_it(tools, tmp_path):  # noqa: F811
+def test_rows_without_a_tasks_material_never_draw_it(located, tmp_path):
     Image.new("RGB", (64, 64), (255, 255, 255)).save(tmp_path / "a.png")
     rows = [{"image": "a.png", "caption": "a white square", "questions": [{"question": "what colour?",
                                                                             "answer": "white"}]},
             {"image": "a.png", "caption": "nothing asked"}] * 40
     (tmp_path / "list.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     output = tmp_path / "data"
-    preprocess_data.main(cli_args(tools, output, "--dataset", str(tmp_path / "list.jsonl"), "--workers", "0"))
-    data = ShardedRows(output, tools.tokenizer)
+    preprocess_data.main(cli_args(located, output, "--dataset", str(tmp_path / "list.jsonl"), "--workers", "0",
+                                    "--location-bins", "32"))
+    data = ShardedRows(output, located.tokenizer)
     with_questions = {k for k in range(len(data)) if annotations.unpack(data[k].annotations).questions}
     assert 0 < len(with_questions) < len(data)
-    mixed = TaskSequenceDataset(data, tools.tokenizer, {"image2text": 1.0, "vqa": 1.0, "referring": 1.0})
+    mixed = TaskSequenceDataset(data, located.tokenizer, {"image2text": 1.0, "vqa": 1.0, "referring": 1.0})
     for position in range(100):
         task = mixed[position]["task"]
         assert task != "referring"
         if task == "vqa":
             assert mixed.row_index(position) in with_questions
     # A mix of vqa alone hands rows without questions on to the next row that has some.
-    only = TaskSequenceDataset(data, tools.tokenizer, {"vqa": 1.0})
+    only = TaskSequenceDataset(data, located.tokenizer, {"vqa": 1.0})
     assert all(only[p]["task"] == "vqa" for p in range(20))
 
 
 def test_understanding_tasks_need_rows_with_annotations(tools, tmp_path):  # noqa: F811
     output = tmp_path / "plain"
-    preprocess_data.main(cli_args(tools, output, "--dataset", "shapes", "--num-items", "4", "--workers", "0",
-                                  "--location-bins", "0"))
+    preprocess_data.main(cli_args(tools, output, "--dataset", "shapes", "--num-items", "4", "--workers", "0"))
     plain = UnifiedTokenizer.from_files(tools.sp, tools.vqvae.config.codebook_size)
     rows = ShardedRows(output, plain)
     assert rows.format.annotation_tokens == 0 and rows.manifest["tokenizer"]["location_bins"] == 0
