@@ -22,7 +22,7 @@ from PIL import Image
 
 from data_utils.images import pil_to_tensor, tensor_to_pil
 from data_utils.tokenizer import UnifiedTokenizer
-from fp16 import PRECISIONS, inference_autocast, quantize_linear_layers
+from fp16 import PRECISIONS, inference_autocast, quantize_linear_layers, refuse_unless_cpu
 from generation import scoring, tasks
 from generation.decoding import DEFAULT_MAX_BATCH_ROWS
 from generation.sampling import SamplingSettings
@@ -123,8 +123,10 @@ class Pipeline:
         `layernorm_order`, `pb_relax`, `pb_relax_alpha`: None takes the checkpoint's (model_config.json, or
         what CogView's release implies); a value contradicting model_config.json is an error.
         `adapters`: folders written by `finetune_subject.py`, folded into the model (several subjects at once)."""
-        from generation.loading import load_components
+        from generation.loading import load_components, resolve_device
 
+        if precision == "int8":
+            refuse_unless_cpu(resolve_device(device))  # before the checkpoint loads, not after
         parts = load_components(path, vqvae=vqvae, text_tokenizer=text_tokenizer, device=device,
                                 caption_model=caption_model,
                                 model_settings=dict(layernorm_order=layernorm_order, pb_relax=pb_relax,
