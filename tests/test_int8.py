@@ -1,4 +1,5 @@
 """--precision int8: linear layers quantised once at load, close to fp32, CPU only, reached from every entry point."""
+import json
 import warnings
 
 import pytest
@@ -93,3 +94,44 @@ def test_a_gpu_pipeline_refuses_int8_before_loading_the_checkpoint(tmp_path, mon
     monkeypatch.setattr(generation.loading, "resolve_device", lambda device: torch.device("cuda"))
     with pytest.raises(UserError, match="int8 runs on CPU only .*cuda"):
         Pipeline.from_checkpoint(tmp_path / "no checkpoint here", device="cuda", precision="int8")
+
+
+def test_evaluate_against_fp32_runs_every_section_at_both_precisions(checkpoint, tmp_path):
+    import evaluate
+    from data_utils.image_sources import open_dataset
+
+    out = tmp_path / "eval.json"
+    evaluate.main(["--load", str(checkpoint), "--sections", "caption,caption-loss", "--num-prompts", "4",
+                   "--precision", "int8", "--against-fp32", "--device", "cpu", "--output-json", str(out)])
+    report = json.loads(out.read_text())
+    source = open_dataset("shapes", split="val", num_items=4)
+    images = [source.item(i).image for i in range(4)]
+    for key, precision in (("sections", "int8"), ("fp32_sections", "fp32")):
+        pipe = Pipeline.from_checkpoint(checkpoint, device="cpu", precision=precision)
+        greedy = pipe.caption(images, seed=0, max_tokens=pipe.geometry.text_max_tokens, top_k=1)
+        assert report[key]["caption"]["examples"] == greedy, precision
+    int8_loss = report["sections"]["caption-loss"]["caption_loss"]
+    fp32_loss = report["fp32_sections"]["caption-loss"]["caption_loss"]
+    assert int8_loss != fp32_loss  # each half ran at its own precision
+    row = report["against_fp32"]["numbers"]["caption-loss/caption_loss"]
+    assert (row["fp32"], row["int8"]) == (fp32_loss, int8_loss) and row["difference"] == int8_loss - fp32_loss
+
+    with pytest.raises(UserError, match="--against-fp32 compares another --precision"):
+        evaluate.main(["--load", str(checkpoint), "--against-fp32", "--output-json", str(out)])
+
+
+def test_the_comparison_table_reads_differences_in_points_and_leaves_out_agreeing_counts():
+    from eval_utils.precision_comparison import precision_comparison
+
+    def results(correct: float, colour: float, one_object: float, bits: float) -> dict:
+        return {"caption": {"groups": {"all": {"prompts": 50, "correct": correct, "colour": colour},
+                                       "1 object": {"prompts": 20, "correct": one_object}}},
+                "bpt": {"bits": bits}}
+
+    section = precision_comparison("int8", results(0.50, 0.91, 0.2, 2.5), results(0.52, 0.90, 0.9, 2.0))
+    assert section.results["largest_share_difference"] == {"number": "caption/groups/all/correct",
+                                                           "points": pytest.approx(-2.0)}
+    assert section.results["numbers"]["bpt/bits"]["difference"] == pytest.approx(0.5)
+    assert "caption/groups/all/colour" in section.table and "bpt/bits" in section.table
+    assert "prompts" not in section.table and "1 object" not in section.table  # still in the JSON:
+    assert section.results["numbers"]["caption/groups/1 object/correct"]["difference"] == pytest.approx(-0.7)
