@@ -37,7 +37,8 @@ def test_quantised_logits_are_close_to_fp32_and_the_fp32_model_is_left_alone():
     assert len(linears) == 2 * 4  # Q|K|V, attention output, two MLP projections per layer
     assert all(isinstance(quantized.get_submodule(name), QUANTIZED_LINEAR) for name in linears)
     assert all(type(model.get_submodule(name)) is torch.nn.Linear for name in linears)  # a copy was quantised
-    assert torch.equal(quantized.word_embeddings.weight, model.word_embeddings.weight)  # the tied head stays fp32
+    assert isinstance(quantized.output_head, QUANTIZED_LINEAR) and model.output_head is None  # the tied head too,
+    assert torch.equal(quantized.word_embeddings.weight, model.word_embeddings.weight)  # while the lookup stays fp32
 
     assert not torch.equal(int8, fp32)  # int8 really ran
     assert (int8 - fp32).norm() < 0.1 * fp32.norm()  # and computed the same function (measured: 4% off)
