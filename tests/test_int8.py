@@ -136,3 +136,10 @@ def test_the_comparison_table_reads_differences_in_points_and_leaves_out_agreein
     assert "caption/groups/all/colour" in section.table and "bpt/bits" in section.table
     assert "prompts" not in section.table and "1 object" not in section.table  # still in the JSON:
     assert section.results["numbers"]["caption/groups/1 object/correct"]["difference"] == pytest.approx(-0.7)
+
+
+def test_the_web_demo_loads_its_pipeline_in_int8(checkpoint):
+    import web_demo
+
+    pipe = web_demo.load_pipeline(str(checkpoint), "cpu", "int8")
+    assert pipe.precision == "int8" and isinstance(pipe.model.output_head, QUANTIZED_LINEAR)
