@@ -249,8 +249,8 @@ def add_component_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     models.add_argument("--vqvae", metavar="PATH", help="VQ-VAE folder or CogView .pt (default: the recorded one)")
     models.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     models.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="transformer compute precision: fp32 weights under autocast; CPUs do fp32 or bf16 "
-                             "(default: %(default)s)")
+                        help="transformer compute precision: fp32 weights under autocast; CPUs do fp32 or bf16, "
+                             "and int8 (linear layers quantised at load; CPU only) (default: %(default)s)")
     models.add_argument("--max-inference-batch-size", type=positive_int, default=DEFAULT_MAX_BATCH_ROWS,
                         help="most sequences in one forward, for sampling and scoring, guided images counting "
                              "twice; it is halved on out-of-memory (default: %(default)s)")

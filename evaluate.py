@@ -7,6 +7,7 @@ Examples:
     python evaluate.py --load runs/gpt --valid-data runs/data/val --sections bpt,caption-loss \\
         --output-json runs/bpt.json
     python evaluate.py --load runs/gpt --sections fid --train-feature-net runs/selffid --output-json runs/fid.json
+    python evaluate.py --load runs/gpt --precision int8 --against-fp32 --output-json runs/eval_int8.json
 
 Sections (--sections, comma-separated; by default every one the dataset and the inputs given allow):
     t2i           shapes: do images generated for held-out captions show what the caption says (per cfg scale)
@@ -20,6 +21,7 @@ Sections (--sections, comma-separated; by default every one the dataset and the 
 Held-out items are the `val` split of --dataset (shapes: the val seed stream of --data-seed, which no
 training index reaches). Every number is defined in docs/evaluation.md; the JSON file also records the
 command line, the checkpoint's fingerprints and the seed, and is rewritten after every section.
+`--against-fp32` runs every section a second time in fp32 and reports both side by side.
 """
 from __future__ import annotations
 
@@ -27,15 +29,16 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from arguments import (add_component_args, add_load_time_model_args, add_post_selection_score_arg,
                        add_sampling_args, load_time_model_settings, parse_noting_given, positive_int)
 from checkpoints.trackers import checkpoint_iteration
 from eval_utils.bits_per_token import bits_per_token_section, open_validation_rows, trained_tasks
 from eval_utils.caption_loss import caption_loss_section
-from eval_utils.held_out import load_split
+from eval_utils.held_out import CaptionedSet, load_split
 from eval_utils.image_quality import fid_section, load_fid_networks, self_fid_network
+from eval_utils.precision_comparison import precision_comparison
 from eval_utils.prompt_following import caption_section, pipeline_images, text_to_image_section
 from eval_utils.provenance import provenance
 from eval_utils.report import Section, flat_scalars
@@ -131,6 +134,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                      help="training-split items --train-feature-net learns from (default: %(default)s)")
     models = add_component_args(parser)
     add_load_time_model_args(parser)
+    models.add_argument("--against-fp32", action="store_true",
+                        help="run every section in fp32 too, with the same items and seeds, and print both side "
+                             "by side with the difference (for --precision int8, bf16 or fp16)")
     models.add_argument("--tensorboard-dir", metavar="DIR",
                         help="log every number as a scalar at the checkpoint's iteration")
     return parse_noting_given(parser, argv)
@@ -160,6 +166,8 @@ def choose_sections(args: argparse.Namespace) -> list[str]:
         raise UserError("--post-select chooses among candidates: give --candidates 2 or more")
     if "post_selection_score" in given and not args.post_select and args.caption_candidates < 2:
         raise UserError("--post-selection-score needs --post-select or --caption-candidates 2 or more")
+    if args.against_fp32 and args.precision == "fp32":
+        raise UserError("--against-fp32 compares another --precision with fp32; give --precision int8, bf16 or fp16")
     if args.feature_net and args.train_feature_net:
         raise UserError("give either --feature-net (use a saved network) or --train-feature-net (make one)")
     for flag in ("feature_net_steps", "feature_net_items"):
@@ -176,6 +184,33 @@ def choose_sections(args: argparse.Namespace) -> list[str]:
 
 
 # ---------------------------------------------------------------- main
+
+def section_runners(pipe: Pipeline, args: argparse.Namespace, held_out: CaptionedSet, rows: Any,
+                    metadata: dict[str, Any], inception: Any, feature_net: Any) -> dict[str, Callable[[], Section]]:
+    """Each section as a call over `pipe`, at `pipe.precision` (`--against-fp32` builds a second set in fp32;
+    each set generates its own images, once per guidance scale, shared by t2i and fid)."""
+    sampling = {"top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature}
+    images_at = pipeline_images(pipe, held_out.captions, args.candidates, args.post_select, args.seed, sampling)
+    batch, precision = args.max_inference_batch_size, pipe.precision
+    return {
+        "t2i": lambda: text_to_image_section(held_out.objects, args.cfg_scale, images_at, args.candidates),
+        "caption": lambda: caption_section(held_out.images, held_out.objects, lambda images: pipe.caption(
+            images, seed=args.seed, max_tokens=pipe.geometry.text_max_tokens,
+            **{**sampling, "top_k": args.caption_top_k}), (lambda images: pipe.caption(
+                images, seed=args.seed, max_tokens=pipe.geometry.text_max_tokens, top_k=0,
+                temperature=args.caption_temperature, candidates=args.caption_candidates))
+            if args.caption_candidates > 1 else None),
+        "sr": lambda: super_resolution_section(held_out.images, held_out.captions, lambda images, texts: (
+            pipe.super_resolve(images, texts, seed=args.seed, **sampling))),
+        "bpt": lambda: bits_per_token_section(pipe.model, pipe.tokenizer, rows, args.num_prompts, batch,
+                                              args.data_seed, precision, trained_tasks(metadata)),
+        "caption-loss": lambda: caption_loss_section(pipe.model, pipe.tokenizer, pipe.geometry,
+                                                     pipe.encode_images(held_out.tensor()), held_out.captions,
+                                                     batch, precision),
+        "fid": lambda: fid_section(held_out.tensor(), args.cfg_scale, images_at, inception, feature_net),
+        "vqvae": lambda: vqvae_section(pipe.vqvae, held_out.images),
+    }
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -208,37 +243,31 @@ def main(argv: Sequence[str] | None = None) -> None:
                                        args.seed, device, Path(args.tensorboard_dir, "feature_net")
                                        if args.tensorboard_dir else None)
 
-    sampling = {"top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature}
-    images_at = pipeline_images(pipe, held_out.captions, args.candidates, args.post_select, args.seed, sampling)
-    batch, precision = args.max_inference_batch_size, args.precision
-    run_section = {
-        "t2i": lambda: text_to_image_section(held_out.objects, args.cfg_scale, images_at, args.candidates),
-        "caption": lambda: caption_section(held_out.images, held_out.objects, lambda images: pipe.caption(
-            images, seed=args.seed, max_tokens=pipe.geometry.text_max_tokens,
-            **{**sampling, "top_k": args.caption_top_k}), (lambda images: pipe.caption(
-                images, seed=args.seed, max_tokens=pipe.geometry.text_max_tokens, top_k=0,
-                temperature=args.caption_temperature, candidates=args.caption_candidates))
-            if args.caption_candidates > 1 else None),
-        "sr": lambda: super_resolution_section(held_out.images, held_out.captions, lambda images, texts: (
-            pipe.super_resolve(images, texts, seed=args.seed, **sampling))),
-        "bpt": lambda: bits_per_token_section(pipe.model, pipe.tokenizer, rows, args.num_prompts, batch,
-                                              args.data_seed, precision, trained_tasks(parts.metadata)),
-        "caption-loss": lambda: caption_loss_section(pipe.model, pipe.tokenizer, pipe.geometry,
-                                                     pipe.encode_images(held_out.tensor()), held_out.captions,
-                                                     batch, precision),
-        "fid": lambda: fid_section(held_out.tensor(), args.cfg_scale, images_at, inception, feature_net),
-        "vqvae": lambda: vqvae_section(pipe.vqvae, held_out.images),
-    }
+    runners = section_runners(pipe, args, held_out, rows, parts.metadata, inception, feature_net)
+    fp32_runners = None
+    if args.against_fp32:
+        fp32_pipe = Pipeline(parts.model, parts.tokenizer, parts.vqvae, parts.geometry,
+                             max_batch_rows=args.max_inference_batch_size, precision="fp32",
+                             post_selection=args.post_selection_score)
+        fp32_runners = section_runners(fp32_pipe, args, held_out, rows, parts.metadata, inception, feature_net)
     report = {**provenance(args, argv, parts, checkpoint_iteration(Path(args.load))), "dataset": held_out.description, "sections": {}, "seconds": {},
               "complete": False}
+    if fp32_runners is not None:
+        report["fp32_sections"] = {}
     done: list[Section] = []
     for name in sections:
         logger.info("section %s", name)
         start = time.time()
-        done.append(run_section[name]())
+        done.append(runners[name]())
         report["sections"][name] = done[-1].results
         report["seconds"][name] = round(time.time() - start, 3)
+        if fp32_runners is not None:
+            logger.info("section %s in fp32", name)
+            report["fp32_sections"][name] = fp32_runners[name]().results
         atomic_write_json(args.output_json, report)  # a later failure keeps the sections already done
+    if fp32_runners is not None:
+        done.append(precision_comparison(args.precision, report["sections"], report["fp32_sections"]))
+        report["against_fp32"] = done[-1].results
     report["complete"] = True
     atomic_write_json(args.output_json, report)
 

@@ -3,6 +3,7 @@
 Example:
     python web_demo.py                                  # the quick start's model, http://127.0.0.1:7860
     python web_demo.py --load runs/gpt --port 8000      # any checkpoint generate_samples.py reads
+    python web_demo.py --precision int8                 # linear layers in int8 (CPU only)
 
 Tabs: text to image (candidates ranked by post-selection, the pick super-resolved), caption an image
 (the best of N sampled captions), rank images for a prompt. A tab shows only when the loaded pipeline can
@@ -30,6 +31,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from data_utils.images import load_image  # noqa: E402
+from fp16 import PRECISIONS  # noqa: E402
 from generation.outputs import save_png  # noqa: E402
 from generation.pipeline import Pipeline  # noqa: E402
 from generation.sampling import SamplingSettings  # noqa: E402
@@ -261,12 +263,13 @@ def build_page(demo: Demo):
     return page.queue(default_concurrency_limit=1)
 
 
-def load_pipeline(checkpoint: str, device: str) -> Pipeline:
+def load_pipeline(checkpoint: str, device: str, precision: str = "fp32") -> Pipeline:
     """The pipeline, or one line saying why not (a missing quick-start model says how to make it)."""
     if not Path(checkpoint).exists():
         hint = "run `make quickstart` first, or give --load" if checkpoint == DEFAULT_CHECKPOINT else "check --load"
         raise UserError(f"no checkpoint at {checkpoint}: {hint}")
-    return Pipeline.from_checkpoint(checkpoint, device=device)   # a corrupt checkpoint is a UserError there
+    # a corrupt checkpoint, or int8 on a GPU, is a UserError there
+    return Pipeline.from_checkpoint(checkpoint, device=device, precision=precision)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -274,13 +277,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--load", default=DEFAULT_CHECKPOINT, metavar="PATH",
                         help="checkpoint, any layout generate_samples.py reads (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="the transformer's precision, as in generate_samples.py; int8 is CPU only "
+                             "(default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on; 0.0.0.0 opens the page to the network (default: %(default)s)")
     parser.add_argument("--port", type=int, default=7860, help="(default: %(default)s)")
     args = parser.parse_args(argv)
     if gr is None:
         raise UserError("the web demo needs gradio: `make demo`, or pip install -r requirements-demo.txt")
-    pipe = load_pipeline(args.load, args.device)
+    pipe = load_pipeline(args.load, args.device, args.precision)
     with tempfile.TemporaryDirectory(prefix="cogview-demo-") as output_dir:
         page = build_page(Demo(pipe, args.load, Path(output_dir)))
         page.launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=False)

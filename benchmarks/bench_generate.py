@@ -1,21 +1,27 @@
-"""Text-to-image sampling speed: our KV cache against CogView's hidden-state cache and no cache at all.
+"""Text-to-image sampling speed: our KV cache against CogView's hidden-state cache and no cache at all,
+and our decoding with int8 linear layers against fp32.
 
 Example:
     python benchmarks/bench_generate.py                       # 64 and 1024 image tokens, batch 1, 8, 32
     python benchmarks/bench_generate.py --quick               # 64 image tokens, batch 1 and 8
     python benchmarks/bench_generate.py --device cuda --max-run-seconds 600
+    python benchmarks/bench_generate.py --quick --batches 1 16 --methods ours ours-int8   # int8 against fp32
 
 One randomly initialised model (4 layers, hidden 256, 1089 positions by default: CogView's shape at a
-small width) samples `grid x grid` image tokens after a 16-token prompt in three ways:
+small width) samples `grid x grid` image tokens after a 16-token prompt in up to four ways:
   ours     `generation.decoding`: preallocated keys and values, one prefill, then one token per step.
   cogview  CogView's scheme: keep every layer's input hidden states; each step runs the new token
            through each layer with those states as memory, recomputing LayerNorm and the key/value
            projections of the whole prefix (`TransformerLayer(memory=...)`), then appends its state.
   nocache  a full forward over the whole sequence at every step.
-All three sample with the same filter and seeds, so a full run also checks that they agree token for
-token. A run whose estimated time exceeds --max-run-seconds is not run to the end: its time is
-extrapolated from steps timed at evenly spaced positions (a step's cost depends only on its position),
-and the table marks it `estimated`.
+  ours-int8  ours with the linear layers and the output projection dynamically quantised to int8
+           (`--precision int8`; CPU only).
+All sample with the same filter and seeds, so a full run also checks that the fp32 ones agree token for
+token (int8 computes slightly different logits, so its tokens may differ: its column stays empty). A run
+whose estimated time exceeds --max-run-seconds is not run to the end: its time is extrapolated from steps
+timed at evenly spaced positions (a step's cost depends only on its position), and the table marks it
+`estimated`. `--repeats N` keeps the fastest of N runs of each measured row: on a machine shared with
+other jobs, the fastest is the one they disturbed least.
 """
 from __future__ import annotations
 
@@ -32,14 +38,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_utils.sequences import text2image  # noqa: E402
 from data_utils.tokenizer import UnifiedTokenizer  # noqa: E402
+from fp16 import quantize_linear_layers  # noqa: E402
 from generation.sampling import (SamplingSettings, filter_logits, make_generators, mask_disallowed,  # noqa: E402
                                  sample_rows)
 from generation.tasks import Geometry, generate_image_codes, image_ids_mask  # noqa: E402
 from model import CogViewGPT, ModelConfig  # noqa: E402
-from utils.errors import run_main  # noqa: E402
+from utils.errors import UserError, run_main  # noqa: E402
 
 PROMPT_TOKENS = 16
-METHODS = ("ours", "cogview", "nocache")
+METHODS = ("ours", "ours-int8", "cogview", "nocache")
 
 
 class SyntheticText:
@@ -154,11 +161,17 @@ def timed(fn, device: torch.device) -> tuple[float, object]:
     return time.perf_counter() - start, value
 
 
+def fastest(fn, device: torch.device, repeats: int) -> tuple[float, object]:
+    """`timed` of the fastest of `repeats` runs (every run returns the same value: the seeds are fixed)."""
+    return min((timed(fn, device) for _ in range(repeats)), key=lambda run: run[0])
+
+
 def estimate_seconds(model: CogViewGPT, method: str, batch: int, prompt_len: int, steps: int, vocab: int,
                      device: torch.device, samples: int) -> float:
     """Prefill + sum of per-step costs, interpolated between steps timed at `samples` positions, plus
     the sampling cost of a `[batch, vocab]` step."""
-    runner = {"ours": KVCacheSteps, "cogview": HiddenStateCache, "nocache": NoCache}[method](model)
+    runner = {"ours": KVCacheSteps, "ours-int8": KVCacheSteps, "cogview": HiddenStateCache,
+              "nocache": NoCache}[method](model)
     generator = torch.Generator().manual_seed(0)
 
     def random_ids(length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,6 +202,7 @@ def benchmark(args: argparse.Namespace) -> list[Result]:
                          hidden_dropout=0.0, attention_dropout=0.0)
     torch.manual_seed(0)
     model = CogViewGPT(config).to(device).eval()
+    int8_model = quantize_linear_layers(model) if "ours-int8" in args.methods else None
     settings = SamplingSettings(top_k=args.top_k)
     results = []
     for grid in args.grids:
@@ -199,20 +213,21 @@ def benchmark(args: argparse.Namespace) -> list[Result]:
         for batch in args.batches:
             prompt_ids = torch.tensor([prompt.ids] * batch, device=device)
             allowed = image_ids_mask(tok).to(device)
-            for method in METHODS:
+            for method in args.methods:
+                runs = int8_model if method == "ours-int8" else model
                 with torch.inference_mode():
-                    estimate = estimate_seconds(model, method, batch, len(prompt), steps, tok.vocab_size, device,
+                    estimate = estimate_seconds(runs, method, batch, len(prompt), steps, tok.vocab_size, device,
                                                 args.sampled_steps)
                     if estimate > args.max_run_seconds:
                         results.append(Result(grid, batch, method, estimate, True))
-                    elif method == "ours":
-                        seconds, codes = timed(lambda: generate_image_codes(
-                            model, tok, geometry, [text_ids], batch, 0, settings, batch), device)
+                    elif method in ("ours", "ours-int8"):
+                        seconds, codes = fastest(lambda: generate_image_codes(
+                            runs, tok, geometry, [text_ids], batch, 0, settings, batch), device, args.repeats)
                         results.append(Result(grid, batch, method, seconds, False, codes.view(batch, -1)))
                     else:
                         runner = HiddenStateCache(model) if method == "cogview" else NoCache(model)
-                        seconds, codes = timed(lambda: run_baseline(runner, prompt_ids, steps, allowed, settings,
-                                                                    range(batch)), device)
+                        seconds, codes = fastest(lambda: run_baseline(runner, prompt_ids, steps, allowed, settings,
+                                                                      range(batch)), device, args.repeats)
                         results.append(Result(grid, batch, method, seconds, False, codes))
                 print(_row(results[-1], results), flush=True)
     return results
@@ -222,17 +237,22 @@ def _row(result: Result, results: list[Result]) -> str:
     ours = next(r for r in results if (r.grid, r.batch, r.method) == (result.grid, result.batch, "ours"))
     tokens = result.batch * result.grid ** 2
     same = ""
-    if result.method != "ours" and result.tokens is not None and ours.tokens is not None:
+    if result.method not in ("ours", "ours-int8") and result.tokens is not None and ours.tokens is not None:
         same = "yes" if torch.equal(result.tokens, ours.tokens) else "NO"
     return (f"| {result.grid ** 2:5d} | {result.batch:5d} | {result.method:8s} | {result.seconds:10.2f} | "
             f"{result.batch / result.seconds:9.3f} | {tokens / result.seconds:9.1f} | "
-            f"{result.seconds / ours.seconds:8.1f}x | {'estimated' if result.estimated else 'measured':9s} | "
+            f"{result.seconds / ours.seconds:8.2f}x | {'estimated' if result.estimated else 'measured':9s} | "
             f"{same:4s} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="64 image tokens at batch 1 and 8 only")
+    parser.add_argument("--quick", action="store_true", help="64 image tokens (at batch 1 and 8 unless --batches)")
+    parser.add_argument("--batches", type=int, nargs="+", metavar="B",
+                        help="batch sizes (default: 1 8 with --quick, else 1 8 32)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS,
+                        help="what to time; ours is the base of the ratio column and always runs "
+                             "(default: all; ours-int8 only on the CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--layers", type=int, default=4)
@@ -244,10 +264,17 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=200)
     parser.add_argument("--max-run-seconds", type=float, default=60.0,
                         help="runs estimated to take longer are extrapolated, not run (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each measured row, of which the fastest is kept (default: %(default)s)")
     parser.add_argument("--sampled-steps", type=int, default=6,
                         help="positions timed for an estimate (default: %(default)s)")
     args = parser.parse_args()
-    args.grids, args.batches = ((8,), (1, 8)) if args.quick else ((8, 32), (1, 8, 32))
+    args.grids, batches = ((8,), (1, 8)) if args.quick else ((8, 32), (1, 8, 32))
+    args.batches = args.batches or batches
+    if min(args.batches) < 1 or args.repeats < 1:
+        raise UserError(f"--batches and --repeats must be positive, got {args.batches} and {args.repeats}")
+    chosen = args.methods or [m for m in METHODS if m != "ours-int8" or torch.device(args.device).type == "cpu"]
+    args.methods = ["ours"] + [m for m in METHODS if m in chosen and m != "ours"]
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"model: {args.layers} layers, hidden {args.hidden}, {args.heads} heads, {args.positions} positions; "

@@ -2,7 +2,8 @@
 
 CogView carried its own fp16 optimizer and loss scaler; DeepSpeed's engine already implements dynamic
 loss scaling (fp16) and fp32 master weights (fp16 and bf16), so training only has to write the right
-config section. Inference has no optimizer and runs fp32 weights under `torch.autocast`.
+config section. Inference has no optimizer and runs fp32 weights under `torch.autocast`, or, for
+"int8", linear layers quantised once at load (`fp16.int8`) with fp32 activations.
 """
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
+from fp16.int8 import refuse_unless_cpu
 from utils.errors import UserError
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+TRAINING_PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = TRAINING_PRECISIONS + ("int8",)  # what inference runs in
 
 # Dynamic loss scaling as in CogView's fp16 recipe: start at 2^16, halve on overflow (after
 # `hysteresis` overflows in a row), double after `loss_scale_window` clean steps.
@@ -31,7 +34,7 @@ def precision_config(precision: str) -> dict[str, Any]:
         return {"bf16": {"enabled": True}}
     if precision == "fp32":
         return {}
-    raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    raise ValueError(f"unknown precision {precision!r}; choose one of {TRAINING_PRECISIONS}")
 
 
 def precision_of_config(ds_config: Mapping[str, Any]) -> str:
@@ -52,10 +55,13 @@ def inference_autocast(device: torch.device | str, precision: str) -> Iterator[N
     """Run fp32 weights in `precision` where the device supports it; fp32 is a no-op.
 
     Autocast keeps LayerNorm and softmax in fp32 and casts matmul inputs, which is what inference of a
-    model trained in fp16/bf16 needs. CPUs autocast to bf16 only.
+    model trained in fp16/bf16 needs. CPUs autocast to bf16 only. "int8" needs no autocast: its weights
+    were quantised at load (`fp16.int8.quantize_linear_layers`) and its activations are fp32.
     """
     device_type = torch.device(device).type
-    if precision == "fp32":
+    if precision == "int8":
+        refuse_unless_cpu(device_type)
+    if precision in ("fp32", "int8"):
         yield
         return
     if device_type == "cpu" and precision != "bf16":

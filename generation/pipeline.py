@@ -28,7 +28,7 @@ from data_utils import sequences
 from data_utils.images import pil_to_tensor, tensor_to_pil
 from data_utils.locations import Box, box_to_ids
 from data_utils.tokenizer import UnifiedTokenizer
-from fp16 import PRECISIONS, inference_autocast
+from fp16 import PRECISIONS, inference_autocast, quantize_linear_layers, refuse_unless_cpu
 from generation import scoring, tasks, understanding
 from generation.decoding import DEFAULT_MAX_BATCH_ROWS
 from generation.sampling import SamplingSettings
@@ -88,6 +88,8 @@ class Pipeline:
     `caption_model` scores the image-to-text direction (CogView used a separately fine-tuned captioner);
     it defaults to `model`, which learned image-to-text by token order. `max_batch_rows` is the most
     sequences one forward runs (guided sampling counts two per image); out-of-memory halves it.
+    `precision` "int8" quantises the linear layers of `model` and `caption_model` here, once (copies:
+    the models given stay fp32); the others are applied by autocast at every call.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: UnifiedTokenizer, vqvae: torch.nn.Module | None,
@@ -102,10 +104,13 @@ class Pipeline:
         self.precision = precision
         self.post_selection = post_selection
         self.model = model.eval()
+        self.caption_model = (caption_model or model).eval()
+        if precision == "int8":
+            self.model = quantize_linear_layers(model)
+            self.caption_model = self.model if caption_model is None else quantize_linear_layers(caption_model)
         self.tokenizer = tokenizer
         self.vqvae = vqvae
         self.geometry = geometry
-        self.caption_model = (caption_model or model).eval()
         self.max_batch_rows = max_batch_rows
 
     @classmethod
@@ -119,12 +124,15 @@ class Pipeline:
         """Load a checkpoint (any layout `model.checkpoint.load_model_for_inference` reads) with the
         tokenizer and VQ-VAE its metadata names; `vqvae` / `text_tokenizer` override those paths.
         `device=None` takes the GPU when there is one. `precision` ("fp32", "bf16", "fp16") is the
-        transformer's compute precision: fp32 weights under autocast, as training's checkpoints hold.
+        transformer's compute precision: fp32 weights under autocast, as training's checkpoints hold;
+        "int8" (CPU only) quantises its linear layers once, at load (`fp16.int8`).
         `layernorm_order`, `pb_relax`, `pb_relax_alpha`: None takes the checkpoint's (model_config.json, or
         what CogView's release implies); a value contradicting model_config.json is an error.
         `adapters`: folders written by `finetune_subject.py`, folded into the model (several subjects at once)."""
-        from generation.loading import load_components
+        from generation.loading import load_components, resolve_device
 
+        if precision == "int8":
+            refuse_unless_cpu(resolve_device(device))  # before the checkpoint loads, not after
         parts = load_components(path, vqvae=vqvae, text_tokenizer=text_tokenizer, device=device,
                                 caption_model=caption_model,
                                 model_settings=dict(layernorm_order=layernorm_order, pb_relax=pb_relax,

@@ -298,6 +298,9 @@ class CogViewGPT(nn.Module):
         # When True (and training), each layer's activations are recomputed in the backward pass.
         self.checkpoint_activations = False
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        # None: the output projection is the word embedding itself (tied). int8 inference puts a quantised
+        # copy of it here (`fp16.int8`), so the projection runs in int8 while the embedding lookup stays fp32.
+        self.output_head: nn.Module | None = None
         self.transformer = nn.ModuleDict(dict(
             position_embeddings=nn.Embedding(config.max_position_embeddings, config.hidden_size),
             layers=nn.ModuleList(TransformerLayer(config, i) for i in range(config.num_layers)),
@@ -358,7 +361,10 @@ class CogViewGPT(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final LayerNorm and the tied output projection: `[B, T, hidden]` -> `[B, T, vocab]`."""
-        return F.linear(self.transformer.final_layernorm(hidden), self.word_embeddings.weight)
+        normed = self.transformer.final_layernorm(hidden)
+        if self.output_head is not None:
+            return self.output_head(normed)
+        return F.linear(normed, self.word_embeddings.weight)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 key_padding_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
