@@ -55,6 +55,7 @@ class HasArea(Protocol):
 
 
 RegionLike = TypeVar("RegionLike", bound=HasArea)
+Candidate = TypeVar("Candidate")
 Wanted = TypeVar("Wanted")
 
 
@@ -206,8 +207,8 @@ def find_shape_regions(pixels: np.ndarray) -> list[Region]:
     return find_regions(snap_to_palette(pixels), WHITE, describe)
 
 
-def assign(regions: Sequence[RegionLike], wanted: Sequence[Wanted],
-           matches: Callable[[RegionLike, Wanted], bool]) -> list[int | None]:
+def assign(regions: Sequence[Candidate], wanted: Sequence[Wanted],
+           matches: Callable[[Candidate, Wanted], bool]) -> list[int | None]:
     """For each wanted object the index of the region standing for it (None: absent), each region standing
     for one object at most, as many objects present as possible (augmenting paths; ties: earlier regions)."""
     owner: dict[int, int] = {}  # region index -> wanted index
