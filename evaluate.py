@@ -18,8 +18,8 @@ Sections (--sections, comma-separated; by default every one the dataset and the 
     fid           FID and IS (--inception-weights), self-FID (--feature-net / --train-feature-net), per cfg scale
     vqvae         VQ-VAE round-trip PSNR and codebook use on held-out images
 
-Held-out items are the `val` split of --dataset (shapes: the val seed stream of --data-seed, which no
-training index reaches). Every number is defined in docs/evaluation.md; the JSON file also records the
+Held-out items are the `val` split of --dataset (shapes: pictures of --data-seed's val streams that the
+split keeps out of training, `image_sources.held_out_scene`). Every number is defined in docs/evaluation.md; the JSON file also records the
 command line, the checkpoint's fingerprints and the seed, and is rewritten after every section.
 `--against-fp32` runs every section a second time in fp32 and reports both side by side.
 """

@@ -8,8 +8,11 @@ counts and lists it (`load_item`, `skip_report`) and goes on; only a bad dataset
 reports skips the same way.
 
 Splits never depend on a random draw, so every run and every machine agree on them:
-- shapes: `train` is `ShapesDataset(seed)`, `val` is `ShapesDataset(seed + VAL_SEED_OFFSET)`, a seed
-  stream no training index can reach;
+- shapes: a fixed 5% of all possible pictures (`held_out_scene`, a stable hash of what is drawn) belong to
+  `val` and never to `train`. Seed streams alone do not keep them apart: there are only 3,888
+  single-object pictures, and 50,000 training items draw every one of them. Item i of a split is item i
+  of the first of its streams (`ShapesDataset` seeds `seed + (2k + [val]) x VAL_SEED_OFFSET`, k = 0, 1,
+  ...) whose picture belongs to the split: 95% of training items are those of `ShapesDataset(seed)`;
 - emoji: an item is `val` when the stable hash of its caption falls below `EMOJI_VAL_FRACTION`;
 - files: an item is `val` when the stable hash of its relative path falls below `FILES_VAL_FRACTION`.
 """
@@ -23,13 +26,13 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from PIL import Image
 
 from data_utils.annotations import TaskAnnotations
 from data_utils.images import load_image
-from data_utils.shapes import ShapesDataset
+from data_utils.shapes import ShapeObject, ShapesDataset
 from data_utils.shapes_tasks import shapes_tasks
 from utils.errors import UserError
 from utils.logging import get_logger
@@ -37,7 +40,8 @@ from utils.logging import get_logger
 logger = get_logger(__name__)
 
 SPLITS = ("train", "val")
-VAL_SEED_OFFSET = 1_000_003
+VAL_SEED_OFFSET = 1_000_003  # stream k of a split uses seed + (2k + [split is val]) x this
+SHAPES_HELD_OUT_FRACTION = 0.05
 SHAPES_DEFAULT_ITEMS = {"train": 10_000, "val": 500}
 EMOJI_VAL_FRACTION = 0.05
 FILES_VAL_FRACTION = 0.02
@@ -141,6 +145,13 @@ def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
 
 # --- shapes ----------------------------------------------------------------------------------------------
 
+def held_out_scene(objects: Sequence[ShapeObject]) -> bool:
+    """Is this picture one of those kept for `val`? Decided by what is drawn (each object's colour, shape
+    and box, in any order), so the same picture from any seed, index or caption language agrees."""
+    key = "|".join(sorted(f"{obj.colour} {obj.shape} {obj.bbox}" for obj in objects))
+    return stable_fraction(f"shapes:{key}") < SHAPES_HELD_OUT_FRACTION
+
+
 class ShapesSource(CaptionedImageSource):
     name = "shapes"
 
@@ -148,38 +159,53 @@ class ShapesSource(CaptionedImageSource):
         self.split, self.num_items = split, num_items
         self.seed = seed if split == "train" else seed + VAL_SEED_OFFSET
         try:
-            self.dataset = ShapesDataset(seed=self.seed, size=size, language=language)
+            self._streams = [ShapesDataset(seed=self.seed, size=size, language=language)]
         except ValueError as err:
             raise UserError(f"shapes: {err}") from None
 
     def __len__(self) -> int:
         return self.num_items
 
+    def _stream_of(self, index: int) -> ShapesDataset:
+        """The first stream whose item `index` is a picture of this split (module docstring)."""
+        wanted, attempt = self.split == "val", 0
+        while True:
+            if attempt == len(self._streams):
+                first = self._streams[0]
+                self._streams.append(ShapesDataset(seed=self.seed + 2 * attempt * VAL_SEED_OFFSET, size=first.size,
+                                                   language=first.language))
+            if held_out_scene(self._streams[attempt].objects(index)) == wanted:
+                return self._streams[attempt]
+            attempt += 1
+
     def item(self, index: int) -> CaptionedImage:
         self._check_index(index)
-        item = self.dataset.item(index)
+        stream = self._stream_of(index)
+        item = stream.item(index)
         metadata = {"language": item.language, "objects": [obj.to_dict() for obj in item.objects]}
-        tasks = shapes_tasks(item.objects, self.dataset.size, item.language, self.seed, index)
+        tasks = shapes_tasks(item.objects, stream.size, item.language, stream.seed, index)
         annotations = TaskAnnotations([(qa.question, qa.answer) for qa in tasks.questions],
                                       [(obj.phrase, obj.box) for obj in tasks.objects],
                                       [(ref.expression, ref.box) for ref in tasks.expressions])
-        return CaptionedImage(index, item.image, item.caption, f"shapes:{self.seed}:{index}", metadata, annotations)
+        return CaptionedImage(index, item.image, item.caption, f"shapes:{stream.seed}:{index}", metadata, annotations)
 
     def caption(self, index: int) -> str:
         self._check_index(index)
-        return self.dataset.caption(index)
+        return self._stream_of(index).caption(index)
 
     def texts(self, index: int) -> list[str]:
         self._check_index(index)
-        item = self.dataset.item(index)
-        tasks = shapes_tasks(item.objects, self.dataset.size, item.language, self.seed, index)
+        stream = self._stream_of(index)
+        item = stream.item(index)
+        tasks = shapes_tasks(item.objects, stream.size, item.language, stream.seed, index)
         return [item.caption, *(text for qa in tasks.questions for text in (qa.question, qa.answer)),
                 *(ref.expression for ref in tasks.expressions)]
 
     def describe(self) -> dict:
-        return {"name": "shapes", "split": self.split, "seed": self.seed, "size": self.dataset.size,
-                "language": self.dataset.language, "num_items": self.num_items,
-                "two_object_fraction": self.dataset.two_object_fraction}
+        first = self._streams[0]
+        return {"name": "shapes", "split": self.split, "seed": self.seed, "size": first.size,
+                "language": first.language, "num_items": self.num_items,
+                "two_object_fraction": first.two_object_fraction, "held_out_fraction": SHAPES_HELD_OUT_FRACTION}
 
 
 # --- emoji -----------------------------------------------------------------------------------------------

@@ -5,14 +5,14 @@ prompts, each group (all prompts, and prompts with 1 and with 2 objects) reports
 
 - `correct`: fraction of images that are fully correct (every prompt object present, nothing else
   of area over 20 px);
-- `objects_right`: fraction of prompt objects present (matched in colour, shape, size and position);
+- `objects_right`: fraction of prompt objects present (a region matches colour, shape, size and position);
 - per attribute, the fraction of prompt objects for which the checker's per-attribute answer is yes.
-  The checker judges each attribute on the detected objects of the prompt object's colour: colour =
-  some detected object has that colour; position / size / shape = some detected object of that
-  colour is in the prompt's cell / has the prompt's size / has the prompt's shape. The four answers
+  The checker judges each attribute on the regions of the prompt object's colour that count (over the
+  noise area, or standing for the object): colour = there is one; position / size / shape = one of
+  them is in the prompt's cell / has the prompt's size / has the prompt's shape. The four answers
   are independent (two same-coloured regions may satisfy two of them), so they can all be yes for an
   object that is not present; they say which attribute fails most, `objects_right` is the strict one;
-- `mean_extras` (all prompts only): detected objects per image that stand for no prompt object.
+- `mean_extras` (all prompts only): regions over the noise area per image that stand for no prompt object.
 
 Captions are parsed back with `data_utils.shapes.parse_caption` and compared with the prompt's
 objects (the caption's ground truth):

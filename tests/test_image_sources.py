@@ -43,12 +43,27 @@ def test_shapes_splits_and_metadata():
     item = train.item(3)
     assert item.image.size == (32, 32) and item.caption == train.caption(3) and item.source == "shapes:0:3"
     assert [o["colour"] for o in item.metadata["objects"]] == [o.colour for o in parse_caption(item.caption)]
-    assert val.item(3).source == "shapes:1000003:3"
+    assert val.item(3).source == "shapes:11000033:3"  # the 6th val stream (k = 5) holds a held-out picture
     assert [train.caption(i) for i in range(20)] != [val.caption(i) for i in range(20)]
     assert open_dataset("shapes", language="zh").caption(0).startswith(tuple("左上右中下"))
     assert train.describe()["seed"] == 0 and val.describe()["seed"] == 1_000_003
     with pytest.raises(IndexError):
         train.item(20)
+
+
+def test_shapes_val_pictures_never_appear_in_training():
+    # Only 3,888 single-object pictures exist: 4,000 training items hold about 2,000 of them, so a split by
+    # seed stream alone repeated training pictures in 44 of 200 val items (of 110 with one object).
+    train = open_dataset("shapes", split="train", size=32, num_items=4000)
+    val = open_dataset("shapes", split="val", size=32, num_items=200)
+
+    def picture(item):
+        return frozenset((obj["colour"], obj["shape"], tuple(obj["bbox"])) for obj in item.metadata["objects"])
+
+    seen = {picture(train.item(index)) for index in range(len(train))}
+    repeated = [index for index in range(len(val)) if picture(val.item(index)) in seen]
+    assert not repeated
+    assert sum(len(val.item(index).metadata["objects"]) == 1 for index in range(len(val))) > 60  # both kinds held out
 
 
 def test_folder_loads_good_items_and_skips_bad_ones(tmp_path, no_val_split):
