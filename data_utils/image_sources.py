@@ -20,14 +20,14 @@ import json
 import os
 from abc import ABC, abstractmethod
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
 from PIL import Image
 
 from data_utils.images import load_image
-from data_utils.shapes import ShapesDataset
+from data_utils.shapes import ShapesDataset, render
 from utils.errors import UserError
 from utils.logging import get_logger
 
@@ -104,6 +104,12 @@ class CaptionedImageSource(ABC):
     def describe(self) -> dict:
         """What a manifest records to say which data this is."""
 
+    def double_size(self, item: CaptionedImage) -> Image.Image | None:
+        """`item`'s image at twice its side, made from the source rather than upsampled (the target of
+        super-resolution's windows, `preprocess_data.py --with-highres`), or None where the source holds
+        no more detail than `item.image`."""
+        return None
+
     def _check_index(self, index: int) -> None:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {self.name} ({len(self)} items)")
@@ -153,6 +159,12 @@ class ShapesSource(CaptionedImageSource):
     def caption(self, index: int) -> str:
         self._check_index(index)
         return self.dataset.caption(index)
+
+    def double_size(self, item: CaptionedImage) -> Image.Image:
+        """The same objects with every box doubled, drawn on a canvas twice as large: the scene at twice
+        the resolution, exactly (a fresh render at that size would draw its own +-1 px jitter)."""
+        objects = [replace(obj, bbox=tuple(2 * v for v in obj.bbox)) for obj in self.dataset.objects(item.index)]
+        return render(objects, 2 * self.dataset.size)
 
     def describe(self) -> dict:
         return {"name": "shapes", "split": self.split, "seed": self.seed, "size": self.dataset.size,
@@ -246,6 +258,11 @@ class FileSource(CaptionedImageSource):
             raise SkipItem(MISSING_IMAGE, entry.key)
         image = read_image_or_skip(entry.image_path, entry.key, self.min_side)
         return CaptionedImage(index, center_crop_resize(image, self.size), caption, str(entry.image_path))
+
+    def double_size(self, item: CaptionedImage) -> Image.Image | None:
+        """The file's centred square at twice the size, when its shorter side has that many pixels."""
+        image = read_image_or_skip(Path(item.source), item.source, self.min_side)
+        return center_crop_resize(image, 2 * self.size) if min(image.size) >= 2 * self.size else None
 
     def describe(self) -> dict:
         return {"name": "files", "path": str(self.root), "split": self.split, "size": self.size,
