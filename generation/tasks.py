@@ -174,10 +174,10 @@ def check_magnifies(geometry: Geometry) -> None:
     """Refuse, in one line, magnification by a model that never trained its windows: it would return garbage."""
     if not geometry.magnifies:
         g, lo = geometry.image_grid, geometry.lowres_grid
-        raise UserError(f"this model cannot magnify {g}x{g} codes to {2 * g}x{2 * g}: its super-resolution trained "
-                        f"only {lo}x{lo} -> {g}x{g} codes (its data had no --with-highres codes, or it predates "
-                        f"them); give low-resolution inputs, or train on data made with preprocess_data.py "
-                        f"--with-lowres --with-highres")
+        raise UserError(f"this model cannot magnify {g}x{g} codes to {2 * g}x{2 * g} (text2image-full, or "
+                        f"super-resolution of a full-size image): its super-resolution trained only {lo}x{lo} -> "
+                        f"{g}x{g} codes, on data without --with-highres codes; train on data made with "
+                        f"preprocess_data.py --with-lowres --with-highres, or super-resolve low-resolution images")
 
 
 def window_seed(image_seed: int, window: int) -> int:
