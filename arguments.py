@@ -227,7 +227,8 @@ def add_deepspeed_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 def add_sampling_args(group: argparse._ActionsContainer) -> None:
     """How each token is drawn (`generation.sampling.SamplingSettings`); generate_samples.py and evaluate.py."""
     group.add_argument("--temperature", type=float, default=1.0, help="(default: %(default)s)")
-    group.add_argument("--top-k", type=int, default=200, help="0 turns it off (default: %(default)s)")
+    group.add_argument("--top-k", type=int, default=200,
+                       help="0 turns it off (default: %(default)s; super-resolution: 1, greedy, unless given)")
     group.add_argument("--top-p", type=float, default=1.0, help="nucleus mass; 1 turns it off (default: %(default)s)")
 
 

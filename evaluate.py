@@ -12,7 +12,8 @@ Examples:
 Sections (--sections, comma-separated; by default every one the dataset and the inputs given allow):
     t2i           shapes: do images generated for held-out captions show what the caption says (per cfg scale)
     caption       shapes: do the model's captions of held-out images name their objects
-    sr            PSNR of super-resolved 2x-downscaled held-out images, and of bicubic upsampling
+    sr            PSNR of super-resolved 2x-downscaled held-out images (greedy), and of bicubic upsampling;
+                  on shapes also the checker on the low-res inputs and on the outputs
     bpt           bits per image token and per text token on --valid-data shards, per task
     caption-loss  CogView's caption loss of held-out pairs, and its gap to shuffled pairs
     fid           FID and IS (--inception-weights), self-FID (--feature-net / --train-feature-net), per cfg scale
@@ -47,6 +48,7 @@ from eval_utils.vqvae_reconstruction import vqvae_section
 from generation.loading import load_components, resolve_device
 from generation.pipeline import Pipeline
 from generation.sampling import SamplingSettings
+from generation.tasks import SUPER_RESOLUTION_SAMPLING
 from model.kernels import set_attention_backend
 from utils.errors import UserError, run_main
 from utils.files import atomic_write_json
@@ -201,7 +203,8 @@ def section_runners(pipe: Pipeline, args: argparse.Namespace, held_out: Captione
                 temperature=args.caption_temperature, candidates=args.caption_candidates))
             if args.caption_candidates > 1 else None),
         "sr": lambda: super_resolution_section(held_out.images, held_out.captions, lambda images, texts: (
-            pipe.super_resolve(images, texts, seed=args.seed, **sampling))),
+            pipe.super_resolve(images, texts, seed=args.seed)), held_out.objects,  # greedy, SR's own default
+            SUPER_RESOLUTION_SAMPLING.to_dict()),
         "bpt": lambda: bits_per_token_section(pipe.model, pipe.tokenizer, rows, args.num_prompts, batch,
                                               args.data_seed, precision, trained_tasks(metadata)),
         "caption-loss": lambda: caption_loss_section(pipe.model, pipe.tokenizer, pipe.geometry,

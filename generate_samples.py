@@ -39,7 +39,7 @@ from generation.outputs import Manifest, save_png, write_skip_report
 from generation.pipeline import Pipeline
 from generation.prompts import Prompt, collect_prompts, interactive_prompts
 from generation.sampling import SamplingSettings
-from generation.tasks import with_output_grid
+from generation.tasks import SUPER_RESOLUTION_SAMPLING, super_resolution_settings, with_output_grid
 from model.kernels import set_attention_backend
 from utils.errors import UserError, run_main
 from utils.logging import TensorBoardLogger, get_logger
@@ -73,6 +73,9 @@ class Run:
         self.args, self.pipe = args, pipe
         self.settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                          cfg_scale=args.cfg_scale)
+        if args.generation_task == "super-resolution":  # its own default (greedy) for the flags not given
+            self.settings = super_resolution_settings(**{name: getattr(args, name) for name in
+                                                         ("top_k", "top_p", "temperature") if name in args.given_flags})
         self.out = Path(args.output_path)
         self.out.mkdir(parents=True, exist_ok=True)
         self.manifest = Manifest(self.out)
@@ -157,7 +160,7 @@ class Run:
                 self.manifest.add(self.save_image(
                     best_name, result.upscaled, prompt_id=prompt.id, prompt=prompt.text,
                     seed=candidates.seeds[result.best], source=f"{prompt.id}_{result.best:03d}.png",
-                    score=float(candidates.scores[result.best])))
+                    score=float(candidates.scores[result.best]), upscale=SUPER_RESOLUTION_SAMPLING.to_dict()))
                 print(f"{prompt.id}\t{self.out / best_name}\t{prompt.text}", flush=True)
             self.manifest.flush()
             self.log_throughput(len(group) * n, time.time() - start)
@@ -230,9 +233,8 @@ class Run:
 
     def super_resolution(self, text: str, paths: list[Path], images: list[Image.Image]) -> None:
         start = time.time()
-        upscaled = self.pipe.super_resolve(images, text, seed=self.args.seed,
-                                           top_k=self.args.top_k, top_p=self.args.top_p,
-                                           temperature=self.args.temperature)
+        upscaled = self.pipe.super_resolve(images, text, seed=self.args.seed, top_k=self.settings.top_k,
+                                           top_p=self.settings.top_p, temperature=self.settings.temperature)
         for i, (path, image) in enumerate(zip(paths, upscaled)):
             name = f"{path.stem}_sr.png"
             self.manifest.add(self.save_image(name, image, prompt=text, seed=self.args.seed + i, input=str(path)))

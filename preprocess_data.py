@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from data_utils.image_sources import (EMPTY_CAPTION, CaptionedImage, CaptionedImageSource, SkippedItem, load_item,
-                                      open_dataset, skip_report)
+from data_utils.image_sources import (EMPTY_CAPTION, CaptionedImage, CaptionedImageSource, SkipItem, SkippedItem,
+                                      load_item, open_dataset, skip_report)
 from data_utils.images import downscale, pil_to_tensor
 from data_utils.shards import (FORMAT_VERSION, MANIFEST_NAME, RowFormat, read_manifest, remove_unlisted_files,
                                write_manifest, write_shard)
@@ -78,6 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rows.add_argument("--annotation-tokens", type=int, default=None,
                       help="ids per row for the understanding tasks' questions, boxes and expressions "
                            f"(default {DEFAULT_ANNOTATION_TOKENS} with location bins, 0 without)")
+    rows.add_argument("--with-highres", action="store_true",
+                      help="with --with-lowres: also store the codes of the image at twice --image-size, so "
+                           "super-resolution also trains the windows that magnify an image beyond the trained "
+                           "size (shapes draws it exactly; files need a source that large, else that part is "
+                           "skipped and counted; emoji has none)")
     run = parser.add_argument_group("run")
     run.add_argument("--output", required=True, help="data folder to create (or to resume)")
     run.add_argument("--workers", type=int, default=1,
@@ -100,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "(the understanding tasks need location tokens)")
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
+    if args.with_highres and not args.with_lowres:
+        parser.error("--with-highres adds super-resolution's windows to its whole-image step: give --with-lowres too")
     return args
 
 
@@ -121,6 +128,7 @@ class EncodeSettings:
     batch_size: int
     location_bins: int = 0
     annotation_tokens: int = 0
+    with_highres: bool = False
 
     def open_source(self) -> CaptionedImageSource:
         return open_dataset(self.dataset, split=self.split, size=self.image_size, language=self.language,
@@ -141,13 +149,18 @@ class EncodeSettings:
         tokenizer.grid_token(grid)
         if self.with_lowres:
             tokenizer.grid_token(grid // 2)
+        if self.with_highres:
+            tokenizer.grid_token(2 * grid)
         return RowFormat(self.text_max_tokens, grid, grid // 2 if self.with_lowres else None,
-                         RowFormat.dtype_for_vocab(tokenizer.vocab_size), self.annotation_tokens)
+                         RowFormat.dtype_for_vocab(tokenizer.vocab_size), 2 * grid if self.with_highres else None,
+                         self.annotation_tokens)
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide the rows; a resumed run must match them (the dataset by `describe()`)."""
         return {name: value for name, value in asdict(self).items()
-                if name not in ("dataset", "text_tokenizer", "vqvae", "batch_size")}
+                if name not in ("dataset", "text_tokenizer", "vqvae", "batch_size")
+                and (name not in ("with_highres", "location_bins", "annotation_tokens") or value)}
+        # the options added later are absent when off, as in folders made before them
 
 
 @dataclass
@@ -161,6 +174,7 @@ class ChunkResult:
     skipped: list[SkippedItem]
     truncated: int
     annotations_dropped: int = 0  # annotation records left out: a text over the budget, or no room in the row
+    highres_missing: int = 0  # rows kept without highres codes (their source was too small)
 
 
 # ---------------------------------------------------------------- the chunk worker
@@ -237,11 +251,29 @@ def encode_chunk(chunk: int) -> ChunkResult:
         images = encode_images(state.vqvae, [item.image for item in kept], state.settings.batch_size)
         lowres = (encode_images(state.vqvae, [downscale(item.image) for item in kept], state.settings.batch_size)
                   if row_format.lowres_grid else [None] * len(kept))
+        highres = encode_highres(state, kept) if row_format.highres_grid else [None] * len(kept)
         for i, text_ids in enumerate(texts):
-            rows[i] = row_format.pack(np.asarray(text_ids), images[i], lowres[i], state.tokenizer.pad_id,
+            rows[i] = row_format.pack(np.asarray(text_ids), images[i], lowres[i], state.tokenizer.pad_id, highres[i],
                                       annotation_fields[i])
     return ChunkResult(chunk, len(indices), rows, np.array([item.index for item in kept], dtype=np.int64),
-                       skipped, truncated, dropped)
+                       skipped, truncated, dropped,
+                       sum(codes is None for codes in highres) if row_format.highres_grid else 0)
+
+
+def encode_highres(state: _WorkerState, kept: list[CaptionedImage]) -> list[np.ndarray | None]:
+    """Codes of each item's image at twice its side (`double_size`), None where the source has no such image."""
+    doubled: list[Image.Image | None] = []
+    for item in kept:
+        try:
+            doubled.append(state.source.double_size(item))
+        except SkipItem:  # the file went away since `item` was read: keep the row, without this part
+            doubled.append(None)
+    present = [i for i, image in enumerate(doubled) if image is not None]
+    codes = encode_images(state.vqvae, [doubled[i] for i in present], state.settings.batch_size) if present else []
+    out: list[np.ndarray | None] = [None] * len(kept)
+    for i, item_codes in zip(present, codes):
+        out[i] = item_codes
+    return out
 
 
 def run_chunks(settings: EncodeSettings, chunks: list[int], workers: int) -> Iterator[ChunkResult]:
@@ -280,7 +312,7 @@ def new_manifest(settings: EncodeSettings, tokenizer: UnifiedTokenizer, vqvae: V
         "complete": False,
         "shards": [],
         "counts": {"items": 0, "rows": 0, "skipped": 0, "truncated": 0, "annotations_dropped": 0,
-                   "skipped_by_reason": {}},
+                   "skipped_by_reason": {}, **({"highres_missing": 0} if row_format.highres_grid else {})},
         "skipped": [],
     }
 
@@ -319,19 +351,24 @@ def open_output(output: Path, expected: dict[str, Any]) -> dict[str, Any]:
 
 def record_chunk(manifest: dict[str, Any], shard: dict[str, Any], result: ChunkResult) -> None:
     """Add a finished chunk's shard and skips to the manifest (shards kept in chunk order) and recount."""
-    manifest["shards"] = sorted([*manifest["shards"], {**shard, "items": result.num_items,
-                                                       "truncated": result.truncated,
-                                                       "annotations_dropped": result.annotations_dropped}],
+    has_highres = RowFormat.from_dict(manifest).highres_grid is not None
+    entry = {**shard, "items": result.num_items, "truncated": result.truncated,
+             "annotations_dropped": result.annotations_dropped,
+             **({"highres_missing": result.highres_missing} if has_highres else {})}
+    manifest["shards"] = sorted([*manifest["shards"], entry],
                                 key=lambda entry: entry["first_chunk"])
     manifest["skipped"] = sorted([*manifest["skipped"], *(skip.to_dict() for skip in result.skipped)],
                                  key=lambda entry: entry["index"])
     reasons = Counter(entry["reason"] for entry in manifest["skipped"])
-    manifest["counts"] = {"items": sum(entry["items"] for entry in manifest["shards"]),
-                          "rows": sum(entry["rows"] for entry in manifest["shards"]),
-                          "skipped": len(manifest["skipped"]),
-                          "truncated": sum(entry["truncated"] for entry in manifest["shards"]),
-                          "annotations_dropped": sum(entry["annotations_dropped"] for entry in manifest["shards"]),
-                          "skipped_by_reason": dict(reasons.most_common())}
+    counts = {"items": sum(entry["items"] for entry in manifest["shards"]),
+              "rows": sum(entry["rows"] for entry in manifest["shards"]),
+              "skipped": len(manifest["skipped"]),
+              "truncated": sum(entry["truncated"] for entry in manifest["shards"]),
+              "annotations_dropped": sum(entry["annotations_dropped"] for entry in manifest["shards"]),
+              "skipped_by_reason": dict(reasons.most_common())}
+    if has_highres:
+        counts["highres_missing"] = sum(entry["highres_missing"] for entry in manifest["shards"])
+    manifest["counts"] = counts
     manifest["complete"] = len(manifest["shards"]) == manifest["num_chunks"]
 
 
@@ -387,6 +424,9 @@ def summarise(output: Path, manifest: dict[str, Any]) -> None:
     if counts["truncated"]:
         logger.warning("%d caption(s) were longer than --text-max-tokens %d and were truncated",
                        counts["truncated"], RowFormat.from_dict(manifest).text_max_tokens)
+    if counts.get("highres_missing"):
+        logger.warning("%d row(s) have no highres codes (their source is smaller than twice --image-size); "
+                       "super-resolution trains only the whole-image step on them", counts["highres_missing"])
     report = write_skip_report(output, manifest)
     (logger.warning if counts["skipped"] else logger.info)("%s (report: %s)", report, output / SKIP_REPORT_NAME)
 
@@ -397,7 +437,8 @@ def main(argv: list[str] | None = None) -> None:
         dataset=args.dataset, split=args.split, num_items=args.num_items, image_size=args.image_size,
         language=args.language, seed=args.seed, text_tokenizer=args.text_tokenizer, vqvae=args.vqvae,
         text_max_tokens=args.text_max_tokens, with_lowres=args.with_lowres, chunk_size=args.chunk_size,
-        batch_size=args.batch_size, location_bins=args.location_bins, annotation_tokens=args.annotation_tokens)
+        batch_size=args.batch_size, location_bins=args.location_bins, annotation_tokens=args.annotation_tokens,
+        with_highres=args.with_highres)
     output = Path(args.output)
     summarise(output, process(settings, output, args.workers, args.log_dir))
 

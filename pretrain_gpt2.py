@@ -99,6 +99,7 @@ def load_data(args: argparse.Namespace, position_layout: str) -> TrainingData:
                         positions_needed=positions_needed(train_rows.format, args.task_mix),
                         metadata={"tokenizer": recorded, "vqvae": manifest["vqvae"],
                                   "data": {**data_geometry(train_rows.format), "tasks": list(train.tasks),
+                                           "sr_windows": train.trains_windows,
                                            **({"grid_mix": [list(g) for g in train.grid_mix]} if train.grid_mix
                                               else {})}})
 

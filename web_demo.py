@@ -35,6 +35,7 @@ from fp16 import PRECISIONS  # noqa: E402
 from generation.outputs import save_png  # noqa: E402
 from generation.pipeline import Pipeline  # noqa: E402
 from generation.sampling import SamplingSettings  # noqa: E402
+from generation.tasks import SUPER_RESOLUTION_SAMPLING  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 
 try:  # optional: training machines need not install it (requirements-demo.txt)
@@ -101,13 +102,13 @@ class Demo:
         return list(zip(files, captions)), files, state
 
     def super_resolve(self, state: Candidates | None, pick: int) -> tuple[str, list[str]]:
-        """The picked candidate at twice its side, sampled as text2image-full magnifies its best one."""
+        """The picked candidate at twice its side, decoded as text2image-full magnifies its best one
+        (super-resolution's default, greedy); a model that never trained the windows refuses in one line."""
         if state is None:
             raise UserError("generate candidates first, then pick one to super-resolve")
         settings = state.settings
-        codes = self.pipe.super_resolve_codes(
-            state.codes[pick:pick + 1], [state.prompt], state.seeds[pick],
-            SamplingSettings(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p))
+        codes = self.pipe.super_resolve_codes(state.codes[pick:pick + 1], [state.prompt], state.seeds[pick],
+                                              SUPER_RESOLUTION_SAMPLING)
         image = self.pipe.decode_codes(codes)[0]
         path = self._request_dir() / f"seed{state.seeds[pick]}_sr.png"
         save_png(path, image, self._metadata(settings, file=path.name, prompt=state.prompt, seed=state.seeds[pick],

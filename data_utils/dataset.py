@@ -23,7 +23,8 @@ from torch.utils.data import Dataset
 
 from data_utils import annotations, sequences
 from data_utils.padding import pad_sequences
-from data_utils.shards import RowFormat, ShardedRows
+from data_utils.shards import Row, RowFormat, ShardedRows
+from data_utils.sr_windows import NUM_WINDOWS, Window, magnify_windows, window_crops
 from data_utils.tokenizer import UnifiedTokenizer
 from utils.errors import UserError
 
@@ -32,6 +33,10 @@ DEFAULT_TASK_WEIGHTS: Mapping[str, float] = MappingProxyType({"text2image": 1.0}
 _PERMUTATION_STREAM = 0x7065726D
 _CROP_STREAM = 0x63726F70
 _RECORD_STREAM = 0x72656364
+_WINDOW_STREAM = 0x77696E64
+# Of the super-resolution samples of a row with highres codes, the share that trains one of the 9
+# magnification windows (evenly); the rest train the whole-image step, as rows without highres codes do.
+SR_WINDOW_SHARE = 0.5
 
 
 def _active_tasks(task_weights: Mapping[str, float], has_lowres: bool,
@@ -64,6 +69,10 @@ class TaskSequenceDataset(Dataset):
     unconditional sequence that classifier-free guidance needs at sampling time). `position_layout` numbers
     the positions (`data_utils/sequences.py`); "fixed-image" gives the text the rows' `text_max_tokens`.
 
+    Super-resolution trains the whole-image step (`lowres` -> image, `[POS0]`) and, on rows with highres
+    codes (`preprocess_data.py --with-highres`), also the magnification windows (`data_utils.sr_windows`):
+    `trains_windows` says whether it does, and a model trained so records it (`sr_windows`).
+
     `grid_mix` (off by default) trains several grid shapes from one set of rows: each text-to-image and
     image-to-text sample crops its code grid to a shape drawn from the list, at a random place. A crop of
     the codes stands in for the codes of the cropped image (the VQ-VAE is convolutional, so they differ
@@ -89,6 +98,7 @@ class TaskSequenceDataset(Dataset):
         self._permutation_epoch = -1
         self._permutation = np.zeros(0, dtype=np.int64)
         self.grid_mix = _checked_grid_mix(grid_mix, rows.format.image_grid, tokenizer)
+        self.trains_windows = "super_resolution" in self.tasks and rows.format.highres_grid is not None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -141,6 +151,25 @@ class TaskSequenceDataset(Dataset):
         top, left = (int(rng.integers(side - size + 1)) for side, size in zip(codes.shape, (rows, cols)))
         return codes[top:top + rows, left:left + cols]
 
+    def sr_window(self, position: int) -> Window | None:
+        """The magnification window that super-resolution sample `position` trains if its row has highres
+        codes, or None for the whole-image step (`SR_WINDOW_SHARE`)."""
+        rng = np.random.default_rng([self.seed, int(position), _WINDOW_STREAM])
+        share, window = rng.random(), int(rng.integers(NUM_WINDOWS))
+        return magnify_windows(self.rows.format.image_grid)[window] if share < SR_WINDOW_SHARE else None
+
+    def super_resolution_sequence(self, row: Row, window: Window | None) -> sequences.TokenSequence:
+        """The super-resolution sample of `row`: the whole-image step, or `window` of its magnification
+        (the crops generation reads and writes, `sr_windows.window_crops`)."""
+        grid = self.rows.format.image_grid
+        if window is None or row.highres is None:
+            lo, hi, index = row.lowres, row.image, 0
+        else:
+            (lo, hi), index = window_crops(window, row.image, row.highres), window.index
+        return sequences.super_resolution(self.tokenizer, row.text_ids, torch.from_numpy(np.ascontiguousarray(lo)),
+                                          grid // 2, grid, torch.from_numpy(np.ascontiguousarray(hi)),
+                                          window=index, text_positions=self.text_positions)
+
     def __getitem__(self, position: int) -> dict[str, Any]:
         for offset in range(len(self.rows)):
             row = self.rows[self.row_index(position + offset)]
@@ -166,9 +195,7 @@ class TaskSequenceDataset(Dataset):
         elif task == "image2text":
             sequence = sequences.image2text(self.tokenizer, image, grid, row.text_ids)
         else:
-            sequence = sequences.super_resolution(self.tokenizer, row.text_ids, torch.from_numpy(row.lowres),
-                                                  self.rows.format.lowres_grid, grid, image,
-                                                  text_positions=self.text_positions)
+            sequence = self.super_resolution_sequence(row, self.sr_window(position))
         return {"input_ids": torch.tensor(sequence.ids, dtype=torch.long),
                 "position_ids": torch.tensor(sequence.position_ids, dtype=torch.long), "task": task}
 

@@ -24,7 +24,7 @@ import math
 import os
 from abc import ABC, abstractmethod
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -32,7 +32,7 @@ from PIL import Image
 
 from data_utils.annotations import TaskAnnotations
 from data_utils.images import load_image
-from data_utils.shapes import ShapeObject, ShapesDataset
+from data_utils.shapes import ShapeObject, ShapesDataset, render
 from data_utils.shapes_tasks import shapes_tasks
 from utils.errors import UserError
 from utils.logging import get_logger
@@ -119,6 +119,12 @@ class CaptionedImageSource(ABC):
         expressions where it has them (cheap, for tokenizer training); raises `SkipItem`."""
         return [self.caption(index)]
 
+    def double_size(self, item: CaptionedImage) -> Image.Image | None:
+        """`item`'s image at twice its side, made from the source rather than upsampled (the target of
+        super-resolution's windows, `preprocess_data.py --with-highres`), or None where the source holds
+        no more detail than `item.image`."""
+        return None
+
     def _check_index(self, index: int) -> None:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {self.name} ({len(self)} items)")
@@ -200,6 +206,13 @@ class ShapesSource(CaptionedImageSource):
         tasks = shapes_tasks(item.objects, stream.size, item.language, stream.seed, index)
         return [item.caption, *(text for qa in tasks.questions for text in (qa.question, qa.answer)),
                 *(ref.expression for ref in tasks.expressions)]
+
+    def double_size(self, item: CaptionedImage) -> Image.Image:
+        """The same objects with every box doubled, drawn on a canvas twice as large: the scene at twice
+        the resolution, exactly (a fresh render at that size would draw its own +-1 px jitter)."""
+        stream = self._stream_of(item.index)
+        objects = [replace(obj, bbox=tuple(2 * v for v in obj.bbox)) for obj in stream.objects(item.index)]
+        return render(objects, 2 * stream.size)
 
     def describe(self) -> dict:
         first = self._streams[0]
@@ -307,6 +320,11 @@ class FileSource(CaptionedImageSource):
                 raise SkipItem(BAD_ANNOTATIONS, entry.key, str(err)) from None
         return CaptionedImage(index, center_crop_resize(image, self.size), caption, str(entry.image_path),
                               annotations=annotations)
+
+    def double_size(self, item: CaptionedImage) -> Image.Image | None:
+        """The file's centred square at twice the size, when its shorter side has that many pixels."""
+        image = read_image_or_skip(Path(item.source), item.source, self.min_side)
+        return center_crop_resize(image, 2 * self.size) if min(image.size) >= 2 * self.size else None
 
     def describe(self) -> dict:
         return {"name": "files", "path": str(self.root), "split": self.split, "size": self.size,

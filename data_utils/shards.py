@@ -32,12 +32,19 @@ MAX_OPEN_SHARDS = 1024
 @dataclass(frozen=True)
 class RowFormat:
     """Fixed-length row layout: `text_len | text (PAD-filled) | image codes | optional lowres codes |
-    optional annotations` (the understanding tasks' records, `data_utils/annotations.py`)."""
+    optional highres codes | optional annotations` (the understanding tasks' records,
+    `data_utils/annotations.py`).
+
+    The highres field holds the codes of the image at twice its side, which super-resolution's windows
+    train on. An item whose source is too small for that keeps its row with the field filled with
+    `missing_code` (never a code), and `Row.highres` is None for it.
+    """
 
     text_max_tokens: int
     image_grid: int
     lowres_grid: int | None
     dtype: str  # "uint16" or "int32"
+    highres_grid: int | None = None
     annotation_tokens: int = 0  # 0: no annotations field
 
     def __post_init__(self) -> None:
@@ -45,6 +52,8 @@ class RowFormat:
             raise ValueError(f"bad row format {self}")
         if self.lowres_grid is not None and self.lowres_grid * 2 != self.image_grid:
             raise ValueError(f"lowres grid {self.lowres_grid} must be half the image grid {self.image_grid}")
+        if self.highres_grid is not None and self.highres_grid != 2 * self.image_grid:
+            raise ValueError(f"highres grid {self.highres_grid} must be twice the image grid {self.image_grid}")
         if self.dtype not in ("uint16", "int32"):
             raise ValueError(f"row dtype must be uint16 or int32, got {self.dtype}")
         if self.annotation_tokens < 0:
@@ -68,12 +77,22 @@ class RowFormat:
         return self.image_offset + self.image_grid**2
 
     @property
-    def annotations_offset(self) -> int:
+    def highres_offset(self) -> int:
         return self.lowres_offset + (self.lowres_grid**2 if self.lowres_grid else 0)
 
     @property
     def row_length(self) -> int:
         return self.annotations_offset + self.annotation_tokens
+
+    @property
+    def annotations_offset(self) -> int:
+        return self.highres_offset + (self.highres_grid**2 if self.highres_grid else 0)
+
+    @property
+    def missing_code(self) -> int:
+        """What fills the highres field of an item without highres codes: the dtype's largest value, which
+        no code reaches (codes lie below the codebook size, which is below the vocabulary size)."""
+        return int(np.iinfo(self.numpy_dtype).max)
 
     @property
     def numpy_dtype(self) -> np.dtype:
@@ -89,6 +108,9 @@ class RowFormat:
         if self.lowres_grid:
             table.append({"name": "lowres", "offset": self.lowres_offset, "length": self.lowres_grid**2,
                           "grid": self.lowres_grid})
+        if self.highres_grid:
+            table.append({"name": "highres", "offset": self.highres_offset, "length": self.highres_grid**2,
+                          "grid": self.highres_grid, "missing_code": self.missing_code})
         if self.annotation_tokens:
             table.append({"name": "annotations", "offset": self.annotations_offset, "length": self.annotation_tokens,
                           "grid": None})
@@ -101,9 +123,10 @@ class RowFormat:
     def from_dict(cls, data: Mapping[str, Any]) -> RowFormat:
         """Inverse of `to_dict`; raises ValueError when the field table is not one we write."""
         fields = {field["name"]: field for field in data["fields"]}
-        lowres, annotations = fields.get("lowres"), fields.get("annotations")
+        lowres, highres, annotations = fields.get("lowres"), fields.get("highres"), fields.get("annotations")
         row_format = cls(text_max_tokens=int(fields["text"]["length"]), image_grid=int(fields["image"]["grid"]),
                          lowres_grid=int(lowres["grid"]) if lowres else None, dtype=str(data["dtype"]),
+                         highres_grid=int(highres["grid"]) if highres else None,
                          annotation_tokens=int(annotations["length"]) if annotations else 0)
         if row_format.to_dict() != {"row_length": data["row_length"], "dtype": data["dtype"],
                                     "fields": list(data["fields"])}:
@@ -111,8 +134,9 @@ class RowFormat:
         return row_format
 
     def pack(self, text_ids: np.ndarray, image: np.ndarray, lowres: np.ndarray | None, pad_id: int,
-             annotations: np.ndarray | None = None) -> np.ndarray:
-        """One row from its parts; `text_ids` must already fit the text budget, `annotations` (the field from
+             highres: np.ndarray | None = None, annotations: np.ndarray | None = None) -> np.ndarray:
+        """One row from its parts; `text_ids` must already fit the text budget. With a highres field,
+        `highres=None` marks the item as having no highres codes. `annotations` (the field from
         `data_utils.annotations.pack`) is given exactly when the format has that field."""
         if len(text_ids) > self.text_max_tokens:
             raise ValueError(f"{len(text_ids)} text ids exceed the budget of {self.text_max_tokens}")
@@ -127,7 +151,13 @@ class RowFormat:
         if lowres is not None:
             if lowres.shape != (self.lowres_grid, self.lowres_grid):
                 raise ValueError(f"lowres codes of shape {lowres.shape}, expected {(self.lowres_grid,) * 2}")
-            row[self.lowres_offset:self.annotations_offset] = lowres.reshape(-1)
+            row[self.lowres_offset:self.highres_offset] = lowres.reshape(-1)
+        if highres is not None:
+            if highres.shape != (self.highres_grid, self.highres_grid):
+                raise ValueError(f"highres codes of shape {highres.shape}, expected {(self.highres_grid,) * 2}")
+            row[self.highres_offset:self.annotations_offset] = highres.reshape(-1)
+        elif self.highres_grid:
+            row[self.highres_offset:self.annotations_offset] = self.missing_code
         if (annotations is None) != (self.annotation_tokens == 0):
             raise ValueError("annotations must be given exactly when the format has an annotations field")
         if annotations is not None:
@@ -139,12 +169,14 @@ class RowFormat:
 
 @dataclass
 class Row:
-    """One preprocessed item: unified text ids (no padding), image codes, optional low-res codes."""
+    """One preprocessed item: unified text ids (no padding), image codes, optional low-res codes, optional
+    codes of the image at twice its side (None where the data has none, or this item's source was too small)."""
 
     text_ids: np.ndarray
     image: np.ndarray
     lowres: np.ndarray | None
     source_index: int
+    highres: np.ndarray | None = None
     annotations: np.ndarray | None = None  # the raw field; read it with data_utils.annotations.unpack
 
 
@@ -154,14 +186,16 @@ def unpack_row(row_format: RowFormat, row: np.ndarray, source_index: int) -> Row
     text_len = int(row[0])
     if text_len > f.text_max_tokens:
         raise UserError(f"corrupt row (text length {text_len} > {f.text_max_tokens}) for source item {source_index}")
-    lowres = None
+    lowres = highres = None
     if f.lowres_grid:
-        lowres = np.array(row[f.lowres_offset:f.annotations_offset], dtype=np.int64).reshape(f.lowres_grid,
-                                                                                              f.lowres_grid)
+        lowres = np.array(row[f.lowres_offset:f.highres_offset], dtype=np.int64).reshape(f.lowres_grid, f.lowres_grid)
+    if f.highres_grid and row[f.highres_offset] != f.missing_code:
+        highres = np.array(row[f.highres_offset:f.annotations_offset], dtype=np.int64).reshape(f.highres_grid,
+                                                                                             f.highres_grid)
     annotations = np.array(row[f.annotations_offset:], dtype=np.int64) if f.annotation_tokens else None
     return Row(text_ids=np.array(row[f.text_offset:f.text_offset + text_len], dtype=np.int64),
                image=np.array(row[f.image_offset:f.lowres_offset], dtype=np.int64).reshape(f.image_grid, f.image_grid),
-               lowres=lowres, source_index=source_index, annotations=annotations)
+               lowres=lowres, source_index=source_index, highres=highres, annotations=annotations)
 
 
 # ---------------------------------------------------------------- writer side

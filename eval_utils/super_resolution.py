@@ -1,28 +1,50 @@
 """Super-resolution quality: PSNR of held-out images downscaled 2x and super-resolved, next to bicubic
-upsampling of the same low-resolution images (the baseline a super-resolver has to beat)."""
+upsampling of the same low-resolution images (the baseline a super-resolver has to beat), and on shapes
+the checker's verdict on the low-resolution inputs and on the super-resolved outputs (super-resolution
+must keep what the input shows)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 
-from data_utils.images import downscale, pil_to_tensor
+from data_utils.images import downscale, pil_to_tensor, tensor_to_pil
+from data_utils.shapes import ShapeObject
+from data_utils.shapes_checker import check_image
 from eval_utils.psnr import bicubic_upsample, mean_psnr
 from eval_utils.report import Section
 
 
+def _accepted(images: Sequence[Image.Image], objects: Sequence[Sequence[ShapeObject]]) -> float:
+    """The share of `images` the shapes checker accepts, each judged on its own canvas."""
+    return sum(check_image(image, own).correct for image, own in zip(images, objects)) / len(images)
+
+
 def super_resolution_section(images: list[Image.Image], captions: list[str],
-                             super_resolve: Callable[[list[Image.Image], list[str]], list[Image.Image]]) -> Section:
+                             super_resolve: Callable[[list[Image.Image], list[str]], list[Image.Image]],
+                             objects: Sequence[Sequence[ShapeObject]] | None = None,
+                             settings: dict | None = None) -> Section:
     """Held-out images downscaled 2x as `preprocess_data.py --with-lowres` does (`downscale`), super-resolved,
-    and compared (PSNR) with the originals, next to bicubic upsampling of the same low-res images."""
+    and compared (PSNR) with the originals, next to bicubic upsampling of the same low-res images. With the
+    images' shapes `objects`, also the share the checker accepts of the inputs (at their own, low
+    resolution), of the outputs and of the bicubic images. `settings`: how it was sampled, for the record."""
     truth = torch.stack([pil_to_tensor(image) for image in images])
     lowres = [downscale(image) for image in images]
-    restored = torch.stack([pil_to_tensor(image) for image in super_resolve(lowres, captions)])
+    restored_images = super_resolve(lowres, captions)
+    restored = torch.stack([pil_to_tensor(image) for image in restored_images])
     bicubic = bicubic_upsample(torch.stack([pil_to_tensor(image) for image in lowres]), 2)
     psnr, baseline = mean_psnr(restored, truth), mean_psnr(bicubic, truth)
-    results = {"images": len(images), "psnr": psnr, "bicubic_psnr": baseline, "gain_over_bicubic": psnr - baseline}
-    table = "\n".join([f"{'PSNR super-resolved':<28}{psnr:>9.2f} dB", f"{'PSNR bicubic':<28}{baseline:>9.2f} dB",
-                       f"{'gain over bicubic':<28}{psnr - baseline:>+9.2f} dB",
-                       f"{'images':<28}{len(images):>9d}"])
-    return Section("sr", results, table)
+    results = {"images": len(images), "psnr": psnr, "bicubic_psnr": baseline, "gain_over_bicubic": psnr - baseline,
+               **({"sampling": settings} if settings else {})}
+    rows = [f"{'PSNR super-resolved':<28}{psnr:>9.2f} dB", f"{'PSNR bicubic':<28}{baseline:>9.2f} dB",
+            f"{'gain over bicubic':<28}{psnr - baseline:>+9.2f} dB"]
+    if objects is not None:
+        checker = {"checker_input": _accepted(lowres, objects), "checker_output": _accepted(restored_images, objects),
+                   "checker_bicubic": _accepted([tensor_to_pil(image) for image in bicubic], objects)}
+        results.update(checker)
+        rows += [f"{'checker: low-res inputs':<28}{checker['checker_input']:>9.1%}",
+                 f"{'checker: super-resolved':<28}{checker['checker_output']:>9.1%}",
+                 f"{'checker: bicubic':<28}{checker['checker_bicubic']:>9.1%}"]
+    rows.append(f"{'images':<28}{len(images):>9d}")
+    return Section("sr", results, "\n".join(rows))

@@ -4,7 +4,8 @@ The checkpoint's `model_config.json` metadata names them (written by training an
 
     "tokenizer": {"path": ..., "fingerprint": ..., ...}   the text tokenizer's .model file
     "vqvae":     {"path": ..., "fingerprint": ...}        the VQ-VAE folder
-    "data":      {"image_grid": 8, "text_max_tokens": 32, "lowres_grid": 4}   sizes trained on
+    "data":      {"image_grid": 8, "text_max_tokens": 32, "lowres_grid": 4,   sizes trained on, and whether
+                  "sr_windows": true}                         super-resolution trained the magnifying windows
 
 `--text-tokenizer` / `--vqvae` replace the recorded paths (a moved run, CogView's release), but the
 files must still be the ones the model was trained with: a fingerprint that differs from the
@@ -90,7 +91,8 @@ def geometry_from(metadata: Mapping[str, Any], config: ModelConfig) -> Geometry:
     if isinstance(data, Mapping) and "image_grid" in data and "text_max_tokens" in data:
         text_max_tokens = int(data["text_max_tokens"])
         return Geometry(int(data["image_grid"]), text_max_tokens, max_positions,
-                        text_positions_for(config.position_layout, text_max_tokens))
+                        text_positions_for(config.position_layout, text_max_tokens),
+                        magnifies=data.get("sr_windows") is True)
     if config.position_layout == "fixed-image":
         raise UserError("a fixed-image model must record its text budget (data.text_max_tokens) in model_config.json")
     fitting = [g for g in GRID_TOKENS if g * g + 5 < max_positions and g >= 8]

@@ -275,27 +275,35 @@ class Pipeline:
             return tasks.super_resolve_codes(self.model, self.tokenizer, self.geometry, codes,
                                              [self._text_ids(t) for t in texts], seed, settings, self.max_batch_rows)
 
-    def super_resolve(self, images: ImagesLike, text: str | Sequence[str], seed: int = 0, top_k: int = 200,
-                      top_p: float = 1.0, temperature: float = 1.0) -> list[Image.Image]:
+    def super_resolve(self, images: ImagesLike, text: str | Sequence[str], seed: int = 0, top_k: int | None = None,
+                      top_p: float | None = None, temperature: float | None = None) -> list[Image.Image]:
         """Each image at twice its side, conditioned on its text (one text for all, or one each).
 
         An image exactly at the trained low-resolution size takes one pass; any other is resized to
-        the model's image size and magnified with 9 overlapping windows (`tasks.magnify_windows`).
+        the model's image size and magnified with 9 overlapping windows (`tasks.magnify_windows`), which
+        a model that did not train them refuses (`tasks.check_magnifies`). Sampling settings left None
+        take super-resolution's default, greedy (`tasks.SUPER_RESOLUTION_SAMPLING`).
         """
         grid = self._input_grid_for_super_resolution(images)
         codes = self.encode_images(images, grid)
         texts = [text] * len(codes) if isinstance(text, str) else list(text)
         if len(texts) != len(codes):
             raise UserError(f"{len(codes)} images but {len(texts)} texts for super-resolution")
-        settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)
+        settings = tasks.super_resolution_settings(top_k=top_k, top_p=top_p, temperature=temperature)
         return self.decode_codes(self.super_resolve_codes(codes, texts, seed, settings))
 
     def text2image_select_upscale(self, prompts: str | Sequence[str], n: int = 8, seed: int = 0,
                                   cfg_scale: float = 1.0, negative_prompt: str | None = None, top_k: int = 200,
-                                  top_p: float = 1.0, temperature: float = 1.0) -> list[SelectedImage]:
+                                  top_p: float = 1.0, temperature: float = 1.0,
+                                  upscale_settings: SamplingSettings = tasks.SUPER_RESOLUTION_SAMPLING
+                                  ) -> list[SelectedImage]:
         """CogView's full recipe in one call: `n` candidates per prompt, ranked by post-selection, and
-        the best one magnified to twice its side (sampled with the same settings, without guidance;
-        the best candidate j, seed `seed + j`, magnifies with that seed)."""
+        the best one magnified to twice its side with `upscale_settings` (super-resolution's default,
+        greedy; the best candidate j, seed `seed + j`, magnifies with that seed).
+
+        Only a model that trained the magnifying windows can do the last step: any other is refused in
+        one line before anything is sampled (`tasks.check_magnifies`), never answered with garbage."""
+        tasks.check_magnifies(self.geometry)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale)
         all_codes = self.text2image_codes(prompts, n, seed, settings, negative_prompt)
@@ -303,8 +311,7 @@ class Pipeline:
         for prompt, codes in zip(prompts, all_codes):
             ranking = self.rerank_codes(prompt, codes)
             best = ranking.order[0]
-            upscaled = self.super_resolve_codes(codes[best:best + 1], [prompt], seed + best,
-                                                SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p))
+            upscaled = self.super_resolve_codes(codes[best:best + 1], [prompt], seed + best, upscale_settings)
             candidates = GeneratedImages(prompt, self.decode_codes(codes), [seed + j for j in range(n)], codes,
                                          ranking.scores)
             results.append(SelectedImage(candidates, best, self.decode_codes(upscaled)[0]))

@@ -17,6 +17,7 @@ import torch
 
 from data_utils.sequences import (Grid, TokenSequence, grid_ids, grid_shape, image2text, super_resolution,
                                   text2image)
+from data_utils.sr_windows import Window, magnify_windows
 from data_utils.tokenizer import UnifiedTokenizer
 from generation.decoding import SAMPLE, DecodeRequest, DecodeSpec, decode
 from generation.sampling import SamplingSettings, allowed_mask
@@ -28,7 +29,9 @@ class Geometry:
     """The sizes a checkpoint was trained for.
 
     `image_grid` is the side of the code grid of text-to-image and captioning; super-resolution was
-    trained from `image_grid // 2` to `image_grid` (the `lowres` shard field). `max_positions` is the
+    trained from `image_grid // 2` to `image_grid` (the `lowres` shard field), and `magnifies` says whether
+    it also trained the windows that magnify `image_grid` to `2 * image_grid` (`data_utils.sr_windows`; the
+    `sr_windows` of the checkpoint's data metadata, absent in older checkpoints). `max_positions` is the
     number of position embeddings. `text_positions` is the text's fixed block of positions of a
     "fixed-image" model, None for consecutive positions (data_utils/sequences.py). `output_grid` is
     the (rows, columns) text-to-image makes when asked for another shape (`with_output_grid`); None
@@ -40,6 +43,7 @@ class Geometry:
     max_positions: int
     text_positions: int | None = None
     output_grid: tuple[int, int] | None = None
+    magnifies: bool = False
 
     @property
     def lowres_grid(self) -> int:
@@ -151,36 +155,29 @@ def caption_candidates(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: 
 
 
 # --- super-resolution -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Window:
-    """One high-resolution window of the magnification: its index (raster order, also its seed offset),
-    its top-left corner in the target grid, and the matching corner of its low-resolution crop."""
-
-    index: int
-    top: int
-    left: int
-
-    @property
-    def source_top(self) -> int:
-        return self.top // 2
-
-    @property
-    def source_left(self) -> int:
-        return self.left // 2
+# How every entry point decodes super-resolution unless told otherwise (Pipeline.super_resolve,
+# text2image_select_upscale, generate_samples, evaluate): greedy. The output is nearly determined by its
+# input, and sampling (CogView's top-k 200 at temperature 1.02) scatters codes into blobs
+# (docs/tasks/super_resolution.md, "Sampling settings").
+SUPER_RESOLUTION_SAMPLING = SamplingSettings(temperature=1.0, top_k=1)
 
 
-def magnify_windows(grid: int) -> list[Window]:
-    """The 9 windows that cover a `2*grid` target with `grid`-sided windows at stride `grid/2`.
+def super_resolution_settings(top_k: int | None = None, top_p: float | None = None,
+                              temperature: float | None = None) -> SamplingSettings:
+    """`SUPER_RESOLUTION_SAMPLING` with the values given here instead (None keeps the default; a
+    temperature alone changes nothing while top-k stays 1, greedy)."""
+    given = {"top_k": top_k, "top_p": top_p, "temperature": temperature}
+    return replace(SUPER_RESOLUTION_SAMPLING, **{name: value for name, value in given.items() if value is not None})
 
-    Window k = 3*r + c (r, c in 0..2) has its top-left corner at (r*grid/2, c*grid/2) of the target,
-    and reads the `grid/2`-sided crop at (r*grid/4, c*grid/4) of the source (the image at `grid`).
-    Windows run in this raster order; each one's codes that earlier windows already produced are
-    fixed, not sampled (CogView's magnify scheme).
-    """
-    if grid % 4:
-        raise UserError(f"super-resolution windows need a grid side divisible by 4, got {grid}")
-    stride = grid // 2
-    return [Window(3 * r + c, r * stride, c * stride) for r in range(3) for c in range(3)]
+
+def check_magnifies(geometry: Geometry) -> None:
+    """Refuse, in one line, magnification by a model that never trained its windows: it would return garbage."""
+    if not geometry.magnifies:
+        g, lo = geometry.image_grid, geometry.lowres_grid
+        raise UserError(f"this model cannot magnify {g}x{g} codes to {2 * g}x{2 * g} (text2image-full, or "
+                        f"super-resolution of a full-size image): its super-resolution trained only {lo}x{lo} -> "
+                        f"{g}x{g} codes, on data without --with-highres codes; train on data made with "
+                        f"preprocess_data.py --with-lowres --with-highres, or super-resolve low-resolution images")
 
 
 def window_seed(image_seed: int, window: int) -> int:
@@ -195,8 +192,9 @@ def super_resolve_codes(model: torch.nn.Module, tok: UnifiedTokenizer, geometry:
     """Code grids `[N, s, s]` -> `[N, 2s, 2s]`, each conditioned on its text; image i has seed `seed + i`
     and its window w draws from `window_seed(seed + i, w)`.
 
-    s = image_grid/2 is what super-resolution was trained on: one `[POS0]` pass. s = image_grid goes
-    beyond it with `magnify_windows`: 9 passes, each running the same window of all images as one batch.
+    s = image_grid/2 is the trained whole-image step: one `[POS0]` pass. s = image_grid magnifies with
+    `magnify_windows`: 9 passes with `[POS0]` ... `[POS8]`, each running the same window of all images as one
+    batch; only a model that trained those windows (`geometry.magnifies`) may, others are refused.
     """
     if codes.dim() != 3 or codes.shape[1] != codes.shape[2]:
         raise UserError(f"expected square code grids [N, s, s], got shape {list(codes.shape)}")
@@ -207,6 +205,7 @@ def super_resolve_codes(model: torch.nn.Module, tok: UnifiedTokenizer, geometry:
         return _generate_windows(model, tok, geometry, codes, text_ids, seed, settings, max_batch_rows,
                                  [Window(0, 0, 0)], target_side=hi)
     if side == hi:
+        check_magnifies(geometry)
         return _generate_windows(model, tok, geometry, codes, text_ids, seed, settings, max_batch_rows,
                                  magnify_windows(hi), target_side=2 * hi)
     raise UserError(f"super-resolution takes {geometry.lowres_grid}x{geometry.lowres_grid} or {hi}x{hi} code grids "
@@ -221,14 +220,12 @@ def _generate_windows(model, tok: UnifiedTokenizer, geometry: Geometry, codes: t
     target = torch.full((num, target_side, target_side), SAMPLE, dtype=torch.long)
     spec = DecodeSpec(steps=hi * hi, allowed=image_ids_mask(tok), settings=settings, pad_id=tok.pad_id)
     for window in windows:
-        rows, cols = slice(window.top, window.top + hi), slice(window.left, window.left + hi)
-        lo_rows = slice(window.source_top, window.source_top + lo)
-        lo_cols = slice(window.source_left, window.source_left + lo)
+        rows, cols = window.target_slices(hi)
+        lo_rows, lo_cols = window.source_slices(hi)
         requests = []
         for i in range(num):
-            # Every window reads [POS0]: training builds only whole-image super-resolution samples, which
-            # carry [POS0]; [POS1..8] stay reserved for a model fine-tuned on windowed crops (CogView's).
-            prompt = super_resolution(tok, text_ids[i], codes[i, lo_rows, lo_cols], lo, hi, window=0,
+            # The crops and the [POS k] token of training's window samples (data_utils.dataset).
+            prompt = super_resolution(tok, text_ids[i], codes[i, lo_rows, lo_cols], lo, hi, window=window.index,
                                       text_positions=geometry.text_positions)
             check_fits(prompt, hi * hi, geometry, "super-resolution")
             requests.append(DecodeRequest(prompt, window_seed(seed + i, window.index),

@@ -114,12 +114,13 @@ def post_selection_picture(pipe: Pipeline, prompt: str, candidates: int, cfg_sca
     return titled(title, grid(cells, candidates, side))
 
 
-def super_resolution_picture(pipe: Pipeline, captions: list[str], images: list[Image.Image], temperature: float,
-                             seed: int, side: int) -> Image.Image:
-    """Inputs made as training made them (`data_utils.images.downscale`), so the model sees its own task;
-    bicubic upsampling is the baseline evaluate.py measures PSNR against."""
+def super_resolution_picture(pipe: Pipeline, captions: list[str], images: list[Image.Image], seed: int,
+                             side: int) -> Image.Image:
+    """Inputs made as training made them (`data_utils.images.downscale`), so the model sees its own task,
+    decoded with super-resolution's own default (greedy); bicubic upsampling is the baseline evaluate.py
+    measures PSNR against."""
     lowres = [downscale(image) for image in images]
-    upscaled = pipe.super_resolve(lowres, captions, seed=seed, temperature=temperature)
+    upscaled = pipe.super_resolve(lowres, captions, seed=seed)
     bicubic = bicubic_upsample(torch.stack([pil_to_tensor(image) for image in lowres]), 2)
     rows = [(caption, [Cell(image) for image in (low, tensor_to_pil(cubic), model, original)])
             for caption, low, cubic, model, original in zip(captions, lowres, bicubic, upscaled, images)]
@@ -136,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cfg-scale", type=non_negative_float, default=1.5,
                         help="guidance scale of the guided half of text2image.png and of the post-selection candidates")
     parser.add_argument("--temperature", type=positive_float, default=1.0,
-                        help="sampling temperature of the generated images (captions: greedy, and sampled at 1)")
+                        help="sampling temperature of the generated images (captions: greedy, and sampled at 1; "
+                             "super-resolution: greedy)")
     parser.add_argument("--samples", type=positive_int, default=4,
                         help="text2image.png: images per prompt, with and without guidance each")
     parser.add_argument("--candidates", type=positive_int, default=8, help="post_selection.png: candidates")
@@ -154,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                              args.candidates, args.cfg_scale, args.temperature,
                                                              args.seed, display),
         "super_resolution.png": lambda: super_resolution_picture(pipe, *held_out(side, SUPER_RESOLUTION_IMAGES),
-                                                                 args.temperature, args.seed, display),
+                                                                 args.seed, display),
     }
     args.output.mkdir(parents=True, exist_ok=True)
     settings = {"checkpoint": str(args.load), "seed": args.seed, "cfg_scale": args.cfg_scale,

@@ -44,8 +44,9 @@ def tiny_model(tok: UnifiedTokenizer, max_positions: int = 112, seed: int = 0, l
     return model
 
 
-def tiny_geometry(grid: int = 8, max_positions: int = 112) -> Geometry:
-    return Geometry(image_grid=grid, text_max_tokens=16, max_positions=max_positions)
+def tiny_geometry(grid: int = 8, max_positions: int = 112, magnifies: bool = True) -> Geometry:
+    """A model's sizes; `magnifies`: as if its super-resolution trained the magnifying windows."""
+    return Geometry(image_grid=grid, text_max_tokens=16, max_positions=max_positions, magnifies=magnifies)
 
 
 @torch.inference_mode()
@@ -111,9 +112,10 @@ CAPTIONS = ["a large red circle at the top left", "a small blue square in the ce
             "左上角有一个大的红色圆形", "中间有一个小的蓝色正方形"]
 
 
-def write_tiny_checkpoint(folder, grid: int = 8, max_positions: int = 112):
+def write_tiny_checkpoint(folder, grid: int = 8, max_positions: int = 112, sr_windows: bool = True):
     """A complete generation checkpoint on disk: SentencePiece model, untrained VQ-VAE (8x, so a
-    `grid * 8` px image), random transformer exported with the metadata training records."""
+    `grid * 8` px image), random transformer exported with the metadata training records (`sr_windows`:
+    as if trained on data with highres codes, so it may magnify)."""
     from pathlib import Path
 
     from data_utils.text_tokenizer import TextTokenizer, train_sentencepiece
@@ -131,6 +133,7 @@ def write_tiny_checkpoint(folder, grid: int = 8, max_positions: int = 112):
     model = tiny_model(tok, max_positions=max_positions)
     metadata = {"tokenizer": tok.describe(),
                 "vqvae": {"path": str(folder / "vqvae"), "fingerprint": vqvae_fingerprint(vqvae)},
-                "data": {"image_grid": grid, "text_max_tokens": 16, "lowres_grid": grid // 2}}
+                "data": {"image_grid": grid, "text_max_tokens": 16, "lowres_grid": grid // 2,
+                         "sr_windows": sr_windows}}
     save_exported(model, folder / "gpt", extra=metadata)
     return folder / "gpt"

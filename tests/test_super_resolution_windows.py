@@ -1,0 +1,268 @@
+"""Super-resolution's magnification: training and generation cut the same window crops, highres codes are
+stored and recorded by preprocessing, a model that never trained the windows refuses to magnify in one line,
+and super-resolution's greedy default reaches every entry point."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import preprocess_data
+from data_utils.dataset import TaskSequenceDataset
+from data_utils.image_sources import open_dataset
+from data_utils.images import pil_to_tensor
+from data_utils.shapes_checker import check_image
+from data_utils.shards import FORMAT_VERSION, RowFormat, ShardedRows, write_manifest, write_shard
+from data_utils.sr_windows import magnify_windows
+from data_utils.text_tokenizer import train_sentencepiece
+from data_utils.tokenizer import UnifiedTokenizer
+from generation import tasks
+from generation.decoding import SAMPLE
+from generation.loading import geometry_from
+from generation.pipeline import Pipeline
+from model.config import ModelConfig
+from tests.generation_helpers import tiny_geometry, tiny_model, tiny_tokenizer, write_tiny_checkpoint
+from utils.errors import UserError
+from vqvae.api import img2code, load_vqvae, save_vqvae, vqvae_fingerprint
+from vqvae.config import VQVAEConfig
+from vqvae.model import VQVAE
+
+GRID, TEXT_MAX = 8, 16
+
+
+def write_rows(folder: Path, tok: UnifiedTokenizer, num_rows: int, highres: bool, without_highres: set[int] = ()
+               ) -> list:
+    """Rows of random codes (highres codes too, except for the rows in `without_highres`)."""
+    codebook = tok.codebook_size
+    row_format = RowFormat(TEXT_MAX, GRID, GRID // 2, RowFormat.dtype_for_vocab(tok.vocab_size),
+                           2 * GRID if highres else None)
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(num_rows):
+        text = np.array(tok.encode_text(["a red circle", "square"][i % 2], TEXT_MAX))
+        big = rng.integers(0, codebook, (2 * GRID, 2 * GRID)) if highres and i not in without_highres else None
+        rows.append(row_format.pack(text, rng.integers(0, codebook, (GRID, GRID)),
+                                    rng.integers(0, codebook, (GRID // 2, GRID // 2)), tok.pad_id, big))
+    shard = write_shard(folder, 0, np.stack(rows), np.arange(num_rows), row_format)
+    write_manifest(folder, {"format_version": FORMAT_VERSION, **row_format.to_dict(), "tokenizer": tok.describe(),
+                            "vqvae": {"path": "vq", "fingerprint": "f"}, "num_chunks": 1, "complete": True,
+                            "shards": [shard]})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def test_training_windows_and_inference_windows_cut_the_same_crops(tok, tmp_path, monkeypatch):
+    """A 'model' that has memorised the training samples of one row (every window and the whole image)
+    magnifies that row's image to exactly its highres codes: generation asks each window with the very
+    prompt training built for it (same crop, same [POS k]) and writes the answer where training took it from,
+    and the codes it feeds as fixed are the ones training showed there."""
+    write_rows(tmp_path, tok, 2, highres=True)
+    data = TaskSequenceDataset(ShardedRows(tmp_path), tok, {"super_resolution": 1.0})
+    row = data.rows[1]
+    answers = {}
+    for window in [None, *magnify_windows(GRID)]:
+        ids = data.super_resolution_sequence(row, window).ids
+        boi2 = ids.index(tok["[BOI2]"])
+        answers[tuple(ids[:boi2 + 1])] = torch.tensor(ids[boi2 + 1:-1])
+
+    def memorised(model, requests, spec, max_batch_rows, description=""):
+        outputs = []
+        for request in requests:
+            answer = answers[tuple(request.prompt.ids)]  # KeyError: a prompt training never built
+            fixed = request.forced != SAMPLE
+            assert torch.equal(request.forced[fixed], answer[fixed])
+            outputs.append(answer)
+        return outputs
+
+    monkeypatch.setattr(tasks, "decode", memorised)
+    geometry = tiny_geometry(magnifies=True)
+    text = [row.text_ids.tolist()]
+    magnified = tasks.super_resolve_codes(None, tok, geometry, torch.from_numpy(row.image)[None], text, 0,
+                                          tasks.SUPER_RESOLUTION_SAMPLING, 8)
+    assert torch.equal(magnified[0], torch.from_numpy(row.highres))
+    whole = tasks.super_resolve_codes(None, tok, geometry, torch.from_numpy(row.lowres)[None], text, 0,
+                                      tasks.SUPER_RESOLUTION_SAMPLING, 8)
+    assert torch.equal(whole[0], torch.from_numpy(row.image))
+
+
+def test_windows_train_only_from_rows_with_highres_codes(tok, tmp_path):
+    with_highres, without = tmp_path / "with", tmp_path / "without"
+    with_highres.mkdir(), without.mkdir()
+    write_rows(with_highres, tok, 4, highres=True, without_highres={3})
+    write_rows(without, tok, 4, highres=False)
+    rows = ShardedRows(with_highres)
+    assert rows[3].highres is None and rows[2].highres is not None
+    pos = {tok.position_token(k): k for k in range(9)}
+
+    def windows_drawn(data: TaskSequenceDataset, row: int) -> set[int]:
+        seen = set()
+        for position in range(400):
+            if data.row_index(position) == row:
+                ids = data[position]["input_ids"].tolist()
+                seen.add(pos[ids[ids.index(tok["[ROI2]"]) + 1]])
+        return seen
+
+    data = TaskSequenceDataset(rows, tok, {"super_resolution": 1.0})
+    assert data.trains_windows and windows_drawn(data, 2) == set(range(9)) and windows_drawn(data, 3) == {0}
+    plain = TaskSequenceDataset(ShardedRows(without), tok, {"super_resolution": 1.0})
+    assert not plain.trains_windows and windows_drawn(plain, 2) == {0}
+    assert not TaskSequenceDataset(rows, tok, {"text2image": 1.0}).trains_windows
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tools")
+    captions = open_dataset("shapes", num_items=500)
+    sp_model = train_sentencepiece((captions.caption(i) for i in range(len(captions))), folder / "sp", 300)
+    torch.manual_seed(0)
+    save_vqvae(VQVAE(VQVAEConfig(codebook_size=64, embed_dim=16, hidden_channels=16, downsample=8)), folder / "vq")
+    return SimpleNamespace(sp=str(sp_model), vq=str(folder / "vq"), vqvae=load_vqvae(folder / "vq"))
+
+
+def test_preprocessing_stores_highres_codes_of_the_scene_at_twice_the_size(tools, tmp_path):
+    output = tmp_path / "data"
+    args = ["--text-tokenizer", tools.sp, "--vqvae", tools.vq, "--dataset", "shapes", "--num-items", "6",
+            "--workers", "0", "--with-lowres"]
+    preprocess_data.main([*args, "--with-highres", "--output", str(output)])
+    rows = ShardedRows(output)
+    manifest = rows.manifest
+    assert rows.format.highres_grid == 16 and manifest["preprocess"]["with_highres"] is True
+    assert {"name": "highres", "offset": rows.format.highres_offset, "length": 256, "grid": 16,
+            "missing_code": 65535} in manifest["fields"]
+    assert manifest["counts"]["highres_missing"] == 0
+    assert manifest["vqvae"]["fingerprint"] == vqvae_fingerprint(tools.vqvae)
+    source = open_dataset("shapes", num_items=6)
+    for i in range(6):
+        item = source.item(i)
+        big = source.double_size(item)
+        assert big.size == (128, 128) and check_image(big, [o for o in source.dataset.objects(i)]).correct
+        assert np.array_equal(rows[i].highres, img2code(tools.vqvae, pil_to_tensor(big)[None])[0].numpy())
+    with pytest.raises(UserError, match="with_highres"):  # resuming it without the flag is another job
+        preprocess_data.main([*args, "--output", str(output)])
+    with pytest.raises(SystemExit):
+        preprocess_data.main([*args[:-1], "--with-highres", "--output", str(tmp_path / "x")])
+
+
+def test_files_too_small_for_twice_the_size_keep_their_row_without_highres(tools, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for index, side in enumerate((160, 64, 128, 100, 256, 90, 130, 200, 64, 140, 150, 70)):
+        Image.new("RGB", (side, side), (200, 30, 30)).save(folder / f"{index:02d}.png")
+        (folder / f"{index:02d}.txt").write_text("a red square")
+    output = tmp_path / "data"
+    preprocess_data.main(["--text-tokenizer", tools.sp, "--vqvae", tools.vq, "--dataset", str(folder),
+                          "--workers", "0", "--with-lowres", "--with-highres", "--output", str(output)])
+    rows, source = ShardedRows(output), open_dataset(str(folder))
+    have = [rows[i].highres is not None for i in range(len(rows))]
+    expected = [min(Image.open(source.item(int(index)).source).size) >= 128 for index in rows.source_indices()]
+    assert have == expected and rows.manifest["counts"]["highres_missing"] == expected.count(False) > 0
+
+
+# ---------------------------------------------------------------- refusal
+
+def test_a_model_without_windows_refuses_to_magnify_in_one_line(tok):
+    geometry = tiny_geometry(magnifies=False)
+    codes = torch.zeros((1, GRID, GRID), dtype=torch.long)
+    with pytest.raises(UserError) as refused:
+        tasks.super_resolve_codes(None, tok, geometry, codes, [[]], 0, tasks.SUPER_RESOLUTION_SAMPLING, 8)
+    assert "\n" not in str(refused.value) and "--with-highres" in str(refused.value)
+
+    class Untouchable(torch.nn.Module):  # refused before anything is sampled
+        def forward(self, *args, **kwargs):
+            raise AssertionError("the model ran")
+
+    pipe = Pipeline(Untouchable(), tok, vqvae=None, geometry=geometry)
+    with pytest.raises(UserError, match="cannot magnify"):
+        pipe.text2image_select_upscale("a red circle", n=2)
+
+
+def test_old_checkpoints_do_not_magnify_and_windowed_ones_do():
+    config = ModelConfig(vocab_size=64, num_layers=1, hidden_size=8, num_attention_heads=1, max_position_embeddings=112)
+    data = {"image_grid": 8, "text_max_tokens": 16, "lowres_grid": 4}
+    assert not geometry_from({"data": data}, config).magnifies
+    assert geometry_from({"data": {**data, "sr_windows": True}}, config).magnifies
+    assert not geometry_from({"data": {**data, "sr_windows": False}}, config).magnifies
+
+
+def test_text2image_full_of_a_model_without_windows_is_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", sr_windows=False)
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "generate_samples.py", "--load", str(checkpoint), "--generation-task",
+                             "text2image-full", "--prompt", "a red circle", "--batch-size", "2", "--output-path",
+                             str(tmp_path / "out"), "--device", "cpu"], cwd=root, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "cannot magnify" in line]
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- default settings
+
+@pytest.fixture
+def recorded_settings(monkeypatch):
+    """Every `tasks.super_resolve_codes` call's settings, the call itself going through."""
+    seen = []
+    real = tasks.super_resolve_codes
+
+    def spy(model, tok, geometry, codes, text_ids, seed, settings, max_batch_rows):
+        seen.append(settings)
+        return real(model, tok, geometry, codes, text_ids, seed, settings, max_batch_rows)
+
+    monkeypatch.setattr(tasks, "super_resolve_codes", spy)
+    return seen
+
+
+def test_greedy_is_the_default_of_every_super_resolution_entry_point(tok, recorded_settings, tmp_path):
+    from generation import pipeline as pipeline_module
+    from vqvae.model import VQVAE as Model
+
+    torch.manual_seed(0)
+    vqvae = Model(VQVAEConfig(codebook_size=tok.codebook_size, embed_dim=8, hidden_channels=16,
+                              num_res_blocks=0)).eval()
+    pipe = Pipeline(tiny_model(tok), tok, vqvae, tiny_geometry())
+    assert pipeline_module.tasks is tasks
+    small = [pil_to_tensor(open_dataset("shapes", size=32, num_items=1).item(0).image)]
+    pipe.super_resolve(torch.stack(small), "a red circle")
+    pipe.super_resolve(torch.stack(small), "a red circle", top_k=5, temperature=0.7)
+    pipe.text2image_select_upscale("a red circle", n=2, top_k=200, temperature=1.0)
+    assert recorded_settings == [tasks.SUPER_RESOLUTION_SAMPLING,
+                                 tasks.SamplingSettings(temperature=0.7, top_k=5), tasks.SUPER_RESOLUTION_SAMPLING]
+    assert tasks.SUPER_RESOLUTION_SAMPLING.top_k == 1  # greedy
+
+
+def test_generate_samples_and_evaluate_use_the_default(tmp_path, monkeypatch):
+    import evaluate
+    import generate_samples
+
+    checkpoint = write_tiny_checkpoint(tmp_path / "ckpt")
+    image = tmp_path / "small.png"
+    open_dataset("shapes", size=32, num_items=1).item(0).image.save(image)
+    common = ["--load", str(checkpoint), "--generation-task", "super-resolution", "--prompt", "a red circle",
+              "--input-images", str(image), "--device", "cpu"]
+    generate_samples.main([*common, "--output-path", str(tmp_path / "a")])
+    generate_samples.main([*common, "--top-k", "7", "--output-path", str(tmp_path / "b")])
+    records = [json.loads((tmp_path / out / "manifest.jsonl").read_text().splitlines()[0]) for out in "ab"]
+    assert (records[0]["top_k"], records[0]["temperature"]) == (1, 1.0) and records[1]["top_k"] == 7
+
+    seen = []
+    real = Pipeline.super_resolve
+    monkeypatch.setattr(Pipeline, "super_resolve", lambda self, *a, **k: seen.append(k) or real(self, *a, **k))
+    evaluate.main(["--load", str(checkpoint), "--sections", "sr", "--num-prompts", "2", "--device", "cpu",
+                   "--output-json", str(tmp_path / "eval.json"), "--top-k", "200"])
+    report = json.loads((tmp_path / "eval.json").read_text())["sections"]["sr"]
+    assert seen and all(set(k) == {"seed"} for k in seen)  # no sampling flags: super-resolution's default
+    assert report["sampling"] == tasks.SUPER_RESOLUTION_SAMPLING.to_dict()
+    assert {"checker_input", "checker_output", "checker_bicubic"} <= set(report)
