@@ -115,3 +115,56 @@ def test_pipeline_attention_map_has_one_map_per_word():
     words = pipe.attention_map(torch.zeros(3, 32, 32), "a red circle")
     assert [w.word.text for w in words] == ["a", "red", "circle"]
     assert words[0].grid.shape == (4, 4)
+
+
+# --- attention mass in the box (eval_utils/attention_in_box.py) --------------------------------------
+def test_box_cover_is_the_covered_fraction_of_each_code_cell():
+    from eval_utils.attention_in_box import box_cover
+
+    cover = box_cover((4, 8, 16, 12), image_size=32, grid=4)  # cells of 8 px
+    expected = torch.zeros(4, 4, dtype=torch.float64)
+    expected[1, 0] = 0.5 * 0.5   # x 4..8 of 0..8, y 8..12 of 8..16
+    expected[1, 1] = 1.0 * 0.5   # x 8..16, y 8..12
+    torch.testing.assert_close(cover, expected)
+    assert float(box_cover((0, 0, 32, 32), 32, 4).sum()) == 16
+
+
+def test_mass_in_box_of_hand_made_maps():
+    from data_utils.shapes import ShapeObject
+    from eval_utils.attention_in_box import attention_in_box, mass_in_box
+    from generation.attention_maps import Word, WordAttention
+
+    cover = torch.zeros(4, 4, dtype=torch.float64)
+    cover[0, :2] = 1.0
+    on_box = torch.zeros(4, 4)
+    on_box[0, 0] = 0.75
+    on_box[3, 3] = 0.25
+    assert mass_in_box(on_box, cover) == pytest.approx(0.75)
+    assert mass_in_box(torch.full((4, 4), 1 / 16), cover) == pytest.approx(2 / 16)
+
+    text = "a large red circle at the top left"
+    uniform = torch.full((4, 4), 1 / 16)
+
+    def word(name, grid):
+        start = text.index(name)
+        return WordAttention(Word(name, start, start + len(name), ()), grid, 1.0)
+
+    # "red" looks inside the box, "circle" evenly; "large" (not a name of colour or shape) is ignored.
+    maps = [[word("large", on_box * 0), word("red", on_box), word("circle", uniform)]]
+    obj = ShapeObject("red", "circle", "large", "top left", bbox=(0, 0, 16, 8))  # the cells [0, 0] and [0, 1]
+    found = attention_in_box(maps, [[obj]], [text], "en", image_size=32, grid=4)
+    assert found["objects"] == 1
+    assert found["mass_in_box"] == pytest.approx((0.75 + 2 / 16) / 2)
+    assert found["box_share"] == pytest.approx(2 / 16)
+    assert found["ratio"] == pytest.approx((0.75 + 2 / 16) / 2 / (2 / 16))
+
+
+def test_each_objects_names_are_found_in_its_own_phrase():
+    from data_utils.shapes import ShapeObject
+    from eval_utils.attention_in_box import name_spans
+
+    objects = [ShapeObject("red", "circle", "large", "top"), ShapeObject("blue", "circle", "small", "left")]
+    text = "上方有一个大的红色圆形，左侧有一个小的蓝色圆形"
+    spans = name_spans(objects, text, "zh")
+    assert [[text[a:b] for a, b in own] for own in spans] == [["红色", "圆形"], ["蓝色", "圆形"]]
+    assert spans[1][1][0] > spans[0][1][0]  # the second circle, not the first one again
