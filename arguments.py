@@ -256,7 +256,8 @@ def add_component_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     return models
 
 
-GENERATION_TASKS = ("text2image", "image2text", "post-selection", "super-resolution", "text2image-full")
+GENERATION_TASKS = ("text2image", "image2text", "post-selection", "super-resolution", "text2image-full", "retrieval",
+                    "attention-map")
 
 
 def add_load_time_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -297,7 +298,9 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                             "post-selection: rank --input-images by how well they explain --prompt; "
                             "super-resolution: each input image at twice its side, conditioned on --prompt; "
                             "text2image-full: --batch-size candidates per prompt, post-selection, then "
-                            "super-resolution of the best (default: %(default)s)")
+                            "super-resolution of the best; retrieval: score every --input-source text against every "
+                            "input image and rank both ways; attention-map: which part of each input image each "
+                            "word of --prompt attends to (default: %(default)s)")
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--prompt", action="append", metavar="TEXT",
                         help="a prompt (repeat for several); English or Chinese")
@@ -308,7 +311,8 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="the unconditional branch of guidance uses this text instead of no text "
                              "(needs --cfg-scale other than 1)")
     inputs.add_argument("--input-images", nargs="+", metavar="PATH",
-                        help="image files or folders, for image2text, post-selection and super-resolution")
+                        help="image files or folders, for image2text, post-selection, super-resolution, retrieval "
+                             "and attention-map")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--batch-size", type=positive_int, default=4,
                           help="images per prompt (default: %(default)s)")

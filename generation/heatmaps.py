@@ -40,9 +40,3 @@ def overlay(image: Image.Image, attention: torch.Tensor, side: int | None = None
     blended = (1 - HEAT_WEIGHT) * base + HEAT_WEIGHT * colourise(smooth.numpy())
     return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))
 
-
-def word_figure(image: Image.Image, word: str, attention: torch.Tensor, share_in_box: float | None = None
-                ) -> Image.Image:
-    """The overlay of one word in a frame, the word (and, when known, its mass in the box) under it."""
-    lines = (word,) if share_in_box is None else (word, f"{share_in_box:.0%} in box")
-    return figures.grid([figures.Cell(overlay(image, attention), lines)], columns=1)

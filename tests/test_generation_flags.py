@@ -26,6 +26,10 @@ REFUSED = {
                        "max-caption-tokens", "caption-candidates", "image-grid"],
     "super-resolution": ["negative-prompt", "cfg-scale", "batch-size", "max-caption-tokens", "caption-candidates",
                          "caption-model", "post-selection-score", "image-grid"],
+    "retrieval": ["negative-prompt", "cfg-scale", "batch-size", "seed", "temperature", "top-k", "top-p",
+                  "max-caption-tokens", "caption-candidates", "post-selection-score", "image-grid"],
+    "attention-map": ["negative-prompt", "cfg-scale", "batch-size", "seed", "temperature", "top-k", "top-p",
+                      "max-caption-tokens", "caption-candidates", "post-selection-score", "image-grid"],
 }
 # Flags every task reads: the checkpoint, its adapters and its parts, devices, batching and where outputs go.
 READ_BY_EVERY_TASK = {"load", "adapter", "generation_task", "max_inference_batch_size", "text_tokenizer", "vqvae",
