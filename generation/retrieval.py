@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from tqdm import tqdm
 
 from data_utils.tokenizer import UnifiedTokenizer
 from generation.scoring import text_given_image
@@ -55,10 +56,17 @@ def retrieval_scores(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Ge
                      text_ids: Sequence[Sequence[int]], max_batch_rows: int) -> torch.Tensor:
     """Scores `[n_texts, n_images]` (float64, higher is better) of every text against every code grid
     `[n_images, grid, grid]`: `gallery_normalised` ln P(text | image). Every pair is one sequence of
-    `text_given_image`'s batches."""
+    `text_given_image`'s batches, which take a group of texts at a time (for the progress bar)."""
     if not len(codes) or not text_ids:
         raise UserError(f"retrieval needs at least one image and one text, got {len(codes)} and {len(text_ids)}")
     n_texts, n_images = len(text_ids), len(codes)
-    pairs = text_given_image(model, tok, geometry, codes.repeat(n_texts, 1, 1),
-                             [text for text in text_ids for _ in range(n_images)], max_batch_rows)
-    return gallery_normalised(-pairs.nats.view(n_texts, n_images))
+    per_call = max(1, max_batch_rows // n_images)
+    rows = []
+    with tqdm(total=n_texts, desc="retrieval", unit="text", disable=n_texts <= per_call) as bar:
+        for start in range(0, n_texts, per_call):
+            group = text_ids[start:start + per_call]
+            pairs = text_given_image(model, tok, geometry, codes.repeat(len(group), 1, 1),
+                                     [text for text in group for _ in range(n_images)], max_batch_rows)
+            rows.append(-pairs.nats.view(len(group), n_images))
+            bar.update(len(group))
+    return gallery_normalised(torch.cat(rows))
