@@ -6,9 +6,10 @@ Example:
 Writes, from held-out `shapes` items (the validation split, never trained on):
     retrieval.png       a row per caption (English and Chinese): the gallery's images ranked for it, best
                         first, each with its score; the caption's own image framed
-    attention_maps.png  a row per held-out image: the image, then the attention of each word of its caption
-                        (`Pipeline.attention_map`), the words that name an object labelled with the share of
-                        their attention inside its box
+    attention_maps.png  a held-out image with two objects (English caption) and one with one object (Chinese):
+                        the image, then the attention of each word of its caption (`Pipeline.attention_map`);
+                        the words naming an object's colour or shape are labelled with the share of their
+                        attention inside its box, and the box's share of the image
 
 Everything goes through `generation.pipeline.Pipeline`, so the pictures show what a user of the API gets;
 the same checkpoint gives the same pictures (no sampling is involved).
@@ -37,7 +38,8 @@ from utils.errors import run_main  # noqa: E402
 
 RANKED_SHOWN = 5             # retrieval.png: the best images shown per caption
 WORD_COLUMNS = 10            # attention_maps.png: cells per row (the input image and up to 9 words)
-ATTENTION_ITEMS = {"en": 2, "zh": 1}  # attention_maps.png: held-out images per caption language
+# attention_maps.png: (caption language, objects in the image) of each row: the first such held-out image.
+ATTENTION_ITEMS = (("en", 2), ("zh", 1))
 
 
 def held_out(size: int, language: str, count: int) -> list:
@@ -59,26 +61,31 @@ def retrieval_picture(pipe: Pipeline, size: int, gallery: int) -> object:
     return titled_rows(rows, RANKED_SHOWN)
 
 
+def first_item(size: int, language: str, objects: int):
+    """The first held-out item with that many objects."""
+    return next(item for item in held_out(size, language, 20) if len(item.metadata["objects"]) == objects)
+
+
 def attention_picture(pipe: Pipeline, size: int) -> object:
-    """Each held-out image and its caption's words' attention; object words labelled with their mass in the box."""
+    """Each held-out image and its caption's words' attention; the words naming an object labelled with
+    their mass in its box and the box's share of the image."""
     rows = []
-    for language, count in ATTENTION_ITEMS.items():
-        items = [item for item in held_out(size, language, 20) if len(item.metadata["objects"]) == 2][:count]
-        for item in items:
-            words = pipe.attention_map(item.image, item.caption)
-            objects = [ShapeObject(**obj) for obj in item.metadata["objects"]]
-            decoded = pipe.tokenizer.decode_text(pipe.tokenizer.encode_text(item.caption))
-            in_box = {}
-            for obj, spans in zip(objects, name_spans(objects, decoded, language)):
-                cover = box_cover(obj.bbox, size, pipe.geometry.image_grid)
-                for k, word in enumerate(words):
-                    if any(word.word.start < end and start < word.word.end for start, end in spans):
-                        in_box[k] = mass_in_box(word.grid, cover)
-            cells = [Cell(item.image, ("input", ""))]
-            cells += [Cell(overlay(item.image, word.grid),
-                           (word.word.text, f"{in_box[k]:.0%} in box" if k in in_box else ""))
-                      for k, word in enumerate(words)]
-            rows.append((item.caption, cells))
+    for language, objects_wanted in ATTENTION_ITEMS:
+        item = first_item(size, language, objects_wanted)
+        words = pipe.attention_map(item.image, item.caption)
+        objects = [ShapeObject(**obj) for obj in item.metadata["objects"]]
+        decoded = pipe.tokenizer.decode_text(pipe.tokenizer.encode_text(item.caption))
+        labels = {}
+        for obj, spans in zip(objects, name_spans(objects, decoded, language)):
+            cover = box_cover(obj.bbox, size, pipe.geometry.image_grid)
+            share = float(cover.sum()) / cover.numel()
+            for k, word in enumerate(words):
+                if any(word.word.start < end and start < word.word.end for start, end in spans):
+                    labels[k] = f"{mass_in_box(word.grid, cover):.0%} in box of {share:.0%}"
+        cells = [Cell(item.image, ("input", ""))]
+        cells += [Cell(overlay(item.image, word.grid), (word.word.text, labels.get(k, "")))
+                  for k, word in enumerate(words)]
+        rows.append((item.caption, cells))
     return titled_rows(rows, WORD_COLUMNS)
 
 
