@@ -26,7 +26,8 @@ from generation.decoding import map_in_batches, model_device
 from generation.tasks import Geometry, check_fits, grid_of
 from utils.errors import UserError
 
-_HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]")
+# Han characters, and the CJK and full-width punctuation written between them (a Chinese comma is a word too).
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]")
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class WordAttention:
 
 
 def piece_texts(tok: UnifiedTokenizer, text_ids: Sequence[int]) -> list[str]:
-    """Each piece's share of the decoded text (decoding the pieces one prefix at a time), so that
-    they concatenate to `tok.decode_text(text_ids)` exactly, spaces included."""
+    """Each piece's share of the decoded text (decoding the pieces one prefix at a time), so that they
+    concatenate to `tok.decode_text(text_ids)` exactly, spaces included, wherever decoding a longer prefix
+    only appends (SentencePiece's does); a piece that rewrites the text before it gets the whole prefix."""
     texts, done = [], ""
     for end in range(1, len(text_ids) + 1):
         prefix = tok.decode_text(text_ids[:end])
@@ -69,7 +71,7 @@ def group_words(tok: UnifiedTokenizer, text_ids: Sequence[int]) -> list[Word]:
     words: list[Word] = []
     current: list[int] = []
     start = position = 0
-    previous_han = False
+    previous_cjk = False
 
     def close() -> None:
         text = "".join(pieces[i] for i in current)
@@ -79,14 +81,14 @@ def group_words(tok: UnifiedTokenizer, text_ids: Sequence[int]) -> list[Word]:
 
     pieces = piece_texts(tok, text_ids)
     for index, piece in enumerate(pieces):
-        han = bool(_HAN.search(piece))
+        cjk = bool(_CJK.search(piece))
         after_space = bool(current) and not "".join(pieces[i] for i in current).strip()
-        if current and not after_space and (piece[:1].isspace() or han or previous_han):
+        if current and not after_space and (piece[:1].isspace() or cjk or previous_cjk):
             close()
             current, start = [], position
         current.append(index)
         position += len(piece)
-        previous_han = han
+        previous_cjk = cjk
     if current:
         close()
     return words
