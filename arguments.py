@@ -260,7 +260,7 @@ def add_component_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
 
 
 GENERATION_TASKS = ("text2image", "image2text", "post-selection", "super-resolution", "text2image-full", "vqa",
-                    "grounded-caption", "grounding")
+                    "grounded-caption", "grounding", "retrieval", "attention-map")
 
 
 def add_load_time_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -304,7 +304,9 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                             "super-resolution of the best; vqa: answer --question about each input image (or the "
                             "IMAGE<TAB>QUESTION lines of --input-source); grounded-caption: a caption with a box "
                             "per object phrase, for each input image; grounding: the box --prompt names in each "
-                            "input image (default: %(default)s)")
+                            "input image; retrieval: score every --input-source text against every input image "
+                            "and rank both ways; attention-map: which part of each input image each word of "
+                            "--prompt attends to (default: %(default)s)")
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--prompt", action="append", metavar="TEXT",
                         help="a prompt (repeat for several); English or Chinese")
@@ -316,7 +318,7 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              "(needs --cfg-scale other than 1)")
     inputs.add_argument("--input-images", nargs="+", metavar="PATH",
                         help="image files or folders, for image2text, post-selection, super-resolution, vqa, "
-                             "grounded-caption and grounding")
+                             "grounded-caption, grounding, retrieval and attention-map")
     inputs.add_argument("--question", metavar="TEXT",
                         help="vqa: the question asked about every --input-images image")
     sampling = parser.add_argument_group("sampling")

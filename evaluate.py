@@ -18,6 +18,10 @@ Sections (--sections, comma-separated; by default every one the dataset and the 
     caption-loss  CogView's caption loss of held-out pairs, and its gap to shuffled pairs
     fid           FID and IS (--inception-weights), self-FID (--feature-net / --train-feature-net), per cfg scale
     vqvae         VQ-VAE round-trip PSNR and codebook use on held-out images
+    retrieval     recall@1 and @5 of image-caption retrieval both ways, on --retrieval-pairs held-out pairs
+    attention     shapes: the share of an object's words' attention inside its box, against the box's area
+
+retrieval and attention score each caption language of --language apart (shapes: "both" gives en and zh).
 
 Held-out items are the `val` split of --dataset (shapes: pictures of --data-seed's val streams that the
 split keeps out of training, `image_sources.held_out_scene`). Every number is defined in docs/evaluation.md; the JSON file also records the
@@ -37,12 +41,14 @@ from arguments import (add_component_args, add_load_time_model_args, add_post_se
 from checkpoints.trackers import checkpoint_iteration
 from eval_utils.bits_per_token import bits_per_token_section, open_validation_rows, trained_tasks
 from eval_utils.caption_loss import caption_loss_section
-from eval_utils.held_out import CaptionedSet, load_split
+from eval_utils.attention_in_box import attention_section
+from eval_utils.held_out import CaptionedSet, language_splits, load_split
 from eval_utils.image_quality import fid_section, load_fid_networks, self_fid_network
 from eval_utils.precision_comparison import precision_comparison
 from eval_utils.prompt_following import caption_section, pipeline_images, text_to_image_section
 from eval_utils.provenance import provenance
 from eval_utils.report import Section, flat_scalars
+from eval_utils.retrieval import distinct_pairs, retrieval_section
 from eval_utils.super_resolution import super_resolution_section
 from eval_utils.vqvae_reconstruction import vqvae_section
 from generation.loading import load_components, resolve_device
@@ -56,14 +62,16 @@ from utils.logging import TensorBoardLogger, get_logger
 
 logger = get_logger("evaluate")
 
-SECTIONS = ("t2i", "caption", "sr", "bpt", "caption-loss", "fid", "vqvae")
-SHAPES_SECTIONS = ("t2i", "caption")  # need each item's objects, which only `shapes` carries
+SECTIONS = ("t2i", "caption", "sr", "bpt", "caption-loss", "fid", "vqvae", "retrieval", "attention")
+SHAPES_SECTIONS = ("t2i", "caption", "attention")  # need each item's objects, which only `shapes` carries
+# Held-out items loaded per wanted retrieval pair, so that enough of them have captions unlike the others'.
+RETRIEVAL_ITEMS_PER_PAIR = 4
 # Flags that only some sections read: given without any of them they would do nothing, so they are refused.
 FLAG_SECTIONS = {"cfg_scale": ("t2i", "fid"), "candidates": ("t2i", "fid"), "post_select": ("t2i", "fid"),
                  "caption_top_k": ("caption",), "caption_candidates": ("caption",),
                  "caption_temperature": ("caption",), "post_selection_score": ("t2i", "fid", "caption"),
                  "valid_data": ("bpt",), "inception_weights": ("fid",),
-                 "feature_net": ("fid",), "train_feature_net": ("fid",)}
+                 "feature_net": ("fid",), "train_feature_net": ("fid",), "retrieval_pairs": ("retrieval",)}
 
 
 # ---------------------------------------------------------------- command line
@@ -100,6 +108,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="seed the shapes data was made with; the held-out items are its val stream "
                            "(default: %(default)s)")
     data.add_argument("--valid-data", metavar="DIR", help="validation shards (preprocess_data.py) for bpt")
+    data.add_argument("--retrieval-pairs", type=positive_int, default=100,
+                      help="held-out image-caption pairs (with different captions) of the retrieval section, "
+                           "each caption scored against each image (default: %(default)s)")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--seed", type=int, default=0,
                           help="candidate j of every prompt (or held-out image j) is sampled with seed SEED+j; "
@@ -194,6 +205,7 @@ def section_runners(pipe: Pipeline, args: argparse.Namespace, held_out: Captione
     sampling = {"top_k": args.top_k, "top_p": args.top_p, "temperature": args.temperature}
     images_at = pipeline_images(pipe, held_out.captions, args.candidates, args.post_select, args.seed, sampling)
     batch, precision = args.max_inference_batch_size, pipe.precision
+    size = pipe.image_size(pipe.geometry.image_grid)
     return {
         "t2i": lambda: text_to_image_section(held_out.objects, args.cfg_scale, images_at, args.candidates),
         "caption": lambda: caption_section(held_out.images, held_out.objects, lambda images: pipe.caption(
@@ -212,6 +224,15 @@ def section_runners(pipe: Pipeline, args: argparse.Namespace, held_out: Captione
                                                      batch, precision),
         "fid": lambda: fid_section(held_out.tensor(), args.cfg_scale, images_at, inception, feature_net),
         "vqvae": lambda: vqvae_section(pipe.vqvae, held_out.images),
+        "retrieval": lambda: retrieval_section(pipe.retrieval_scores, {
+            name: distinct_pairs(split.images, split.captions, args.retrieval_pairs)
+            for name, split in language_splits(args.dataset, "val", size, args.language, args.data_seed,
+                                               RETRIEVAL_ITEMS_PER_PAIR * args.retrieval_pairs).items()}),
+        "attention": lambda: attention_section(pipe.attention_maps, lambda text: pipe.tokenizer.decode_text(
+            pipe.tokenizer.encode_text(text, pipe.geometry.text_max_tokens)), {
+            name: (split.images, split.captions, split.objects)
+            for name, split in language_splits(args.dataset, "val", size, args.language, args.data_seed,
+                                               args.num_prompts).items()}, size, pipe.geometry.image_grid),
     }
 
 

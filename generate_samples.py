@@ -1,5 +1,5 @@
 """Every inference task of a trained model, batched: text-to-image, captions, post-selection, super-resolution,
-questions, grounded captions and grounding.
+questions, grounded captions, grounding, retrieval and attention maps.
 
 Examples:
     python generate_samples.py --load runs/gpt --prompt "a large red circle at the top left" --batch-size 8
@@ -15,6 +15,10 @@ Examples:
     python generate_samples.py --load runs/gpt --generation-task grounded-caption --input-images photos/
     python generate_samples.py --load runs/gpt --generation-task grounding --prompt "the red circle"
         --input-images photos/
+    python generate_samples.py --load runs/gpt --generation-task retrieval --input-images photos/
+        --input-source captions.txt
+    python generate_samples.py --load runs/gpt --generation-task attention-map
+        --prompt "a large red circle at the top left" --input-images photos/
 
 Outputs go to --output-path: one PNG per image with the prompt, seed and sampling settings in its
 metadata, a grid per prompt, and manifest.jsonl with one record per image, caption or score (see
@@ -34,10 +38,11 @@ from PIL import Image
 from arguments import add_generation_args, load_time_model_settings, parse_noting_given
 from data_utils.sequences import grid_shape, grid_with_tokens
 from generation.inputs import read_image_inputs, read_question_inputs
-from generation import figures
+from generation import figures, heatmaps
 from generation.outputs import Manifest, save_png, write_skip_report
 from generation.pipeline import Pipeline
 from generation.prompts import Prompt, collect_prompts, interactive_prompts
+from generation.retrieval import ranked
 from generation.sampling import SamplingSettings
 from generation.tasks import SUPER_RESOLUTION_SAMPLING, super_resolution_settings, with_output_grid
 from model.kernels import set_attention_backend
@@ -48,11 +53,19 @@ logger = get_logger("generate_samples")
 
 
 def one_prompt(args: argparse.Namespace, task: str) -> str:
-    """The single text that post-selection and super-resolution condition on."""
+    """The single text that post-selection, super-resolution and attention maps condition on."""
     prompts = collect_prompts(args.prompt, args.input_source)
     if not prompts or len(prompts) != 1:
         raise UserError(f"--generation-task {task} needs exactly one text: give one --prompt")
     return prompts[0].text
+
+
+def all_prompts(args: argparse.Namespace, task: str) -> list[Prompt]:
+    """The texts that retrieval ranks against the images: every --prompt or --input-source line."""
+    prompts = collect_prompts(args.prompt, args.input_source)
+    if not prompts:
+        raise UserError(f"--generation-task {task} needs texts: give --input-source FILE or --prompt")
+    return prompts
 
 
 def prompt_groups(prompts: Iterable[Prompt], size: int) -> Iterator[list[Prompt]]:
@@ -243,21 +256,62 @@ class Run:
         self.log_throughput(len(images), time.time() - start,
                             grid=figures.grid([figures.Cell(image) for image in upscaled]))
 
+    def retrieval(self, texts: list[Prompt], paths: list[Path], images: list[Image.Image]) -> None:
+        """One record per text (its score with each image, its images best first) and one per image
+        (its texts best first): together the whole score matrix, read either way."""
+        start = time.time()
+        scores = self.pipe.retrieval_scores(images, [text.text for text in texts])
+        base = {"task": "retrieval", "checkpoint": str(self.args.load), "precision": self.args.precision}
+        for text, row, order in zip(texts, scores, ranked(scores)):
+            self.manifest.add({**base, "text_id": text.id, "text": text.text,
+                               "scores": {str(path): float(score) for path, score in zip(paths, row)},
+                               "ranked_images": [str(paths[j]) for j in order]})
+            print(f"{text.id}\t{paths[order[0]]}\t{text.text}", flush=True)
+        for path, column, order in zip(paths, scores.T, ranked(scores.T)):
+            self.manifest.add({**base, "input": str(path),
+                               "scores": {text.id: float(score) for text, score in zip(texts, column)},
+                               "ranked_texts": [texts[i].text for i in order]})
+        self.manifest.flush()
+        self.log_throughput(len(images), time.time() - start)
+
+    def attention_map(self, text: str, paths: list[Path], images: list[Image.Image]) -> None:
+        """Per input image, a heat-map PNG for each word of the text (`{stem}_word{k}.png`) and a record
+        with the word's attention over the code grid; plus the words side by side (`{stem}_words.png`)."""
+        start = time.time()
+        base = {"task": "attention-map", "checkpoint": str(self.args.load), "precision": self.args.precision,
+                "prompt": text}
+        for path, image, words in zip(paths, images, self.pipe.attention_maps(images, [text] * len(images))):
+            cells = [figures.Cell(heatmaps.overlay(image, word.grid), (word.word.text,)) for word in words]
+            for k, (word, cell) in enumerate(zip(words, cells)):
+                name = f"{path.stem}_word{k:02d}.png"
+                save_png(self.out / name, figures.grid([cell]), {**base, "input": str(path), "word": word.word.text})
+                self.manifest.add({**base, "input": str(path), "file": name, "word_index": k, **word.to_dict()})
+            words_name = f"{path.stem}_words.png"
+            save_png(self.out / words_name, figures.prompt_figure(text, [figures.Cell(image, ("input",)), *cells],
+                                                                  columns=len(cells) + 1),
+                     {**base, "input": str(path)})
+            print(f"{path}\t{self.out / words_name}", flush=True)
+        self.manifest.flush()
+        self.log_throughput(len(images), time.time() - start)
+
 
 TEXT_TASKS = ("text2image", "text2image-full")
-IMAGE_TASKS = ("image2text", "post-selection", "super-resolution", "grounded-caption", "grounding")
+IMAGE_TASKS = ("image2text", "post-selection", "super-resolution", "grounded-caption", "grounding", "retrieval",
+               "attention-map")
 SAMPLING_TASKS = ("text2image", "text2image-full", "image2text", "super-resolution")  # post-selection only scores
 MATCHING_TASKS = ("post-selection", "text2image-full", "image2text")  # image2text with --caption-candidates > 1
+# Tasks that read the caption model: for match scores, and for the image-to-text direction itself.
+CAPTION_MODEL_TASKS = MATCHING_TASKS + ("retrieval", "attention-map")
 # The tasks that read each flag; given to any other task (even at its default value) a flag would do
 # nothing, so it is refused. Every flag not listed here is read by every task.
 FLAG_READERS = {
-    "prompt": TEXT_TASKS + ("post-selection", "super-resolution", "grounding"),
-    "input_source": TEXT_TASKS + ("post-selection", "super-resolution", "vqa"),
+    "prompt": TEXT_TASKS + ("post-selection", "super-resolution", "grounding", "retrieval", "attention-map"),
+    "input_source": TEXT_TASKS + ("post-selection", "super-resolution", "vqa", "retrieval", "attention-map"),
     "negative_prompt": TEXT_TASKS, "cfg_scale": TEXT_TASKS, "batch_size": TEXT_TASKS,
     "input_images": IMAGE_TASKS + ("vqa",), "question": ("vqa",),
     "seed": SAMPLING_TASKS, "temperature": SAMPLING_TASKS, "top_k": SAMPLING_TASKS, "top_p": SAMPLING_TASKS,
     "max_caption_tokens": ("image2text",), "caption_candidates": ("image2text",),
-    "caption_model": MATCHING_TASKS, "post_selection_score": MATCHING_TASKS, "image_grid": ("text2image",),
+    "caption_model": CAPTION_MODEL_TASKS, "post_selection_score": MATCHING_TASKS, "image_grid": ("text2image",),
 }
 
 
@@ -299,7 +353,12 @@ def main(argv: list[str] | None = None) -> None:
         prompts = collect_prompts(args.prompt, args.input_source)
         inputs: tuple = (interactive_prompts() if prompts is None else prompts,)
     else:
-        text = () if task in ("image2text", "grounded-caption", "vqa") else (one_prompt(args, task),)
+        if task in ("image2text", "grounded-caption", "vqa"):
+            text: tuple = ()
+        elif task == "retrieval":
+            text = (all_prompts(args, task),)
+        else:
+            text = (one_prompt(args, task),)
         if task == "vqa" and args.input_source:
             batch = read_question_inputs(args.input_source, task)
         else:
@@ -326,7 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         {"text2image": run.text2image, "text2image-full": run.text2image_full, "image2text": run.image2text,
          "post-selection": run.post_selection, "super-resolution": run.super_resolution, "vqa": run.vqa,
-         "grounded-caption": run.grounded_caption, "grounding": run.grounding}[task](*inputs)
+         "grounded-caption": run.grounded_caption, "grounding": run.grounding, "retrieval": run.retrieval,
+         "attention-map": run.attention_map}[task](*inputs)
     finally:
         run.tensorboard.close()
     logger.info("%s: %swrote %s", task, summary, run.manifest.path)

@@ -43,3 +43,13 @@ def load_split(dataset: str, split: str, size: int, language: str, data_seed: in
     objects = [[ShapeObject(**obj) for obj in item.metadata["objects"]] for item in items] if has_objects else None
     description = {**source.describe(), "used": len(items), "skipped": [skip.to_dict() for skip in skipped]}
     return CaptionedSet([item.caption for item in items], [item.image for item in items], objects, description)
+
+
+def language_splits(dataset: str, split: str, size: int, language: str, data_seed: int, count: int
+                    ) -> dict[str, CaptionedSet]:
+    """`load_split` once per caption language, so that each is scored on its own: shapes with "both"
+    gives "en" and "zh" (the same images); shapes otherwise its one language; any other dataset "all"."""
+    if dataset != "shapes":
+        return {"all": load_split(dataset, split, size, language, data_seed, count)}
+    languages = ("en", "zh") if language == "both" else (language,)
+    return {name: load_split(dataset, split, size, name, data_seed, count) for name in languages}

@@ -10,6 +10,8 @@
     pipe.grounded_caption(images)[0].objects             # [(phrase, box in pixels of the input image)]
     pipe.ground(images, "the red circle")                # a box per image
     pipe.phrase_for_box(images, [(1, 1, 21, 21)])        # a phrase per image
+    scores = pipe.retrieval_scores(results[0].images, ["a large red circle at the top left", "a small blue square"])
+    words = pipe.attention_map(results[0].images[0], "a large red circle at the top left")
 
 Images go in and come out as PIL images (tensors `[B, 3, H, W]` in [0, 1] are accepted too); every
 task also has a code-level twin in `generation.tasks` for callers that already hold VQ-VAE codes.
@@ -29,7 +31,8 @@ from data_utils.images import pil_to_tensor, tensor_to_pil
 from data_utils.locations import Box, box_to_ids
 from data_utils.tokenizer import UnifiedTokenizer
 from fp16 import PRECISIONS, inference_autocast, quantize_linear_layers, refuse_unless_cpu
-from generation import scoring, tasks, understanding
+from generation import attention_maps, retrieval, scoring, tasks, understanding
+from generation.attention_maps import WordAttention
 from generation.decoding import DEFAULT_MAX_BATCH_ROWS
 from generation.sampling import SamplingSettings
 from generation.scoring import POST_SELECTION_SCORES
@@ -268,6 +271,34 @@ class Pipeline:
     def rerank(self, text: str, images: ImagesLike) -> Ranking:
         """Post-selection: how well each image agrees with `text` (`match_scores`)."""
         return self.rerank_codes(text, self.encode_images(images))
+
+    def retrieval_scores(self, images: ImagesLike, texts: Sequence[str]) -> torch.Tensor:
+        """How well every text matches every image, `[n_texts, n_images]` float64, higher is better:
+        ln P(text | image) by the caption model, normalised per text over these images
+        (`retrieval.retrieval_scores`). `retrieval.ranked(scores)` ranks each text's images,
+        `retrieval.ranked(scores.T)` each image's texts."""
+        codes = self.encode_images(images)
+        with self._autocast():
+            return retrieval.retrieval_scores(self.caption_model, self.tokenizer, self.geometry, codes,
+                                              [self._text_ids(text) for text in texts], self.max_batch_rows)
+
+    def attention_maps(self, images: ImagesLike, texts: Sequence[str]) -> list[list[WordAttention]]:
+        """For each image with its own text: per word of the text, which image codes it attends to
+        (averaged over heads and layers of the caption model, image-then-text order;
+        `generation.attention_maps`)."""
+        if len(texts) != len(images):
+            raise UserError(f"{len(images)} images but {len(texts)} texts for attention maps")
+        codes = self.encode_images(images)
+        text_ids = [self._text_ids(text) for text in texts]
+        with self._autocast():
+            pieces = attention_maps.piece_attention(self.caption_model, self.tokenizer, self.geometry, codes,
+                                                    text_ids, self.max_batch_rows)
+        return [attention_maps.word_attention(self.tokenizer, ids, own, self.geometry.image_grid)
+                for ids, own in zip(text_ids, pieces)]
+
+    def attention_map(self, image: Image.Image, text: str) -> list[WordAttention]:
+        """`attention_maps` of one image and its text."""
+        return self.attention_maps([image], [text])[0]
 
     def super_resolve_codes(self, codes: torch.Tensor, texts: Sequence[str], seed: int,
                             settings: SamplingSettings) -> torch.Tensor:

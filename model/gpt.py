@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +124,8 @@ class SelfAttention(nn.Module):
         self.query_key_value = nn.Linear(h, 3 * h)
         self.dense = nn.Linear(h, h)
         self.output_dropout = nn.Dropout(config.hidden_dropout)
+        # While `CogViewGPT.recording_attention` holds it, every call's probabilities are appended here.
+        self.recorded: list[torch.Tensor] | None = None
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -155,10 +158,17 @@ class SelfAttention(nn.Module):
         With a sparse mask (`skip_unseen_keys`, the local image window) the queries go in blocks of
         `QUERY_BLOCK`, each against only the keys one of its queries may see: the others would get zero
         weight anyway, so the result is the same, while the scores held at once shrink from T x S to
-        about QUERY_BLOCK x (text + window band + QUERY_BLOCK)."""
+        about QUERY_BLOCK x (text + window band + QUERY_BLOCK).
+
+        While recording (`self.recorded` is a list) the plain torch path runs instead, whole, and its
+        probabilities `[B, heads, T, S]` are appended to the list."""
         # The Triton kernel skips the empty tiles of a sparse mask itself.
         blocks = self.skip_unseen_keys and attn_mask is not None and q.shape[2] > QUERY_BLOCK
-        if blocks and self._backend(q) != "triton":
+        if self.recorded is not None:
+            probs = self.attention_probs(q, k, attn_mask)
+            self.recorded.append(probs)
+            context = torch.matmul(probs.to(v.dtype), v)
+        elif blocks and self._backend(q) != "triton":
             context = torch.cat([self._attend_seen_keys(q[:, :, start:start + QUERY_BLOCK], k, v,
                                                         attn_mask[:, :, start:start + QUERY_BLOCK])
                                  for start in range(0, q.shape[2], QUERY_BLOCK)], dim=2)
@@ -211,8 +221,14 @@ class SelfAttention(nn.Module):
 
     def _attend_math(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      attn_mask: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
-        """Plain torch attention in the paper's PB-relax form, softmax(((Q / (alpha sqrt d)) K^T - max) * alpha),
-        with alpha = `pb_relax_alpha`, or 1 when it is off (then it is the released form).
+        """Plain torch attention: `attention_probs` (with dropout when training) times the values."""
+        probs = F.dropout(self.attention_probs(q, k, attn_mask), p=dropout_p, training=dropout_p > 0)
+        return torch.matmul(probs.to(v.dtype), v)
+
+    def attention_probs(self, q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """The attention probabilities `[B, heads, T, S]` in float32, in the paper's PB-relax form,
+        softmax(((Q / (alpha sqrt d)) K^T - max) * alpha), with alpha = `pb_relax_alpha`, or 1 when it is
+        off (then it is the released form); the mask as `build_attention_mask` returns it, None = causal.
 
         Equal to plain attention in exact arithmetic. The product is taken in the input dtype from
         queries shrunk by alpha * sqrt(d), so it stays far from fp16's limit; the shifted scores are
@@ -226,8 +242,7 @@ class SelfAttention(nn.Module):
         if attn_mask is not None:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
         scores = (scores - scores.amax(dim=-1, keepdim=True).detach()) * alpha
-        probs = F.dropout(scores.softmax(dim=-1), p=dropout_p, training=dropout_p > 0).to(v.dtype)
-        return torch.matmul(probs, v)
+        return scores.softmax(dim=-1)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, kv_cache: KVCache | None = None,
                 layer_index: int = 0, memory: torch.Tensor | None = None) -> torch.Tensor:
@@ -390,6 +405,24 @@ class CogViewGPT(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(input_ids.shape[1])
         return self.logits(x)
+
+    @contextlib.contextmanager
+    def recording_attention(self) -> Iterator[list[torch.Tensor]]:
+        """Within this block every forward also records its attention probabilities: the yielded list
+        gets, per forward, one `[B, heads, T, S]` float32 tensor per layer, in layer order (query t's row
+        over the keys it may see sums to 1). The plain torch path runs meanwhile (the fused backends never
+        form the probabilities); outside the block nothing is recorded and the fast path is untouched.
+
+        Why opt in: attention maps need the probabilities, which cost T x S memory per head and layer."""
+        recorded: list[torch.Tensor] = []
+        layers = [layer.attention for layer in self.transformer.layers]
+        for attention in layers:
+            attention.recorded = recorded
+        try:
+            yield recorded
+        finally:
+            for attention in layers:
+                attention.recorded = None
 
     def _key_coordinates(self, input_ids: torch.Tensor, kv_cache: KVCache | None) -> ImageCoordinates | None:
         """Image coordinates of every key position (the cached ones and these), or None when the model

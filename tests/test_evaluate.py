@@ -193,7 +193,8 @@ def test_bits_per_token_scores_the_tasks_the_rows_allow_and_the_model_learned():
 
 def test_default_sections_follow_the_inputs():
     args = evaluate.parse_args(["--load", "x", "--output-json", "e.json"])
-    assert evaluate.choose_sections(args) == ["t2i", "caption", "sr", "caption-loss", "vqvae"]
+    assert evaluate.choose_sections(args) == ["t2i", "caption", "sr", "caption-loss", "vqvae", "retrieval",
+                                              "attention"]
     args = evaluate.parse_args(["--load", "x", "--output-json", "e.json", "--valid-data", "v",
                                 "--feature-net", "f", "--sections", "vqvae,fid,bpt"])
     assert evaluate.choose_sections(args) == ["bpt", "fid", "vqvae"]
@@ -244,10 +245,12 @@ def sequence_bits(model, tokenizer, rows, task) -> tuple[float, int]:
 def test_evaluate_end_to_end_matches_direct_metric_calls(checkpoint, tmp_path):
     from data_utils.images import downscale
     from data_utils.shards import ShardedRows
+    from eval_utils.attention_in_box import attention_in_box
     from eval_utils.caption_loss import caption_loss_alignment
     from eval_utils.feature_net import feature_net_fingerprint, features, load_feature_net
     from eval_utils.fid import fid_from_features
     from eval_utils.psnr import bicubic_upsample, mean_psnr
+    from eval_utils.retrieval import distinct_pairs, recalls
     from eval_utils.shapes_accuracy import image_accuracy
     from eval_utils.vqvae_reconstruction import reconstruct
     from generation.pipeline import Pipeline
@@ -257,7 +260,7 @@ def test_evaluate_end_to_end_matches_direct_metric_calls(checkpoint, tmp_path):
     command = ["--load", checkpoint / "gpt", "--num-prompts", NUM_PROMPTS, "--valid-data", checkpoint / "val",
                "--cfg-scale", 1, 3, "--candidates", 2, "--post-select", "--train-feature-net", tmp_path / "selffid",
                "--feature-net-steps", 3, "--feature-net-items", 16, "--seed", 5, "--caption-candidates", 3,
-               "--caption-temperature", 1.5, "--output-json", out,
+               "--caption-temperature", 1.5, "--retrieval-pairs", 6, "--output-json", out,
                "--tensorboard-dir", tmp_path / "tb"]
     cli = start_cli(*command)
     stdout, stderr = cli.communicate(timeout=300)
@@ -329,6 +332,14 @@ def test_evaluate_end_to_end_matches_direct_metric_calls(checkpoint, tmp_path):
     _, vq_report = reconstruct(pipe.vqvae, np.stack([np.asarray(image) for image in images]))
     assert sections["vqvae"]["psnr"] == pytest.approx(vq_report.psnr)
     assert 1.0 <= sections["vqvae"]["perplexity"] <= 16 and 0.0 < sections["vqvae"]["codes_used"] <= 1.0
+
+    # retrieval: the first 6 val pairs with different captions, each caption against each image.
+    pair_images, pair_captions = distinct_pairs(*held_out(24)[:2], 6)
+    assert sections["retrieval"]["en"] == {"pairs": 6, **recalls(pipe.retrieval_scores(pair_images, pair_captions))}
+
+    maps = pipe.attention_maps(images, captions)
+    texts = [pipe.tokenizer.decode_text(pipe.tokenizer.encode_text(caption)) for caption in captions]
+    assert sections["attention"]["en"] == pytest.approx(attention_in_box(maps, objects, texts, "en", 64, 8))
 
 
 def val_file_names(count: int) -> list[str]:

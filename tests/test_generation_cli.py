@@ -84,6 +84,33 @@ def test_image_tasks_and_the_full_pipeline(checkpoint, tmp_path):
     with Image.open(upscaled / f"{inputs[0].stem}_sr.png") as image:
         assert image.size == (128, 128)
 
+    texts = tmp_path / "texts.txt"
+    texts.write_text("blue\ta small blue square in the center\nred\ta large red circle at the top left\n"
+                     "zh\t左上角有一个大的红色圆形\n", encoding="utf-8")
+    retrieved = tmp_path / "retrieved"
+    run_main("--load", checkpoint, "--generation-task", "retrieval", "--input-source", texts,
+             "--input-images", *inputs, "--output-path", retrieved, "--device", "cpu")
+    records = read_manifest(retrieved)
+    by_text, by_image = records[:3], records[3:]
+    assert [r["text_id"] for r in by_text] == ["blue", "red", "zh"] and len(by_image) == 2
+    for record in by_text:
+        assert set(record["scores"]) == {str(p) for p in inputs}
+        assert record["ranked_images"] == sorted(record["scores"], key=lambda p: -record["scores"][p])
+    for record in by_image:
+        assert record["input"] in {str(p) for p in inputs} and len(record["ranked_texts"]) == 3
+        assert record["scores"] == {r["text_id"]: r["scores"][record["input"]] for r in by_text}
+
+    attended = tmp_path / "attended"
+    run_main("--load", checkpoint, "--generation-task", "attention-map", "--prompt", "a blue square",
+             "--input-images", inputs[0], "--output-path", attended, "--device", "cpu")
+    records = read_manifest(attended)
+    assert [r["word"] for r in records] == ["a", "blue", "square"]
+    for record in records:
+        grid = torch.tensor(record["attention"])
+        assert grid.shape == (8, 8) and float(grid.sum()) == pytest.approx(1.0, abs=1e-4)
+        assert read_png_metadata(attended / record["file"])["word"] == record["word"]
+    assert (attended / f"{inputs[0].stem}_words.png").is_file()
+
     full = tmp_path / "full"
     run_main("--load", checkpoint, "--generation-task", "text2image-full", "--prompt", "a red circle",
              "--batch-size", 2, "--output-path", full, "--device", "cpu")

@@ -33,6 +33,10 @@ REFUSED = {
               *extra] for task, extra in (("vqa", ["prompt"]), ("grounded-caption", ["prompt", "input-source",
                                                                                       "question"]),
                                           ("grounding", ["input-source", "question"]))},
+    "retrieval": ["negative-prompt", "cfg-scale", "batch-size", "seed", "temperature", "top-k", "top-p",
+                  "max-caption-tokens", "caption-candidates", "post-selection-score", "image-grid", "question"],
+    "attention-map": ["negative-prompt", "cfg-scale", "batch-size", "seed", "temperature", "top-k", "top-p",
+                      "max-caption-tokens", "caption-candidates", "post-selection-score", "image-grid", "question"],
 }
 # Flags every task reads: the checkpoint, its adapters and its parts, devices, batching and where outputs go.
 READ_BY_EVERY_TASK = {"load", "adapter", "generation_task", "max_inference_batch_size", "text_tokenizer", "vqvae",
