@@ -189,7 +189,7 @@ class ShapesSource(CaptionedImageSource):
         stream = self._stream_of(index)
         item = stream.item(index)
         metadata = {"language": item.language, "objects": [obj.to_dict() for obj in item.objects]}
-        tasks = shapes_tasks(item.objects, stream.size, item.language, stream.seed, index)
+        tasks = shapes_tasks(item.objects, stream.size, item.language, self.seed, index)
         annotations = TaskAnnotations([(qa.question, qa.answer) for qa in tasks.questions],
                                       [(obj.phrase, obj.box) for obj in tasks.objects],
                                       [(ref.expression, ref.box) for ref in tasks.expressions])
@@ -199,11 +199,16 @@ class ShapesSource(CaptionedImageSource):
         self._check_index(index)
         return self._stream_of(index).caption(index)
 
+    def objects(self, index: int) -> list[ShapeObject]:
+        """The objects drawn in item `index`, with their boxes."""
+        self._check_index(index)
+        return self._stream_of(index).objects(index)
+
     def texts(self, index: int) -> list[str]:
         self._check_index(index)
         stream = self._stream_of(index)
         item = stream.item(index)
-        tasks = shapes_tasks(item.objects, stream.size, item.language, stream.seed, index)
+        tasks = shapes_tasks(item.objects, stream.size, item.language, self.seed, index)
         return [item.caption, *(text for qa in tasks.questions for text in (qa.question, qa.answer)),
                 *(ref.expression for ref in tasks.expressions)]
 

@@ -143,7 +143,7 @@ def test_preprocessing_stores_highres_codes_of_the_scene_at_twice_the_size(tools
     for i in range(6):
         item = source.item(i)
         big = source.double_size(item)
-        assert big.size == (128, 128) and check_image(big, [o for o in source.dataset.objects(i)]).correct
+        assert big.size == (128, 128) and check_image(big, [o for o in source.objects(i)]).correct
         assert np.array_equal(rows[i].highres, img2code(tools.vqvae, pil_to_tensor(big)[None])[0].numpy())
     with pytest.raises(UserError, match="with_highres"):  # resuming it without the flag is another job
         preprocess_data.main([*args, "--output", str(output)])

@@ -109,7 +109,7 @@ def test_preprocessed_shapes_rows_hold_the_spec_questions_and_boxes(located, sha
     for row_number in range(len(shapes_rows)):
         row = shapes_rows[row_number]
         item = source.item(row.source_index)
-        expected = shapes_tasks(source.dataset.objects(row.source_index), 64, item.metadata["language"],
+        expected = shapes_tasks(source.objects(row.source_index), 64, item.metadata["language"],
                                 source.seed, row.source_index)
         stored = annotations.unpack(row.annotations)
         assert [(tok.decode_text(q), tok.decode_text(a)) for q, a in stored.questions] == \
@@ -143,7 +143,7 @@ def test_dataset_draws_the_understanding_tasks_and_a_training_step_learns(locate
         item = source.item(index)
         asked = tok.decode_text(ids[ids.index(tok["[QUES]"]) + 1:ids.index(tok["[ANS]"])])
         answer = sequences.parse_answer(tok, ids[ids.index(tok["[ANS]"]) + 1:])
-        expected = shapes_tasks(source.dataset.objects(index), 64, item.metadata["language"], source.seed, index)
+        expected = shapes_tasks(source.objects(index), 64, item.metadata["language"], source.seed, index)
         assert (asked, answer) in {(qa.question, qa.answer) for qa in expected.questions}
     model = tiny_model(tok, max_positions=sequence_length(shapes_rows.format, mix)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
