@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_utils.sequences import text2image  # noqa: E402
 from data_utils.tokenizer import UnifiedTokenizer  # noqa: E402
-from generation.sampling import (SamplingSettings, filter_logits, make_generators, mask_disallowed,  # noqa: E402
-                                 sample_rows)
+from generation.sampling import (SamplingSettings, draw_uniforms, filter_logits, make_generators,  # noqa: E402
+                                 mask_disallowed, sample_rows)
 from generation.tasks import Geometry, generate_image_codes, image_ids_mask  # noqa: E402
 from model import CogViewGPT, ModelConfig  # noqa: E402
 from utils.errors import run_main  # noqa: E402
@@ -73,7 +73,7 @@ class Result:
 def _sample(logits: torch.Tensor, allowed: torch.Tensor, settings: SamplingSettings, generators) -> torch.Tensor:
     filtered = filter_logits(mask_disallowed(logits.float(), allowed), settings.temperature, settings.top_k,
                              settings.top_p)
-    return sample_rows(filtered, generators).to(logits.device)
+    return sample_rows(filtered, draw_uniforms(generators)[:, 0]).to(logits.device)
 
 
 class HiddenStateCache:
