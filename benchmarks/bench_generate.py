@@ -1,9 +1,19 @@
-"""Text-to-image sampling speed: our KV cache against CogView's hidden-state cache and no cache at all.
+"""Text-to-image sampling speed: against the time the arithmetic needs, CogView's hidden-state cache and no cache.
 
 Example:
-    python benchmarks/bench_generate.py                       # 64 and 1024 image tokens, batch 1, 8, 32
-    python benchmarks/bench_generate.py --quick               # 64 image tokens, batch 1 and 8
+    python benchmarks/bench_generate.py                       # both tables: 64 and 1024 image tokens, batch 1, 8, 32
+    python benchmarks/bench_generate.py --quick               # the scaling table at 64 image tokens, batch 1 and 8
+    python benchmarks/bench_generate.py --only-quick-start --threads 2
     python benchmarks/bench_generate.py --device cuda --max-run-seconds 600
+
+The first table is the quick start's shape (`scripts/quickstart.py`: 4 layers, hidden 256, 8 heads, 1,024
+image codes and 480 text pieces, an 8 x 8 grid), at batch 1 and 16, unguided and with the quick start's
+guidance (cfg 1.5, temperature 0.4): seconds per image of the real `generation` code (median of
+--repeats runs) against the time its arithmetic needs, the FLOPs of every forward it runs (`sampling_flops`)
+divided by the fp32 matmul rate measured in the same run. Unguided rows also run CogView's scheme (below)
+and check that it gives the same tokens.
+
+The second table compares decoding schemes at the benchmark's own (CogView-like) shape.
 
 One randomly initialised model (4 layers, hidden 256, 1089 positions by default: CogView's shape at a
 small width) samples `grid x grid` image tokens after a 16-token prompt in three ways:
@@ -36,10 +46,16 @@ from generation.sampling import (SamplingSettings, draw_uniforms, filter_logits,
                                  mask_disallowed, sample_rows)
 from generation.tasks import Geometry, generate_image_codes, image_ids_mask  # noqa: E402
 from model import CogViewGPT, ModelConfig  # noqa: E402
-from utils.errors import run_main  # noqa: E402
+from model.config import count_parameters  # noqa: E402
+from training.metrics import measure_matmul_flops  # noqa: E402
+from utils.errors import UserError, run_main  # noqa: E402
 
 PROMPT_TOKENS = 16
 METHODS = ("ours", "cogview", "nocache")
+QUICK_START_SHAPE = dict(layers=4, hidden=256, heads=8, codebook_size=1024, text_vocab=480, grid=8)
+QUICK_START_BATCHES = (1, 16)
+QUICK_START_GUIDANCE = {"none": SamplingSettings(top_k=200),
+                        "cfg 1.5": SamplingSettings(temperature=0.4, top_k=200, cfg_scale=1.5)}
 
 
 class SyntheticText:
@@ -181,6 +197,65 @@ def estimate_seconds(model: CogViewGPT, method: str, batch: int, prompt_len: int
     return prefill_seconds + float(per_step.sum()) + steps * sample_seconds
 
 
+def sampling_flops(config: ModelConfig, prompt_len: int, steps: int) -> float:
+    """FLOPs of the forwards that make one image: the prompt's prefill and the `steps - 1` sampled tokens fed
+    back (the last is never fed). A token fed with S keys in its context costs 2 FLOPs per matmul weight
+    (position embeddings are a lookup, not a matmul) plus 4 * hidden * S per layer for Q K^T and P V."""
+    matmul_params = count_parameters(config) - config.max_position_embeddings * config.hidden_size
+    contexts = range(1, prompt_len + steps)  # the keys each fed token sees, itself included
+    return sum(2.0 * matmul_params + 4.0 * config.num_layers * config.hidden_size * s for s in contexts)
+
+
+def quick_start_table(args: argparse.Namespace) -> None:
+    """Seconds per image at the quick start's shape, against the arithmetic's time and CogView's scheme."""
+    device = torch.device(args.device)
+    shape = QUICK_START_SHAPE
+    tok = UnifiedTokenizer(SyntheticText(shape["text_vocab"]), shape["codebook_size"])
+    config = ModelConfig(vocab_size=tok.vocab_size, num_layers=shape["layers"], hidden_size=shape["hidden"],
+                         num_attention_heads=shape["heads"], max_position_embeddings=args.positions,
+                         hidden_dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    model = CogViewGPT(config).to(device).eval()
+    grid, steps = shape["grid"], shape["grid"] ** 2
+    geometry = Geometry(grid, PROMPT_TOKENS, args.positions)
+    text_ids = tok.encode_text("x")
+    prompt = text2image(tok, text_ids, grid)
+    uncond = text2image(tok, [], grid)
+    matmul_rate = measure_matmul_flops(device, torch.float32)
+    print(f"quick-start shape: {shape['layers']} layers, hidden {shape['hidden']}, {shape['heads']} heads, "
+          f"vocabulary {tok.vocab_size}, {steps} image tokens after a {len(prompt)}-token prompt; top-k 200; "
+          f"{torch.get_num_threads()} CPU threads; fp32 matmul rate {matmul_rate / 1e9:.1f} GFLOP/s "
+          f"(medians of {args.repeats} runs)")
+    print("| guidance | batch | ours s/image | arithmetic s/image | ours / arithmetic | cogview s/image "
+          "| ours vs cogview | same tokens |")
+    print("|---|---|---|---|---|---|---|---|")
+    allowed = image_ids_mask(tok).to(device)
+    for guidance, settings in QUICK_START_GUIDANCE.items():
+        flops = sampling_flops(config, len(prompt), steps)
+        if settings.uses_guidance:
+            flops += sampling_flops(config, len(uncond), steps)
+        for batch in QUICK_START_BATCHES:
+            with torch.inference_mode():
+                generate_image_codes(model, tok, geometry, [text_ids], batch, 0, settings, 2 * batch)  # warm-up
+                runs = [timed(lambda: generate_image_codes(model, tok, geometry, [text_ids], batch, 0, settings,
+                                                           2 * batch), device) for _ in range(args.repeats)]
+                ours = float(np.median([seconds for seconds, _ in runs])) / batch
+                arithmetic = flops / matmul_rate
+                cogview, same = "-", "-"
+                if not settings.uses_guidance:  # the baseline has no guidance
+                    prompt_ids = torch.tensor([prompt.ids] * batch, device=device)
+                    baseline = [timed(lambda: run_baseline(HiddenStateCache(model), prompt_ids, steps, allowed,
+                                                           settings, range(batch)), device)
+                                for _ in range(args.repeats)]
+                    cogview_seconds = float(np.median([seconds for seconds, _ in baseline])) / batch
+                    cogview = f"{cogview_seconds:.4f} | {cogview_seconds / ours:.1f}x"
+                    same = "yes" if torch.equal(baseline[0][1], runs[0][1].view(batch, -1)) else "NO"
+                else:
+                    cogview = "- | -"
+            print(f"| {guidance:8s} | {batch:5d} | {ours:.4f} | {arithmetic:.4f} | {ours / arithmetic:.1f}x | "
+                  f"{cogview} | {same} |", flush=True)
+
+
 def benchmark(args: argparse.Namespace) -> list[Result]:
     device = torch.device(args.device)
     tok = UnifiedTokenizer(SyntheticText(args.text_vocab), args.codebook_size)
@@ -232,7 +307,10 @@ def _row(result: Result, results: list[Result]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="64 image tokens at batch 1 and 8 only")
+    parser.add_argument("--quick", action="store_true", help="the scaling table at 64 image tokens, batch 1 and 8 only")
+    parser.add_argument("--only-quick-start", action="store_true", help="print the quick-start table only")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed runs per quick-start row; the table shows their median (default: %(default)s)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--layers", type=int, default=4)
@@ -250,7 +328,12 @@ def main() -> None:
     args.grids, args.batches = ((8,), (1, 8)) if args.quick else ((8, 32), (1, 8, 32))
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"model: {args.layers} layers, hidden {args.hidden}, {args.heads} heads, {args.positions} positions; "
+    if args.repeats < 1:
+        raise UserError(f"--repeats must be >= 1, got {args.repeats}")
+    quick_start_table(args)
+    if args.only_quick_start:
+        return
+    print(f"\nmodel: {args.layers} layers, hidden {args.hidden}, {args.heads} heads, {args.positions} positions; "
           f"device {args.device}, {torch.get_num_threads()} CPU threads; prompt {PROMPT_TOKENS} text tokens; "
           f"top-k {args.top_k}")
     print("| image tokens | batch | method | seconds | images/s | tokens/s | time vs ours | how | same tokens |")
