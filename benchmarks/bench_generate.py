@@ -10,7 +10,9 @@ The first table is the quick start's shape (`scripts/quickstart.py`: 4 layers, h
 image codes and 480 text pieces, an 8 x 8 grid), at batch 1 and 16, unguided and with the quick start's
 guidance (cfg 1.5, temperature 0.4): seconds per image of the real `generation` code (median of
 --repeats runs) against the time its arithmetic needs, the FLOPs of every forward it runs (`sampling_flops`)
-divided by the fp32 matmul rate measured in the same run. Unguided rows also run CogView's scheme (below)
+divided by the fp32 matmul rate measured in the same run, and against its weight matmuls alone (the same
+`F.linear` calls on the model's weights, timed in the same run: what sampling would cost if everything else
+were free, without changing any rounding and so any token). Unguided rows also run CogView's scheme (below)
 and check that it gives the same tokens.
 
 The second table compares decoding schemes at the benchmark's own (CogView-like) shape.
@@ -206,6 +208,23 @@ def sampling_flops(config: ModelConfig, prompt_len: int, steps: int) -> float:
     return sum(2.0 * matmul_params + 4.0 * config.num_layers * config.hidden_size * s for s in contexts)
 
 
+def weight_matmul_seconds(model: CogViewGPT, rows: int, prompt_len: int, steps: int, device: torch.device,
+                          repeats: int) -> float:
+    """Seconds of the weight matmuls alone of one decoding batch of `rows` rows (the prefill, whose logits cover
+    every prompt position, then `steps - 1` one-token forwards), with the model's own weights at the same
+    shapes: the loop's time if everything else were free and no rounding changed (medians of `repeats`)."""
+    linears = [(m.weight, m.bias) for layer in model.transformer.layers
+               for m in (layer.attention.query_key_value, layer.attention.dense, layer.mlp.dense_h_to_4h,
+                         layer.mlp.dense_4h_to_h)] + [(model.word_embeddings.weight, None)]
+
+    def forward_seconds(tokens: int) -> float:
+        inputs = {w.shape[1]: torch.randn(rows, tokens, w.shape[1], device=device) for w, _ in linears}
+        return float(np.median([timed(lambda: [torch.nn.functional.linear(inputs[w.shape[1]], w, b)
+                                               for w, b in linears], device)[0] for _ in range(repeats)]))
+
+    return forward_seconds(prompt_len) + (steps - 1) * forward_seconds(1)
+
+
 def quick_start_table(args: argparse.Namespace) -> None:
     """Seconds per image at the quick start's shape, against the arithmetic's time and CogView's scheme."""
     device = torch.device(args.device)
@@ -226,9 +245,9 @@ def quick_start_table(args: argparse.Namespace) -> None:
           f"vocabulary {tok.vocab_size}, {steps} image tokens after a {len(prompt)}-token prompt; top-k 200; "
           f"{torch.get_num_threads()} CPU threads; fp32 matmul rate {matmul_rate / 1e9:.1f} GFLOP/s "
           f"(medians of {args.repeats} runs)")
-    print("| guidance | batch | ours s/image | arithmetic s/image | ours / arithmetic | cogview s/image "
-          "| ours vs cogview | same tokens |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| guidance | batch | ours s/image | arithmetic s/image | ours / arithmetic | weight matmuls alone s/image "
+          "| ours / matmuls | cogview s/image | ours vs cogview | same tokens |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     allowed = image_ids_mask(tok).to(device)
     for guidance, settings in QUICK_START_GUIDANCE.items():
         flops = sampling_flops(config, len(prompt), steps)
@@ -241,6 +260,8 @@ def quick_start_table(args: argparse.Namespace) -> None:
                                                            2 * batch), device) for _ in range(args.repeats)]
                 ours = float(np.median([seconds for seconds, _ in runs])) / batch
                 arithmetic = flops / matmul_rate
+                rows = batch * (2 if settings.uses_guidance else 1)
+                matmuls = weight_matmul_seconds(model, rows, len(prompt), steps, device, 5 * args.repeats) / batch
                 cogview, same = "-", "-"
                 if not settings.uses_guidance:  # the baseline has no guidance
                     prompt_ids = torch.tensor([prompt.ids] * batch, device=device)
@@ -253,7 +274,7 @@ def quick_start_table(args: argparse.Namespace) -> None:
                 else:
                     cogview = "- | -"
             print(f"| {guidance:8s} | {batch:5d} | {ours:.4f} | {arithmetic:.4f} | {ours / arithmetic:.1f}x | "
-                  f"{cogview} | {same} |", flush=True)
+                  f"{matmuls:.4f} | {ours / matmuls:.1f}x | {cogview} | {same} |", flush=True)
 
 
 def benchmark(args: argparse.Namespace) -> list[Result]:
