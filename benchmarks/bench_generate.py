@@ -1,11 +1,23 @@
-"""Text-to-image sampling speed: our KV cache against CogView's hidden-state cache and no cache at all,
+"""Text-to-image sampling speed: against the time the arithmetic needs, CogView's hidden-state cache and no cache,
 and our decoding with int8 linear layers against fp32.
 
 Example:
-    python benchmarks/bench_generate.py                       # 64 and 1024 image tokens, batch 1, 8, 32
-    python benchmarks/bench_generate.py --quick               # 64 image tokens, batch 1 and 8
+    python benchmarks/bench_generate.py                       # both tables: 64 and 1024 image tokens, batch 1, 8, 32
+    python benchmarks/bench_generate.py --quick               # the scaling table at 64 image tokens, batch 1 and 8
+    python benchmarks/bench_generate.py --only-quick-start --threads 2
     python benchmarks/bench_generate.py --device cuda --max-run-seconds 600
     python benchmarks/bench_generate.py --quick --batches 1 16 --methods ours ours-int8   # int8 against fp32
+
+The first table is the quick start's shape (`scripts/quickstart.py`: 4 layers, hidden 256, 8 heads, 1,024
+image codes and 480 text pieces, an 8 x 8 grid), at batch 1 and 16, unguided and with the quick start's
+guidance (cfg 1.5, temperature 0.4): seconds per image of the real `generation` code (median of
+--repeats runs) against the time its arithmetic needs, the FLOPs of every forward it runs (`sampling_flops`)
+divided by the fp32 matmul rate measured in the same run, and against its weight matmuls alone (the same
+`F.linear` calls on the model's weights, timed in the same run: what sampling would cost if everything else
+were free, without changing any rounding and so any token). Unguided rows also run CogView's scheme (below)
+and check that it gives the same tokens.
+
+The second table compares decoding schemes at the benchmark's own (CogView-like) shape.
 
 One randomly initialised model (4 layers, hidden 256, 1089 positions by default: CogView's shape at a
 small width) samples `grid x grid` image tokens after a 16-token prompt in up to four ways:
@@ -39,14 +51,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data_utils.sequences import text2image  # noqa: E402
 from data_utils.tokenizer import UnifiedTokenizer  # noqa: E402
 from fp16 import quantize_linear_layers  # noqa: E402
-from generation.sampling import (SamplingSettings, filter_logits, make_generators, mask_disallowed,  # noqa: E402
-                                 sample_rows)
+from generation.sampling import (SamplingSettings, draw_uniforms, filter_logits, make_generators,  # noqa: E402
+                                 mask_disallowed, sample_rows)
 from generation.tasks import Geometry, generate_image_codes, image_ids_mask  # noqa: E402
 from model import CogViewGPT, ModelConfig  # noqa: E402
+from model.config import count_parameters  # noqa: E402
+from training.metrics import measure_matmul_flops  # noqa: E402
 from utils.errors import UserError, run_main  # noqa: E402
 
 PROMPT_TOKENS = 16
 METHODS = ("ours", "ours-int8", "cogview", "nocache")
+QUICK_START_SHAPE = dict(layers=4, hidden=256, heads=8, codebook_size=1024, text_vocab=480, grid=8)
+QUICK_START_BATCHES = (1, 16)
+QUICK_START_GUIDANCE = {"none": SamplingSettings(top_k=200),
+                        "cfg 1.5": SamplingSettings(temperature=0.4, top_k=200, cfg_scale=1.5)}
 
 
 class SyntheticText:
@@ -80,7 +98,7 @@ class Result:
 def _sample(logits: torch.Tensor, allowed: torch.Tensor, settings: SamplingSettings, generators) -> torch.Tensor:
     filtered = filter_logits(mask_disallowed(logits.float(), allowed), settings.temperature, settings.top_k,
                              settings.top_p)
-    return sample_rows(filtered, generators).to(logits.device)
+    return sample_rows(filtered, draw_uniforms(generators)[:, 0]).to(logits.device)
 
 
 class HiddenStateCache:
@@ -194,6 +212,84 @@ def estimate_seconds(model: CogViewGPT, method: str, batch: int, prompt_len: int
     return prefill_seconds + float(per_step.sum()) + steps * sample_seconds
 
 
+def sampling_flops(config: ModelConfig, prompt_len: int, steps: int) -> float:
+    """FLOPs of the forwards that make one image: the prompt's prefill and the `steps - 1` sampled tokens fed
+    back (the last is never fed). A token fed with S keys in its context costs 2 FLOPs per matmul weight
+    (position embeddings are a lookup, not a matmul) plus 4 * hidden * S per layer for Q K^T and P V."""
+    matmul_params = count_parameters(config) - config.max_position_embeddings * config.hidden_size
+    contexts = range(1, prompt_len + steps)  # the keys each fed token sees, itself included
+    return sum(2.0 * matmul_params + 4.0 * config.num_layers * config.hidden_size * s for s in contexts)
+
+
+def weight_matmul_seconds(model: CogViewGPT, rows: int, prompt_len: int, steps: int, device: torch.device,
+                          repeats: int) -> float:
+    """Seconds of the weight matmuls alone of one decoding batch of `rows` rows (the prefill, whose logits cover
+    every prompt position, then `steps - 1` one-token forwards), with the model's own weights at the same
+    shapes: the loop's time if everything else were free and no rounding changed (medians of `repeats`)."""
+    linears = [(m.weight, m.bias) for layer in model.transformer.layers
+               for m in (layer.attention.query_key_value, layer.attention.dense, layer.mlp.dense_h_to_4h,
+                         layer.mlp.dense_4h_to_h)] + [(model.word_embeddings.weight, None)]
+
+    def forward_seconds(tokens: int) -> float:
+        inputs = {w.shape[1]: torch.randn(rows, tokens, w.shape[1], device=device) for w, _ in linears}
+        return float(np.median([timed(lambda: [torch.nn.functional.linear(inputs[w.shape[1]], w, b)
+                                               for w, b in linears], device)[0] for _ in range(repeats)]))
+
+    return forward_seconds(prompt_len) + (steps - 1) * forward_seconds(1)
+
+
+def quick_start_table(args: argparse.Namespace) -> None:
+    """Seconds per image at the quick start's shape, against the arithmetic's time and CogView's scheme."""
+    device = torch.device(args.device)
+    shape = QUICK_START_SHAPE
+    tok = UnifiedTokenizer(SyntheticText(shape["text_vocab"]), shape["codebook_size"])
+    config = ModelConfig(vocab_size=tok.vocab_size, num_layers=shape["layers"], hidden_size=shape["hidden"],
+                         num_attention_heads=shape["heads"], max_position_embeddings=args.positions,
+                         hidden_dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    model = CogViewGPT(config).to(device).eval()
+    grid, steps = shape["grid"], shape["grid"] ** 2
+    geometry = Geometry(grid, PROMPT_TOKENS, args.positions)
+    text_ids = tok.encode_text("x")
+    prompt = text2image(tok, text_ids, grid)
+    uncond = text2image(tok, [], grid)
+    matmul_rate = measure_matmul_flops(device, torch.float32)
+    print(f"quick-start shape: {shape['layers']} layers, hidden {shape['hidden']}, {shape['heads']} heads, "
+          f"vocabulary {tok.vocab_size}, {steps} image tokens after a {len(prompt)}-token prompt; top-k 200; "
+          f"{torch.get_num_threads()} CPU threads; fp32 matmul rate {matmul_rate / 1e9:.1f} GFLOP/s "
+          f"(medians of {args.repeats} runs)")
+    print("| guidance | batch | ours s/image | arithmetic s/image | ours / arithmetic | weight matmuls alone s/image "
+          "| ours / matmuls | cogview s/image | ours vs cogview | same tokens |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    allowed = image_ids_mask(tok).to(device)
+    for guidance, settings in QUICK_START_GUIDANCE.items():
+        flops = sampling_flops(config, len(prompt), steps)
+        if settings.uses_guidance:
+            flops += sampling_flops(config, len(uncond), steps)
+        for batch in QUICK_START_BATCHES:
+            with torch.inference_mode():
+                generate_image_codes(model, tok, geometry, [text_ids], batch, 0, settings, 2 * batch)  # warm-up
+                runs = [timed(lambda: generate_image_codes(model, tok, geometry, [text_ids], batch, 0, settings,
+                                                           2 * batch), device) for _ in range(args.repeats)]
+                ours = float(np.median([seconds for seconds, _ in runs])) / batch
+                arithmetic = flops / matmul_rate
+                rows = batch * (2 if settings.uses_guidance else 1)
+                matmuls = weight_matmul_seconds(model, rows, len(prompt), steps, device, 5 * args.repeats) / batch
+                cogview, same = "-", "-"
+                if not settings.uses_guidance:  # the baseline has no guidance
+                    prompt_ids = torch.tensor([prompt.ids] * batch, device=device)
+                    baseline = [timed(lambda: run_baseline(HiddenStateCache(model), prompt_ids, steps, allowed,
+                                                           settings, range(batch)), device)
+                                for _ in range(args.repeats)]
+                    cogview_seconds = float(np.median([seconds for seconds, _ in baseline])) / batch
+                    cogview = f"{cogview_seconds:.4f} | {cogview_seconds / ours:.1f}x"
+                    same = "yes" if torch.equal(baseline[0][1], runs[0][1].view(batch, -1)) else "NO"
+                else:
+                    cogview = "- | -"
+            print(f"| {guidance:8s} | {batch:5d} | {ours:.4f} | {arithmetic:.4f} | {ours / arithmetic:.1f}x | "
+                  f"{matmuls:.4f} | {ours / matmuls:.1f}x | {cogview} | {same} |", flush=True)
+
+
 def benchmark(args: argparse.Namespace) -> list[Result]:
     device = torch.device(args.device)
     tok = UnifiedTokenizer(SyntheticText(args.text_vocab), args.codebook_size)
@@ -247,11 +343,13 @@ def _row(result: Result, results: list[Result]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="64 image tokens (at batch 1 and 8 unless --batches)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the scaling table at 64 image tokens (at batch 1 and 8 unless --batches)")
+    parser.add_argument("--only-quick-start", action="store_true", help="print the quick-start table only")
     parser.add_argument("--batches", type=int, nargs="+", metavar="B",
-                        help="batch sizes (default: 1 8 with --quick, else 1 8 32)")
+                        help="batch sizes of the scaling table (default: 1 8 with --quick, else 1 8 32)")
     parser.add_argument("--methods", nargs="+", choices=METHODS,
-                        help="what to time; ours is the base of the ratio column and always runs "
+                        help="what the scaling table times; ours is the base of the ratio column and always runs "
                              "(default: all; ours-int8 only on the CPU)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -264,8 +362,9 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=200)
     parser.add_argument("--max-run-seconds", type=float, default=60.0,
                         help="runs estimated to take longer are extrapolated, not run (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="runs of each measured row, of which the fastest is kept (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed runs of each row: the quick-start table shows their median, the scaling table "
+                             "the fastest (the run other jobs disturbed least) (default: %(default)s)")
     parser.add_argument("--sampled-steps", type=int, default=6,
                         help="positions timed for an estimate (default: %(default)s)")
     args = parser.parse_args()
@@ -277,7 +376,10 @@ def main() -> None:
     args.methods = ["ours"] + [m for m in METHODS if m in chosen and m != "ours"]
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"model: {args.layers} layers, hidden {args.hidden}, {args.heads} heads, {args.positions} positions; "
+    quick_start_table(args)
+    if args.only_quick_start:
+        return
+    print(f"\nmodel: {args.layers} layers, hidden {args.hidden}, {args.heads} heads, {args.positions} positions; "
           f"device {args.device}, {torch.get_num_threads()} CPU threads; prompt {PROMPT_TOKENS} text tokens; "
           f"top-k {args.top_k}")
     print("| image tokens | batch | method | seconds | images/s | tokens/s | time vs ours | how | same tokens |")

@@ -7,7 +7,7 @@ tokens, which ids are allowed, how to sample, when to stop). It packs requests i
 by side in the same forward), and halves the batch and retries when the device runs out of memory.
 
 Why the result of a request never depends on its batch: every request draws its random numbers from
-its own generator seeded with its own seed, one uniform per sampled token (`sampling.sample_rows`);
+its own generator seeded with its own seed, one uniform per sampled token (`sampling.draw_uniforms`);
 left padding is masked out and positions restart at 0 on each row's first real token, so a padded row
 computes what it would compute alone (up to floating-point summation order in the kernels).
 """
@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 
 from data_utils.padding import pad_sequences
 from data_utils.sequences import TokenSequence
-from generation.sampling import (SamplingSettings, cfg_combine, filter_logits, make_generators, mask_disallowed,
-                                 sample_rows)
+from generation.sampling import (LogitFilter, SamplingSettings, cfg_combine, draw_uniforms, make_generators,
+                                 mask_disallowed, sample_rows)
 from utils.errors import UserError
 from utils.logging import get_logger
 
@@ -70,19 +70,27 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _next_tokens(logits: torch.Tensor, fixed: torch.Tensor, generators: Sequence[torch.Generator],
-                 allowed: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
-    """One step's tokens `[live]` (CPU): the fixed ones where `fixed` holds a token, else drawn from
-    `logits` (`[live]` rows, followed by their unconditional twins when guided). A row with a fixed
-    token draws nothing, so its generator stays where it would be without the others."""
+def _next_tokens(logits: torch.Tensor, fixed: torch.Tensor, uniforms: torch.Tensor, allowed: torch.Tensor,
+                 logit_filter: LogitFilter, cfg_scale: float) -> torch.Tensor:
+    """One step's tokens `[live]`: the fixed ones where `fixed` holds a token, else drawn from `logits`
+    (`[live]` rows, followed by their unconditional twins when guided) at each row's own uniform. Every row
+    is sampled (rows are independent, so the others' draws are unaffected) and a fixed token then replaces
+    the draw: no host-side look at which rows sample."""
     live = len(fixed)
     cond = logits[:live]
-    guided = cfg_combine(cond, logits[live:], settings.cfg_scale) if settings.uses_guidance else cond
-    filtered = filter_logits(mask_disallowed(guided, allowed), settings.temperature, settings.top_k, settings.top_p)
-    tokens = fixed.clone()
-    sampling = (fixed == SAMPLE).nonzero().flatten().tolist()
-    tokens[sampling] = sample_rows(filtered[sampling], [generators[i] for i in sampling]).cpu()
-    return tokens
+    guided = cfg_combine(cond, logits[live:], cfg_scale) if len(logits) > live else cond
+    sampled = sample_rows(logit_filter(mask_disallowed(guided, allowed)), uniforms)
+    return torch.where(fixed == SAMPLE, sampled, fixed)
+
+
+def _fixed_runs(sampled: torch.Tensor) -> list[int]:
+    """For every step, how many steps from it on every row has fixed in advance (0 where a row samples);
+    `sampled` is `[rows, steps]` bool. Worked out once per set of live rows, so the loop needs no host sync."""
+    everyone_fixed = (~sampled).all(dim=0).tolist()
+    runs = [0] * (len(everyone_fixed) + 1)
+    for step in reversed(range(len(everyone_fixed))):
+        runs[step] = runs[step + 1] + 1 if everyone_fixed[step] else 0
+    return runs[:-1]
 
 
 @torch.inference_mode()
@@ -94,9 +102,15 @@ def decode_batch(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec
     once by the prefill; each later forward feeds only the new tokens: one sampled token, or a run of
     tokens every live row has fixed in advance (fed in a single forward). A row that samples
     `stop_id` leaves the batch (its cache rows are dropped with `KVCache.select`).
+
+    Everything a step needs that does not depend on the tokens is prepared before the first step: the
+    uniforms of every step (`draw_uniforms`), the positions fed, the filter's per-row tensors and which
+    steps are fixed runs. Image generation (no `stop_id`) therefore looks at no tensor on the host
+    between steps, and a step's sampling costs only the operations on its logits.
     """
     device = model_device(model)
-    guided = spec.settings.uses_guidance
+    settings = spec.settings
+    guided = settings.uses_guidance
     if guided and any(r.uncond_prompt is None for r in requests):
         raise ValueError("guidance needs an unconditional prompt in every request")
     prompts = [r.prompt for r in requests] + ([r.uncond_prompt for r in requests] if guided else [])
@@ -109,9 +123,19 @@ def decode_batch(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec
             if request.forced.shape != (spec.steps,):
                 raise ValueError(f"forced tokens must have shape ({spec.steps},), got {tuple(request.forced.shape)}")
             forced[row] = request.forced
-    generators = make_generators([r.seed for r in requests])
+    sampled = forced == SAMPLE
+    # The j-th sampled token of a request takes its generator's j-th uniform; a fixed token takes none.
+    draws = draw_uniforms(make_generators([r.seed for r in requests]), spec.steps)
+    uniforms = draws.gather(1, (sampled.long().cumsum(1) - 1).clamp(min=0)).to(device)   # [live, steps]
+    live_forced = forced.to(device)                                                         # [live, steps]
+    runs = _fixed_runs(sampled)
     allowed = spec.allowed.to(device)
+    vocab = allowed.shape[0]
 
+    def new_filter(rows: int) -> LogitFilter:
+        return LogitFilter(rows, vocab, settings.temperature, settings.top_k, settings.top_p, device)
+
+    logit_filter = new_filter(num)
     prompt_len = ids.shape[1]
     # Under autocast the keys and values come out in the autocast dtype: store them so (half the memory).
     autocast = torch.is_autocast_enabled(device.type)
@@ -119,10 +143,11 @@ def decode_batch(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec
                                dtype=torch.get_autocast_dtype(device.type) if autocast else None)
     key_mask = torch.ones((len(prompts), prompt_len + spec.steps), dtype=torch.bool, device=device)
     key_mask[:, :prompt_len] = real
-    next_position = positions[:, -1] + 1                       # [rows]
-    out = torch.full((num, spec.steps), spec.pad_id, dtype=torch.long)
-    produced = torch.zeros(num, dtype=torch.long)               # tokens written per request
-    live = torch.arange(num)                                    # requests still in the batch, in row order
+    # Positions of every token fed after the prompt, `[rows, steps]`: each row counts on from its last.
+    fed_positions = positions[:, -1:] + 1 + torch.arange(spec.steps, device=device)
+    out = torch.full((num, spec.steps), spec.pad_id, dtype=torch.long, device=device)
+    produced = torch.full((num,), spec.steps, dtype=torch.long)  # tokens written per request
+    live = torch.arange(num)                                      # requests still in the batch, in row order
 
     padded = not bool(real.all())  # without padding the model needs no mask (a faster attention kernel)
 
@@ -134,41 +159,39 @@ def decode_batch(model: torch.nn.Module, requests: Sequence[DecodeRequest], spec
 
     logits = forward(ids, positions)
     step = 0
-    while step < spec.steps and len(live) > 0:
-        live_forced = forced[live, step:]
-        if bool((live_forced[:, 0] != SAMPLE).all()):
-            # The longest run, from here, of tokens every live row has fixed: one forward for all of it.
-            all_fixed = (live_forced != SAMPLE).all(dim=0)
-            run = int(all_fixed.int().cumprod(0).sum())
-            tokens = live_forced[:, :run]
+    while step < spec.steps:
+        run = max(runs[step], 1)
+        if runs[step]:
+            tokens = live_forced[:, step:step + run]
         else:
-            run = 1
-            if spec.constraint is not None:
-                allowed = torch.stack([spec.constraint(out[row, :step].tolist()) for row in live.tolist()]).to(device)
-            tokens = _next_tokens(logits, live_forced[:, 0], [generators[i] for i in live.tolist()], allowed,
-                                  spec.settings).unsqueeze(1)
-        out[live, step:step + run] = tokens
-        produced[live] = step + run
+            step_allowed = allowed
+            if spec.constraint is not None:  # a grammar (grounded captions): each row's allowed ids follow its text
+                step_allowed = torch.stack([spec.constraint(out[row, :step].tolist()) for row in live.tolist()]
+                                           ).to(device)
+            tokens = _next_tokens(logits, live_forced[:, step], uniforms[:, step], step_allowed, logit_filter,
+                                  settings.cfg_scale).unsqueeze(1)
+        out[live if len(live) < num else slice(None), step:step + run] = tokens
         on_tokens(run * len(live))
         step += run
         if step >= spec.steps:
             break
-        keep = torch.ones(len(live), dtype=torch.bool)
         if spec.stop_id is not None:
-            keep = ~(tokens == spec.stop_id).any(dim=1)
-        if not bool(keep.all()):
-            live = live[keep]
-            if len(live) == 0:
-                break
-            rows = keep.nonzero().flatten()
-            rows = torch.cat([rows, rows + len(keep)]) if guided else rows
-            cache = cache.select(rows.to(device))
-            key_mask, next_position, tokens = key_mask[rows.to(device)], next_position[rows.to(device)], tokens[keep]
-        feed = tokens.to(device)
-        feed = torch.cat([feed, feed]) if guided else feed
-        step_positions = next_position.unsqueeze(1) + torch.arange(run, device=device)
-        next_position = next_position + run
-        logits = forward(feed, step_positions)
+            keep = ~(tokens == spec.stop_id).any(dim=1).cpu()
+            if not bool(keep.all()):
+                produced[live[~keep]] = step
+                live = live[keep]
+                if len(live) == 0:
+                    break
+                rows = keep.nonzero().flatten()
+                rows = torch.cat([rows, rows + len(keep)]) if guided else rows
+                rows, keep = rows.to(device), keep.to(device)
+                cache = cache.select(rows)
+                key_mask, fed_positions, tokens = key_mask[rows], fed_positions[rows], tokens[keep]
+                live_forced, uniforms = live_forced[keep], uniforms[keep]
+                runs, logit_filter = _fixed_runs(sampled[live]), new_filter(len(live))
+        feed = torch.cat([tokens, tokens]) if guided else tokens
+        logits = forward(feed, fed_positions[:, step - run:step])
+    out = out.cpu()
     return [out[row, :produced[row]] for row in range(num)]
 
 

@@ -6,7 +6,7 @@ answer it would get alone. The order of operations for one decoding step is
     guided = cfg_combine(cond, uncond, scale)          # classifier-free guidance (optional)
     logits = mask_disallowed(guided, allowed)          # e.g. only image ids inside an image
     logits = filter_logits(logits, temperature, top_k, top_p)
-    tokens = sample_rows(logits, generators)           # one uniform per row from the row's own generator
+    tokens = sample_rows(logits, uniforms)             # one uniform per row from the row's own generator
 
 Guidance is combined on log-softmax values. For the sampled distribution this is the same as combining
 raw logits (the two differ by a per-row constant, which softmax removes), but log-probabilities make the
@@ -91,8 +91,10 @@ def _per_row(value, batch: int, dtype: torch.dtype, device) -> torch.Tensor:
     return tensor.view(batch, 1)
 
 
-def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0) -> torch.Tensor:
-    """Temperature, top-k and top-p (nucleus) filtering, each a scalar or one value per row.
+class LogitFilter:
+    """Temperature, top-k and top-p (nucleus) filtering of `[batch, vocab]` logits, each setting a scalar or one
+    value per row, with everything that does not depend on the logits prepared once: a decoding loop builds
+    one per batch and calls it at every step (`filter_logits` is the one-off form).
 
     Filtered-out ids become -inf. Top-p keeps the smallest set of most likely ids whose probability
     sums to at least `top_p` (always at least the most likely id); it is computed after top-k, on the
@@ -100,27 +102,38 @@ def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0) -> 
     Ties at the top-k boundary are broken by the sort order, so exactly k ids survive. When every row
     has a top-k, only the largest k are sorted (`torch.topk`), not the whole vocabulary.
     """
-    batch, vocab = logits.shape
-    device = logits.device
-    logits = logits.float() / _per_row(temperature, batch, torch.float32, device)
-    k = _per_row(top_k, batch, torch.long, device)
-    p = _per_row(top_p, batch, torch.float32, device)
-    k = torch.where(k <= 0, torch.full_like(k, vocab), k.clamp(max=vocab))
-    k_max = int(k.max())
-    if k_max >= vocab and bool((p >= 1.0).all()):
-        return logits
 
-    if k_max < vocab:
-        candidates, order = torch.topk(logits, k_max, dim=-1, sorted=True)
-    else:
-        candidates, order = torch.sort(logits, dim=-1, descending=True)
-    rank = torch.arange(candidates.shape[-1], device=device).expand_as(candidates)
-    drop = rank >= k
-    candidates = candidates.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(candidates, dim=-1)
-    mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of the strictly more likely ids
-    drop |= (mass_before >= p) & (rank > 0)
-    return torch.full_like(logits, float("-inf")).scatter(-1, order, candidates.masked_fill(drop, float("-inf")))
+    def __init__(self, batch: int, vocab: int, temperature=1.0, top_k=0, top_p=1.0, device=None):
+        self.vocab = vocab
+        self.temperature = _per_row(temperature, batch, torch.float32, device)
+        self.top_p = _per_row(top_p, batch, torch.float32, device)
+        k = _per_row(top_k, batch, torch.long, device)
+        k = torch.where(k <= 0, torch.full_like(k, vocab), k.clamp(max=vocab))
+        self.k_max = int(k.max())
+        self.sorts = self.k_max < vocab or not bool((self.top_p >= 1.0).all())
+        rank = torch.arange(self.k_max, device=device).expand(batch, self.k_max)
+        self.beyond_k = rank >= k           # the ranks top-k drops, the same at every step
+        self.below_first = rank > 0         # top-p always keeps the most likely id
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float() / self.temperature
+        if not self.sorts:
+            return logits
+        if self.k_max < self.vocab:
+            candidates, order = torch.topk(logits, self.k_max, dim=-1, sorted=True)
+        else:
+            candidates, order = torch.sort(logits, dim=-1, descending=True)
+        candidates = candidates.masked_fill(self.beyond_k, float("-inf"))
+        probs = torch.softmax(candidates, dim=-1)
+        mass_before = torch.cumsum(probs, dim=-1) - probs  # probability of the strictly more likely ids
+        drop = self.beyond_k | ((mass_before >= self.top_p) & self.below_first)
+        return torch.full_like(logits, float("-inf")).scatter(-1, order, candidates.masked_fill(drop, float("-inf")))
+
+
+def filter_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0) -> torch.Tensor:
+    """`LogitFilter` applied once: temperature, top-k and top-p, each a scalar or one value per row."""
+    batch, vocab = logits.shape
+    return LogitFilter(batch, vocab, temperature, top_k, top_p, logits.device)(logits)
 
 
 def make_generators(seeds: Sequence[int]) -> list[torch.Generator]:
@@ -128,23 +141,26 @@ def make_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
 
 
-def draw_uniforms(generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """One uniform in [0, 1) per row, each from that row's own generator (float64, `[B]`)."""
-    return torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
+def draw_uniforms(generators: Sequence[torch.Generator], count: int = 1) -> torch.Tensor:
+    """`count` uniforms in [0, 1) per row, each row's from its own generator (float64, `[B, count]`).
+
+    A generator gives the same numbers whether they are drawn one at a time or `count` at once, so a
+    decoding loop draws every step's uniform up front instead of calling each generator at each step."""
+    return torch.stack([torch.rand(count, generator=g, dtype=torch.float64) for g in generators])
 
 
-def sample_rows(logits: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """Sample one id per row by inverting the row's CDF at a uniform from the row's own generator.
+def sample_rows(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Sample one id per row by inverting the row's CDF at the row's uniform (`[B]`, `draw_uniforms`).
 
-    The draw of row i depends only on row i's logits and generator, never on the batch around it, so an
+    The draw of row i depends only on row i's logits and uniform, never on the batch around it, so an
     image comes out the same at batch 1 or packed among others. The CDF is accumulated in float64 and
     the uniform scaled by the row's total mass, so rounding cannot push the draw past the last id.
     """
-    if len(generators) != logits.shape[0]:
-        raise ValueError(f"{logits.shape[0]} rows but {len(generators)} generators")
+    if uniforms.shape != (logits.shape[0],):
+        raise ValueError(f"{logits.shape[0]} rows but uniforms of shape {tuple(uniforms.shape)}")
     probs = torch.softmax(logits.double(), dim=-1)
     cdf = torch.cumsum(probs, dim=-1)
-    target = draw_uniforms(generators).to(logits.device) * cdf[:, -1]
+    target = uniforms.to(logits.device) * cdf[:, -1]
     index = torch.searchsorted(cdf, target.unsqueeze(-1), right=True).squeeze(-1)
     # `u * total` can round up to `total` itself for u just below 1; fall back to the last possible id.
     vocab = logits.shape[-1]

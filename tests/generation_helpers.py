@@ -7,8 +7,8 @@ import torch
 
 from data_utils.sequences import TokenSequence
 from data_utils.tokenizer import UnifiedTokenizer
-from generation.sampling import (SamplingSettings, cfg_combine, filter_logits, make_generators, mask_disallowed,
-                                 sample_rows)
+from generation.sampling import (SamplingSettings, cfg_combine, draw_uniforms, filter_logits, make_generators,
+                                 mask_disallowed, sample_rows)
 from generation.tasks import Geometry
 from model import CogViewGPT, ModelConfig
 
@@ -63,7 +63,7 @@ def reference_decode(model, prompt: TokenSequence, seed: int, steps: int, allowe
         last = [model(torch.tensor([ids]), torch.tensor([pos]))[:, -1].float() for ids, pos in rows]
         logits = cfg_combine(last[0], last[1], settings.cfg_scale) if settings.uses_guidance else last[0]
         filtered = filter_logits(mask_disallowed(logits, allowed), settings.temperature, settings.top_k, settings.top_p)
-        token = int(sample_rows(filtered, generator)[0])
+        token = int(sample_rows(filtered, draw_uniforms(generator)[:, 0])[0])
         out.append(token)
         if token == stop_id:
             break

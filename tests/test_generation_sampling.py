@@ -4,9 +4,14 @@ import math
 import pytest
 import torch
 
-from generation.sampling import (SamplingSettings, allowed_mask, cfg_combine, filter_logits, make_generators,
-                                 mask_disallowed, sample_rows)
+from generation.sampling import (SamplingSettings, allowed_mask, cfg_combine, draw_uniforms, filter_logits,
+                                 make_generators, mask_disallowed, sample_rows)
 from utils.errors import UserError
+
+
+def seeded_uniforms(seeds) -> torch.Tensor:
+    """One uniform per row, row i's from a generator seeded with `seeds[i]`."""
+    return draw_uniforms(make_generators(seeds))[:, 0]
 
 
 def reference_filter(row: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -68,7 +73,7 @@ def test_masked_ids_are_never_sampled_even_when_they_dominate():
     logits = torch.zeros(64, 20)
     logits[:, :10] = 50.0  # the forbidden ids hold all the mass
     allowed = allowed_mask(20, range(10, 20))
-    tokens = sample_rows(filter_logits(mask_disallowed(logits, allowed)), make_generators(range(64)))
+    tokens = sample_rows(filter_logits(mask_disallowed(logits, allowed)), seeded_uniforms(range(64)))
     assert bool((tokens >= 10).all())
     ids = allowed_mask(20, [3, 7])
     assert ids.nonzero().flatten().tolist() == [3, 7]
@@ -78,18 +83,18 @@ def test_a_row_draws_the_same_token_whatever_the_batch_around_it():
     torch.manual_seed(1)
     logits = torch.randn(8, 30)
     seeds = [100 + i for i in range(8)]
-    batched = sample_rows(logits, make_generators(seeds))
+    batched = sample_rows(logits, seeded_uniforms(seeds))
     for i in range(8):
-        assert sample_rows(logits[i:i + 1], make_generators([seeds[i]])).item() == batched[i].item()
+        assert sample_rows(logits[i:i + 1], seeded_uniforms([seeds[i]])).item() == batched[i].item()
     shuffled = [5, 2, 7, 0, 1, 3, 6, 4]
-    again = sample_rows(logits[shuffled], make_generators([seeds[i] for i in shuffled]))
+    again = sample_rows(logits[shuffled], seeded_uniforms([seeds[i] for i in shuffled]))
     assert again.tolist() == batched[shuffled].tolist()
 
 
 def test_sampling_follows_the_distribution():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log().expand(4000, 4)
-    counts = torch.bincount(sample_rows(logits, make_generators(range(4000))), minlength=4).double() / 4000
+    counts = torch.bincount(sample_rows(logits, seeded_uniforms(range(4000))), minlength=4).double() / 4000
     assert torch.allclose(counts, probs.double(), atol=0.03)
 
 

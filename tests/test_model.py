@@ -346,6 +346,8 @@ def test_attention_mask_combines_causality_padding_and_self():
     mask = build_attention_mask(2, 2, torch.tensor([[False, True, True, True]]))
     assert mask.tolist() == [[[[False, True, True, False], [False, True, True, True]]]]
     assert build_attention_mask(4, 0, None) is None and build_attention_mask(1, 9, None) is None
+    # One decoding query (the last position): the padding mask, with the query's own key always visible.
+    assert build_attention_mask(1, 3, torch.tensor([[False, True, True, False]])).tolist() == [[[[False, True, True, True]]]]
     assert build_attention_mask(2, 1, None).tolist() == [[[[True, True, False], [True, True, True]]]]
 
 
