@@ -61,7 +61,8 @@ def caption_loss_alignment(model: torch.nn.Module, tokenizer: UnifiedTokenizer, 
     """
     if len(captions) < 2:
         raise UserError(f"the caption loss needs at least 2 image-caption pairs, got {len(captions)}")
-    text_ids = [tokenizer.encode_text(caption) for caption in captions]
+    # Truncated to the text budget, as training's captions were (preprocess_data.py --text-max-tokens).
+    text_ids = [tokenizer.encode_text(caption, geometry.text_max_tokens) for caption in captions]
     was_training = model.training
     model.eval()
     try:
