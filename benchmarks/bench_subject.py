@@ -7,7 +7,9 @@ Example:
         --num-class-images 16 --num-prompts 6 --images-per-prompt 1 --run-dir runs/bs_smoke
 
 1. The base model: `bench_quality.py`'s shapes recipe and stages (reused from `--base-run-dir` when that
-   run exists, so both benchmarks share one base), or `--base` for a quick run on a model at hand.
+   run exists, so both benchmarks share one base), or `--base` for a quick run on a model at hand. Its
+   VQ-VAE trains with `--vqvae-variety` (default 0.5): a shapes-only tokenizer cannot encode teal or a
+   hollow frame, so no fine-tuning on top of it could draw the subject (docs/tasks/subject_finetuning.md).
 2. Teal through the base VQ-VAE: the four instance images, all 18 (size, position) renders and the frames in
    the six shapes colours reconstructed from their codes, checked.
 3. Six fine-tuning runs per seed (`finetune_subject.py`, resumable stages), sharing one cache of class images.
@@ -126,13 +128,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", default="runs/bench_subject")
     base_choice = parser.add_mutually_exclusive_group()
-    base_choice.add_argument("--base-run-dir", default="runs/bench_quality",
-                             help="where bench_quality.py keeps (or this run makes) the shapes base model")
+    base_choice.add_argument("--base-run-dir", default="runs/bench_quality_variety",
+                             help="where bench_quality.py keeps (or this run makes) the shapes base model; "
+                                  "`bench_quality.py --run-dir DIR --vqvae-variety F` makes the same one")
     base_choice.add_argument("--base", metavar="PATH",
                              help="fine-tune this checkpoint instead (a shapes model with super-resolution, e.g. "
                                   "of bench_quality.py's recipe trained for fewer steps, for a quick run)")
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="base transformer training time")
     parser.add_argument("--vqvae-minutes", type=float, default=5.0, help="base VQ-VAE training budget")
+    parser.add_argument("--vqvae-variety", type=float, default=0.5, metavar="FRACTION",
+                        help="share of the base VQ-VAE's training images with extra objects in any colour but "
+                             "teal, filled or hollow (train_vqvae.py --variety-objects): without them the "
+                             "tokenizer cannot encode the teal frame at all; 0 is off, as in bench_quality.py's default run")
     parser.add_argument("--train-items", type=int, default=50000, help="shapes items of the base model's shards")
     parser.add_argument("--workers", type=int, default=2, help="preprocessing worker processes")
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning and sampling seeds 1..N")

@@ -89,3 +89,14 @@ def test_a_run_with_the_option_trains_and_resumes_only_with_it(tmp_path):
 def test_a_share_outside_zero_to_one_is_refused(tmp_path):
     with pytest.raises(UserError, match="--variety-objects is a share"):
         train_vqvae.main(["--output", str(tmp_path / "run"), "--variety-objects", "1.5"])
+
+
+def test_the_benchmarks_pass_the_option_to_train_vqvae_only_when_set(tmp_path):
+    from benchmarks.bench_quality import data_stages
+
+    def vqvae_argv(variety: float) -> list[str]:
+        stages = data_stages(tmp_path, "shapes", 64, 10, 10, 1.0, "en", 1, 400, True, vqvae_variety=variety)
+        return next(stage for stage in stages if stage.name == "vqvae").argv
+
+    assert "--variety-objects" not in vqvae_argv(0.0)  # the same command as before: finished stages are reused
+    assert train_vqvae.build_parser().parse_args(vqvae_argv(0.5)[1:]).variety_objects == 0.5
