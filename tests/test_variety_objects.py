@@ -100,3 +100,25 @@ def test_the_benchmarks_pass_the_option_to_train_vqvae_only_when_set(tmp_path):
 
     assert "--variety-objects" not in vqvae_argv(0.0)  # the same command as before: finished stages are reused
     assert train_vqvae.build_parser().parse_args(vqvae_argv(0.5)[1:]).variety_objects == 0.5
+
+
+def test_teal_through_vqvae_counts_what_survives_the_round_trip(monkeypatch):
+    """A perfect round trip passes every check with zero colour error; one that turns teal into blue fails the
+    teal frames but keeps the frames drawn in the six shapes colours."""
+    import eval_utils.vqvae_reconstruction as reconstruction
+    from benchmarks.bench_subject import teal_through_vqvae
+
+    monkeypatch.setattr(reconstruction, "reconstruct", lambda vqvae, images: (images.copy(), None))
+    perfect = teal_through_vqvae(None)
+    assert perfect == {"passed": 4, "of": 4, "frame_error_mean": 0.0, "frame_error_max": 0.0, "renders_passed": 18,
+                       "renders_of": 18, "coloured_passed": 108, "coloured_of": 108}
+
+    def teal_to_blue(vqvae, images):
+        out = images.copy()
+        out[(out == TEAL).all(axis=3)] = COLOURS["blue"]
+        return out, None
+
+    monkeypatch.setattr(reconstruction, "reconstruct", teal_to_blue)
+    broken = teal_through_vqvae(None)
+    assert (broken["passed"], broken["renders_passed"], broken["coloured_passed"]) == (0, 0, 108)
+    assert broken["frame_error_mean"] > 40
