@@ -9,7 +9,8 @@ Example:
 1. The base model: `bench_quality.py`'s shapes recipe and stages (reused from `--base-run-dir` when that
    run exists, so both benchmarks share one base), or `--base` for a quick run on a model at hand. Its
    VQ-VAE trains with `--vqvae-variety` (default 0.5): a shapes-only tokenizer cannot encode teal or a
-   hollow frame, so no fine-tuning on top of it could draw the subject (docs/tasks/subject_finetuning.md).
+   hollow frame, so no fine-tuning on top of it could draw the subject (docs/tasks/subject_finetuning.md;
+   step 2 says whether this one can).
 2. Teal through the base VQ-VAE: the four instance images, all 18 (size, position) renders and the frames in
    the six shapes colours reconstructed from their codes, checked.
 3. Six fine-tuning runs per seed (`finetune_subject.py`, resumable stages), sharing one cache of class images.
@@ -74,8 +75,8 @@ def teal_through_vqvae(vqvae: VQVAE) -> dict:
     renders = [prompt.objects[0] for prompt in recontext_prompts()]
     coloured = [SubjectObject(s.size, s.position, colour) for colour in COLOURS for s in renders]
     return {"passed": instances_passed, "of": len(instances), "frame_error_mean": float(np.mean(errors)),
-            "frame_error_max": float(np.max(errors)), "renders_passed": passed(renders)[0], "renders_of": len(renders),
-            "coloured_passed": passed(coloured)[0], "coloured_of": len(coloured)}
+            "frame_error_max": float(np.max(errors)), "renders_passed": passed(renders)[0],
+            "renders_of": len(renders), "coloured_passed": passed(coloured)[0], "coloured_of": len(coloured)}
 
 
 def evaluate(pipe_loader, path: Path, settings: dict, subject_prompts: bool = True) -> dict:
@@ -138,8 +139,8 @@ def main() -> None:
     parser.add_argument("--vqvae-minutes", type=float, default=5.0, help="base VQ-VAE training budget")
     parser.add_argument("--vqvae-variety", type=float, default=0.5, metavar="FRACTION",
                         help="share of the base VQ-VAE's training images with extra objects in any colour but "
-                             "teal, filled or hollow (train_vqvae.py --variety-objects): without them the "
-                             "tokenizer cannot encode the teal frame at all; 0 is off, as in bench_quality.py's default run")
+                             "near teal, filled or hollow (train_vqvae.py --variety-objects), so its codes cover "
+                             "colours and frames shapes lacks; 0 is off, as in bench_quality.py's default run")
     parser.add_argument("--train-items", type=int, default=50000, help="shapes items of the base model's shards")
     parser.add_argument("--workers", type=int, default=2, help="preprocessing worker processes")
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning and sampling seeds 1..N")
