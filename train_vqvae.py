@@ -34,6 +34,7 @@ from data_utils.image_sources import SkippedItem, load_item, open_dataset, skip_
 from data_utils.images import uint8_to_tensor
 from data_utils.shapes import ShapeObject
 from data_utils.shapes_checker import check_image
+from data_utils.variety_objects import add_variety_objects
 from training.lr_schedule import cosine_decay
 from training.rng import rng_state, set_rng_state
 from utils.errors import UserError, run_main
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train-items", type=int, default=None, help="cap on training images (shapes: default 10,000)")
     data.add_argument("--val-items", type=int, default=None, help="cap on held-out images (shapes: default 500)")
     data.add_argument("--seed", type=int, default=0, help="seeds the data order, the shapes draw and the model init")
+    data.add_argument("--variety-objects", type=float, default=0.0, metavar="FRACTION",
+                      help="share of training images that get 1-3 extra objects in any colour (never near teal), "
+                           "filled or hollow, so the codes cover colours and outlines beyond the data's own "
+                           "(data_utils/variety_objects.py); held-out images stay plain; 0 is off")
 
     model = parser.add_argument_group("model (saved in config.json)")
     model.add_argument("--downsample", type=int, default=defaults.downsample, choices=(4, 8),
@@ -128,6 +133,16 @@ def render_images(source, desc: str) -> tuple[np.ndarray, list[dict | None]]:
     return np.stack(images), metadata
 
 
+def training_images(args: argparse.Namespace) -> np.ndarray:
+    """The training images, uint8 [N, H, W, 3]: the dataset's, with `--variety-objects` drawn over a share."""
+    images, _ = render_images(open_dataset(args.dataset, split="train", size=args.image_size, seed=args.seed,
+                                           num_items=args.train_items), "render train")
+    if not args.variety_objects:
+        return images
+    return np.stack([add_variety_objects(image, args.seed, index, args.variety_objects)
+                     for index, image in enumerate(images)])
+
+
 def checker_accept_rate(reconstructions: np.ndarray, objects: list[list[ShapeObject]]) -> float:
     """Fraction of reconstructed shapes images that the shapes checker accepts as their own caption:
     the VQ-VAE must keep every object's colour, shape, size and position, and add nothing."""
@@ -175,7 +190,8 @@ def load_train_state(path: Path, config: VQVAEConfig, identity: dict) -> dict:
         raise UserError(f"--resume: the run in {path.parent} has another model config ({', '.join(differing)} "
                         "differ); use the same settings or another --output")
     if state.get("identity") != identity:
-        differing = sorted(k for k, v in identity.items() if state.get("identity", {}).get(k) != v)
+        saved = state.get("identity", {})
+        differing = sorted(k for k in {*identity, *saved} if saved.get(k) != identity.get(k))
         raise UserError(f"--resume: the run in {path.parent} used other {', '.join(differing)}; "
                         "use the same settings or another --output")
     return state
@@ -211,6 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.time_budget_minutes <= 0 or (args.max_steps is not None and args.max_steps < 1):
         raise UserError("--time-budget-minutes and --max-steps must be positive")
+    if not 0.0 <= args.variety_objects <= 1.0:
+        raise UserError(f"--variety-objects is a share of the training images, in [0, 1]; "
+                        f"got {args.variety_objects:g}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     config = config_from_args(args)
@@ -221,11 +240,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.resume and not state_path.exists():
         raise UserError(f"--resume: {state_path} does not exist")
     identity = {name: getattr(args, name) for name in RUN_IDENTITY}
+    if args.variety_objects:  # only when on, so runs saved before the option existed still resume
+        identity["variety_objects"] = args.variety_objects
     clock = Clock()
 
-    train_images, _ = render_images(open_dataset(args.dataset, split="train", size=args.image_size,
-                                                 seed=args.seed,
-                                                 num_items=args.train_items), "render train")
+    train_images = training_images(args)
     val_images, val_metadata = render_images(open_dataset(args.dataset, split="val", size=args.image_size,
                                                seed=args.seed,
                                                num_items=args.val_items), "render val")

@@ -63,9 +63,10 @@ EMOJI = Recipe("text2image=0.8,image2text=0.2", dropout=0.1)
 
 
 def data_stages(run: Path, dataset: str, image_size: int, train_items: int, val_items: int, vqvae_minutes: float,
-                language: str, workers: int, vocab_size: int, with_lowres: bool) -> list[Stage]:
+                language: str, workers: int, vocab_size: int, with_lowres: bool,
+                vqvae_variety: float) -> list[Stage]:
     """Tokenizer, VQ-VAE and train/val shards of one dataset under `run` (low-res codes only for a task mix
-    with super-resolution)."""
+    with super-resolution; the VQ-VAE's `--variety-objects` only when `vqvae_variety` is set)."""
     tok, vq, data = run / "tokenizer", run / "vqvae", run / "data"
     sp_model = tok / "sp.model"
     shards = ["--dataset", dataset, "--language", language, "--image-size", str(image_size),
@@ -76,7 +77,9 @@ def data_stages(run: Path, dataset: str, image_size: int, train_items: int, val_
                             "--vocab-size", str(vocab_size), "--output", str(tok / "sp")], [sp_model]),
         Stage("vqvae", ["train_vqvae.py", "--dataset", dataset, "--image-size", str(image_size),
                         "--time-budget-minutes", str(vqvae_minutes), "--threads", "1", "--output", str(vq),
-                        "--save-recon-grid", str(vq / "reconstructions.png")], [vq / "model.safetensors"]),
+                        "--save-recon-grid", str(vq / "reconstructions.png"),
+                        *(["--variety-objects", f"{vqvae_variety:g}"] if vqvae_variety else [])],
+              [vq / "model.safetensors"]),
         Stage("data-train", ["preprocess_data.py", *shards, "--split", "train", "--num-items", str(train_items),
                              "--output", str(data / "train")], [data / "train" / "manifest.json"]),
         Stage("data-val", ["preprocess_data.py", *shards, "--split", "val", "--num-items", str(val_items),
@@ -160,7 +163,8 @@ def train_from_scratch(run: Path, dataset: str, recipe: Recipe, budget_minutes: 
                        val_items: int, vocab_size: int, args: argparse.Namespace) -> Path:
     """Tokenizer, VQ-VAE, shards and a transformer trained for the budget; returns its save folder."""
     for stage in data_stages(run, dataset, 64, train_items, val_items, args.vqvae_minutes, "en", args.workers,
-                             vocab_size=vocab_size, with_lowres="super_resolution" in recipe.task_mix):
+                             vocab_size=vocab_size, with_lowres="super_resolution" in recipe.task_mix,
+                             vqvae_variety=args.vqvae_variety):
         stage.run(run)
     stage, gpt = trained_stage(run, recipe, budget_minutes)
     stage.run(run)
@@ -263,6 +267,8 @@ def main() -> None:
     parser.add_argument("--run-dir", default="runs/bench_quality")
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="shapes transformer training time")
     parser.add_argument("--vqvae-minutes", type=float, default=5.0, help="VQ-VAE training budget (CPU minutes)")
+    parser.add_argument("--vqvae-variety", type=float, default=0.0, metavar="FRACTION",
+                        help="train_vqvae.py --variety-objects (0: off; bench_subject.py's base uses 0.5)")
     parser.add_argument("--train-items", type=int, default=50000, help="shapes items in the training shards")
     parser.add_argument("--num-prompts", type=int, default=200, help="held-out prompts evaluated")
     parser.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0])

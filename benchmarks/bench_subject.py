@@ -7,8 +7,12 @@ Example:
         --num-class-images 16 --num-prompts 6 --images-per-prompt 1 --run-dir runs/bs_smoke
 
 1. The base model: `bench_quality.py`'s shapes recipe and stages (reused from `--base-run-dir` when that
-   run exists, so both benchmarks share one base), or `--base` for a quick run on a model at hand.
-2. Teal through the base VQ-VAE: the four instance images reconstructed from their codes, checked.
+   run exists, so both benchmarks share one base), or `--base` for a quick run on a model at hand. Its
+   VQ-VAE trains with `--vqvae-variety` (default 0.5): a shapes-only tokenizer cannot encode teal or a
+   hollow frame, so no fine-tuning on top of it could draw the subject (docs/tasks/subject_finetuning.md;
+   step 2 says whether this one can).
+2. Teal through the base VQ-VAE: the four instance images, all 18 (size, position) renders and the frames in
+   the six shapes colours reconstructed from their codes, checked.
 3. Six fine-tuning runs per seed (`finetune_subject.py`, resumable stages), sharing one cache of class images.
 4. Every run and the base model measured on the same prompts and seeds (eval_utils/subject_accuracy.py):
    recontextualisation (18 prompts; the 14 unseen pairs apart), composition, property change, class
@@ -24,6 +28,7 @@ import argparse
 import statistics
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,6 +37,9 @@ from benchmarks.bench_quality import SHAPES, train_from_scratch  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 from utils.files import atomic_write_json, read_json  # noqa: E402
 from utils.stages import Stage  # noqa: E402
+
+if TYPE_CHECKING:
+    from vqvae.model import VQVAE
 
 # What trains, and at which learning rate, in each mode (the base model has 4 layers).
 MODES = {
@@ -43,30 +51,32 @@ COLUMNS = (("recontext", "recontext"), ("recontext_unseen", "unseen 14"), ("comp
            ("property", "property"), ("class", "class pres."), ("shapes", "shapes acc."))
 
 
-def teal_through_vqvae(base: Path) -> dict:
-    """Can the base VQ-VAE represent the subject at all? Checker verdicts on the reconstructed instance images,
-    how far their frame pixels' colour moves (RGB levels), and, to tell colour from shape, verdicts on the
-    same frames drawn in the six shapes colours."""
+def teal_through_vqvae(vqvae: VQVAE) -> dict:
+    """Can a VQ-VAE represent the subject at all? Checker verdicts on its reconstructions of the four instance
+    images and of all 18 (size, position) renders, how far the frame pixels' colour moves (RGB levels, on the
+    instance images), and, to tell colour from shape, verdicts on the 18 frames drawn in each of the six
+    shapes colours (the property-change prompts' pictures)."""
     import numpy as np
 
     from data_utils.shapes import COLOURS
-    from data_utils.subject import INSTANCES, TEAL, SubjectObject, placed, render_scene
+    from data_utils.subject import INSTANCES, TEAL, SubjectObject, placed, recontext_prompts, render_scene
     from data_utils.subject_checker import check_subject_image
-    from generation.pipeline import Pipeline
+    from eval_utils.vqvae_reconstruction import reconstruct
 
-    pipe = Pipeline.from_checkpoint(base)
-    subjects = [SubjectObject(size, position) for size, position in INSTANCES]
-    images = [render_scene([placed(subject)]) for subject in subjects]
-    recon = pipe.decode_codes(pipe.encode_images(images))
-    passed = sum(check_subject_image(rebuilt, [subject]).correct for subject, rebuilt in zip(subjects, recon))
-    errors = [np.abs(np.asarray(rebuilt, dtype=np.int32) - np.array(TEAL))[(np.asarray(image) == TEAL).all(axis=2)]
-              .mean() for image, rebuilt in zip(images, recon)]
-    coloured = [SubjectObject(s.size, s.position, colour) for colour in COLOURS for s in subjects]
-    coloured_recon = pipe.decode_codes(pipe.encode_images([render_scene([placed(s)]) for s in coloured]))
-    return {"passed": passed, "of": len(images), "frame_error_mean": float(np.mean(errors)),
-            "frame_error_max": float(np.max(errors)),
-            "coloured_passed": sum(check_subject_image(r, [s]).correct for s, r in zip(coloured, coloured_recon)),
-            "coloured_of": len(coloured)}
+    def passed(subjects: list[SubjectObject]) -> tuple[int, np.ndarray, np.ndarray]:
+        images = np.stack([np.asarray(render_scene([placed(subject)])) for subject in subjects])
+        recon, _ = reconstruct(vqvae, images)
+        return sum(check_subject_image(r, [s]).correct for s, r in zip(subjects, recon)), images, recon
+
+    instances = [SubjectObject(size, position) for size, position in INSTANCES]
+    instances_passed, images, recon = passed(instances)
+    errors = [np.abs(rebuilt.astype(np.int32) - np.array(TEAL))[(image == TEAL).all(axis=2)].mean()
+              for image, rebuilt in zip(images, recon)]
+    renders = [prompt.objects[0] for prompt in recontext_prompts()]
+    coloured = [SubjectObject(s.size, s.position, colour) for colour in COLOURS for s in renders]
+    return {"passed": instances_passed, "of": len(instances), "frame_error_mean": float(np.mean(errors)),
+            "frame_error_max": float(np.max(errors)), "renders_passed": passed(renders)[0],
+            "renders_of": len(renders), "coloured_passed": passed(coloured)[0], "coloured_of": len(coloured)}
 
 
 def evaluate(pipe_loader, path: Path, settings: dict, subject_prompts: bool = True) -> dict:
@@ -119,13 +129,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", default="runs/bench_subject")
     base_choice = parser.add_mutually_exclusive_group()
-    base_choice.add_argument("--base-run-dir", default="runs/bench_quality",
-                             help="where bench_quality.py keeps (or this run makes) the shapes base model")
+    base_choice.add_argument("--base-run-dir", default="runs/bench_quality_variety",
+                             help="where bench_quality.py keeps (or this run makes) the shapes base model; "
+                                  "`bench_quality.py --run-dir DIR --vqvae-variety F` makes the same one")
     base_choice.add_argument("--base", metavar="PATH",
                              help="fine-tune this checkpoint instead (a shapes model with super-resolution, e.g. "
                                   "of bench_quality.py's recipe trained for fewer steps, for a quick run)")
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="base transformer training time")
     parser.add_argument("--vqvae-minutes", type=float, default=5.0, help="base VQ-VAE training budget")
+    parser.add_argument("--vqvae-variety", type=float, default=0.5, metavar="FRACTION",
+                        help="share of the base VQ-VAE's training images with extra objects in any colour but "
+                             "near teal, filled or hollow (train_vqvae.py --variety-objects), so its codes cover "
+                             "colours and frames shapes lacks; 0 is off, as in bench_quality.py's default run")
     parser.add_argument("--train-items", type=int, default=50000, help="shapes items of the base model's shards")
     parser.add_argument("--workers", type=int, default=2, help="preprocessing worker processes")
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning and sampling seeds 1..N")
@@ -154,11 +169,11 @@ def main() -> None:
     def loader(*adapters: Path):
         return lambda: Pipeline.from_checkpoint(base, adapters=list(adapters))
 
-    teal = teal_through_vqvae(base)
+    teal = teal_through_vqvae(loader()().vqvae)
     print(f"teal through the base VQ-VAE: {teal['passed']}/{teal['of']} reconstructed instance images pass the "
-          f"checker; frame pixels off by {teal['frame_error_mean']:.1f} RGB levels on average "
-          f"(worst image {teal['frame_error_max']:.1f}); the same frames in the six shapes colours: "
-          f"{teal['coloured_passed']}/{teal['coloured_of']} pass", flush=True)
+          f"checker, {teal['renders_passed']}/{teal['renders_of']} of all (size, position) renders; frame pixels "
+          f"off by {teal['frame_error_mean']:.1f} RGB levels on average (worst image {teal['frame_error_max']:.1f}); "
+          f"the frames in the six shapes colours: {teal['coloured_passed']}/{teal['coloured_of']} pass", flush=True)
     model_bytes = 4 * sum(p.numel() for p in loader()().model.parameters())
     results: dict = {"base_checkpoint": str(base), "teal": teal, "runs": {}}
     for seed in range(1, args.seeds + 1):
