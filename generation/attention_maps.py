@@ -20,11 +20,10 @@ from typing import Sequence
 import torch
 
 from data_utils.padding import pad_sequences
-from data_utils.sequences import image2text
 from data_utils.tokenizer import UnifiedTokenizer
 from generation.decoding import map_in_batches, model_device
-from generation.tasks import Geometry, check_fits, grid_of
-from utils.errors import UserError
+from generation.scoring import image_then_text
+from generation.tasks import Geometry
 
 # Han characters, and the CJK and full-width punctuation written between them (a Chinese comma is a word too).
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]")
@@ -100,16 +99,9 @@ def piece_attention(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Geo
     """For each code grid `[N, grid, grid]` with its own text: `[pieces, 1 + grid * grid]` float32, per
     text piece its attention (mean over heads and layers) on each image code, and in column 0 the
     share of its attention on the image as a whole (before the code columns are renormalised)."""
-    grid = grid_of(codes, geometry.image_grid, "an attention map")
-    if len(text_ids) != len(codes):
-        raise UserError(f"{len(codes)} images but {len(text_ids)} texts for attention maps")
-    if not all(text_ids):
-        raise UserError("an attention map needs a non-empty text")
-    sequences = [image2text(tok, image_codes, grid, text) for image_codes, text in zip(codes, text_ids)]
-    check_fits(max(sequences, key=len), 0, geometry, "an attention map")
+    sequences, text_start = image_then_text(tok, geometry, codes, text_ids, "an attention map")
     device = model_device(model)
     code_columns = torch.tensor([i for i, t in enumerate(sequences[0].ids) if tok.is_image_id(t)], device=device)
-    text_start = grid * grid + 4  # G [BOI1] codes [EOI1] [ROI1]
 
     def run(chunk: list[int]) -> list[torch.Tensor]:
         batch = pad_sequences([sequences[i].ids for i in chunk], [sequences[i].position_ids for i in chunk],

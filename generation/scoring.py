@@ -88,18 +88,25 @@ def score_sequences(model: torch.nn.Module, sequences: list[TokenSequence], firs
     return Likelihood(nats, torch.tensor(counts))
 
 
+def image_then_text(tok: UnifiedTokenizer, geometry: Geometry, codes: torch.Tensor, text_ids: Sequence[Sequence[int]],
+                    what: str) -> tuple[list[TokenSequence], int]:
+    """The image-to-text sequence of each code grid `[N, grid, grid]` with its own (non-empty) text, checked
+    against the model's positions, and the index of the first text token in every one of them."""
+    grid = grid_of(codes, geometry.image_grid, what)
+    if len(text_ids) != len(codes):
+        raise UserError(f"{len(codes)} images but {len(text_ids)} texts for {what}")
+    if not all(text_ids):
+        raise UserError(f"{what} needs a non-empty text")
+    sequences = [image2text(tok, image_codes, grid, text) for image_codes, text in zip(codes, text_ids)]
+    check_fits(max(sequences, key=len), 0, geometry, what)
+    return sequences, grid * grid + 4  # G [BOI1] codes [EOI1] [ROI1]
+
+
 def text_given_image(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Geometry, codes: torch.Tensor,
                      text_ids: Sequence[Sequence[int]], max_batch_rows: int) -> Likelihood:
     """-ln P(text | image) of each code grid `[N, grid, grid]` with its own text: the sum over the text
     tokens t_i of -ln P(t_i | image, t_<i), normalised over text pieces and `[SEP]` (module docstring)."""
-    grid = grid_of(codes, geometry.image_grid, "scoring a text given its image")
-    if len(text_ids) != len(codes):
-        raise UserError(f"{len(codes)} images but {len(text_ids)} texts to score")
-    if not all(text_ids):
-        raise UserError("scoring a text against an image needs a non-empty text")
-    sequences = [image2text(tok, image_codes, grid, text) for image_codes, text in zip(codes, text_ids)]
-    check_fits(max(sequences, key=len), 0, geometry, "scoring a text given its image")
-    text_start = grid * grid + 4  # index of the first text token: G [BOI1] codes [EOI1] [ROI1]
+    sequences, text_start = image_then_text(tok, geometry, codes, text_ids, "scoring a text given its image")
     return score_sequences(model, sequences, [text_start] * len(sequences), [len(t) for t in text_ids],
                            caption_ids_mask(tok), tok.pad_id, max_batch_rows)
 

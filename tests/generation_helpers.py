@@ -44,6 +44,21 @@ def tiny_model(tok: UnifiedTokenizer, max_positions: int = 112, seed: int = 0, l
     return model
 
 
+def sharpened_model(vocab_size: int, max_positions: int, layernorm_order: str = "sandwich") -> CogViewGPT:
+    """Random weights scaled by 8: logits that depend on the context without collapsing onto one code (the
+    models whose sampled codes are pinned by recorded values)."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=vocab_size, num_layers=2, hidden_size=32, num_attention_heads=2,
+                         max_position_embeddings=max_positions, layernorm_order=layernorm_order, hidden_dropout=0.0,
+                         attention_dropout=0.0)
+    model = CogViewGPT(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "layernorm" not in name:
+                param.mul_(8.0)
+    return model
+
+
 def tiny_geometry(grid: int = 8, max_positions: int = 112, magnifies: bool = True) -> Geometry:
     """A model's sizes; `magnifies`: as if its super-resolution trained the magnifying windows."""
     return Geometry(image_grid=grid, text_max_tokens=16, max_positions=max_positions, magnifies=magnifies)

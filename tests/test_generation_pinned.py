@@ -8,8 +8,7 @@ import torch
 
 from generation import tasks
 from generation.sampling import SamplingSettings
-from model import CogViewGPT, ModelConfig
-from tests.generation_helpers import tiny_geometry, tiny_tokenizer
+from tests.generation_helpers import sharpened_model, tiny_geometry, tiny_tokenizer
 
 RECORDED = {
     "sandwich": [[[3, 12, 10, 10, 8, 4, 3, 3, 11, 7, 15, 8, 9, 7, 2, 0], [9, 10, 5, 4, 11, 8, 8, 8, 11, 0, 4, 4, 11, 5, 8, 7]],
@@ -19,24 +18,10 @@ RECORDED = {
 }
 
 
-def sharpened_model(vocab_size: int, layernorm_order: str) -> CogViewGPT:
-    """Random weights scaled by 8: logits that depend on the context without collapsing onto one code."""
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=vocab_size, num_layers=2, hidden_size=32, num_attention_heads=2,
-                         max_position_embeddings=48, layernorm_order=layernorm_order, hidden_dropout=0.0,
-                         attention_dropout=0.0)
-    model = CogViewGPT(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "layernorm" not in name:
-                param.mul_(8.0)
-    return model
-
-
 @pytest.mark.parametrize("layernorm_order", sorted(RECORDED))
 def test_generation_without_pb_relax_gives_the_recorded_codes(layernorm_order):
     tok = tiny_tokenizer()
-    model = sharpened_model(tok.vocab_size, layernorm_order)
+    model = sharpened_model(tok.vocab_size, 48, layernorm_order)
     assert not model.config.pb_relax
     ids = [tok.encode_text(p, 16) for p in ["a red circle", "square"]]
     codes = tasks.generate_image_codes(model, tok, tiny_geometry(grid=4, max_positions=48), ids, n=2, seed=11,

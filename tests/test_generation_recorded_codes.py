@@ -11,8 +11,7 @@ import torch
 
 from generation import tasks
 from generation.sampling import SamplingSettings
-from model import CogViewGPT, ModelConfig
-from tests.generation_helpers import tiny_geometry, tiny_tokenizer
+from tests.generation_helpers import sharpened_model, tiny_geometry, tiny_tokenizer
 
 RECORDED = {
     "batch1_topk": [
@@ -49,23 +48,10 @@ CASES = {
 }
 
 
-def sharpened_model(vocab_size: int) -> CogViewGPT:
-    """Random weights scaled by 8: varied codes that depend on the context (not one code repeated)."""
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=vocab_size, num_layers=2, hidden_size=32, num_attention_heads=2,
-                         max_position_embeddings=112, hidden_dropout=0.0, attention_dropout=0.0)
-    model = CogViewGPT(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "layernorm" not in name:
-                param.mul_(8.0)
-    return model
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_decoding_gives_the_codes_recorded_before_it_was_made_faster(case):
     tok = tiny_tokenizer(codebook_size=64)
-    model = sharpened_model(tok.vocab_size)
+    model = sharpened_model(tok.vocab_size, 112)
     prompts, n, settings = CASES[case]
     ids = [tok.encode_text(p, 16) for p in prompts]
     codes = tasks.generate_image_codes(model, tok, tiny_geometry(grid=8, max_positions=112), ids, n=n, seed=5,
