@@ -248,8 +248,7 @@ def understanding_table(report: dict) -> str:
             f"{sections['grounding'][language]['box_to_phrase']:>10.3f}"
             f"{sections['referring'][language]['accuracy']:>11.3f}{retrieval['text_to_image_r@1']:>10.3f}"
             f"{retrieval['image_to_text_r@1']:>10.3f}{sections['attention'][language]['ratio']:>8.2f}")
-    return "
-".join(lines)
+    return "\n".join(lines)
 
 
 def run_joint(args: argparse.Namespace, shapes_report: dict) -> None:
@@ -273,20 +272,17 @@ def run_joint(args: argparse.Namespace, shapes_report: dict) -> None:
         [both]).run(run)
     report = json.loads(english.read_text(encoding="utf-8"))
     understanding = json.loads(both.read_text(encoding="utf-8"))
-    print(f"
-shapes + understanding tasks ({JOINT.task_mix}), {report['checkpoint']['iteration']} steps "
+    print(f"\nshapes + understanding tasks ({JOINT.task_mix}), {report['checkpoint']['iteration']} steps "
           f"({args.budget_minutes:g} min), English and Chinese, {JOINT_LOCATION_BINS}x{JOINT_LOCATION_BINS} "
           f"location bins")
     print(shapes_table(report, args.cfg_scales, args.candidates, args.caption_candidates))
-    print("
-text-to-image, all held-out prompts, best candidate: shapes vs shapes + understanding")
+    print("\ntext-to-image, all held-out prompts, best candidate: shapes vs shapes + understanding")
     for scale in args.cfg_scales:
         key = f"{scale:g}"
         alone, joint = (r["sections"]["t2i"]["by_cfg_scale"][key]["judged"]["groups"]["all"]["correct"]
                         for r in (shapes_report, report))
         print(f"cfg {key:<6}{alone:>8.3f}{joint:>8.3f}  ({100 * (joint - alone):+.1f} points)")
-    print(f"
-understanding ({args.num_prompts} held-out items per language; attn x = attention mass in the box "
+    print(f"\nunderstanding ({args.num_prompts} held-out items per language; attn x = attention mass in the box "
           f"over the box's area share)")
     print(understanding_table(understanding))
 
