@@ -188,3 +188,15 @@ def test_the_understanding_sections_are_skipped_without_location_tokens(tmp_path
                        "--output-json", str(out)])
     assert json.loads(out.read_text())["sections"].keys() == {"vqvae"}
     assert sum("skipping the vqa,referring section(s)" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_understanding_sections_run_at_both_precisions(checkpoint, tmp_path):
+    out = tmp_path / "eval.json"
+    evaluate.main(["--load", str(checkpoint), "--sections", "vqa,grounding,referring", "--num-prompts", "1",
+                   "--precision", "int8", "--against-fp32", "--output-json", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["fp32_sections"]) == {"vqa", "grounding", "referring"}
+    numbers = report["against_fp32"]["numbers"]
+    for key in ("vqa/en/accuracy", "grounding/en/grounded", "grounding/en/box_to_phrase", "referring/en/accuracy"):
+        assert numbers[key]["fp32"] == report["fp32_sections"][key.split("/")[0]]["en"][key.split("/")[2]]
+        assert numbers[key]["int8"] == report["sections"][key.split("/")[0]]["en"][key.split("/")[2]]
