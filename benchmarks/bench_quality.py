@@ -211,13 +211,23 @@ def run_shapes(args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------- --joint: the understanding tasks in the same model
-# The shapes recipe with the understanding tasks added. Text-to-image keeps the largest share (its accuracy
-# must stay within 2 points of the shapes run); vqa gets the largest understanding share, having the most
-# distinct answers to learn (7 question types in 2 languages); grounded captions, referring expressions and box
-# to phrase all read and write the same location tokens, so they teach each other and share 0.15 evenly;
-# captions drop to 0.15 because grounded captions caption too; super-resolution keeps its 0.1.
-JOINT = Recipe("text2image=0.5,image2text=0.15,super_resolution=0.1,vqa=0.1,grounded_caption=0.05,referring=0.05,"
-               "box_to_phrase=0.05", dropout=0.0)
+# The shapes recipe with the understanding tasks added: SHAPES's tasks keep their proportions in 0.7 of the
+# samples (text-to-image stays the largest share, as its accuracy must stay within 2 points of the shapes run;
+# derived, so a change of SHAPES carries over), the understanding tasks get 0.3. vqa gets the largest of it,
+# having the most distinct answers to learn (7 question types in 2 languages); grounded captions, referring
+# expressions and box to phrase all read and write the same location tokens, so they teach each other and
+# share the rest evenly.
+UNDERSTANDING_MIX = {"vqa": 0.12, "grounded_caption": 0.06, "referring": 0.06, "box_to_phrase": 0.06}
+
+
+def joint_task_mix(shapes_mix: str) -> str:
+    """`shapes_mix` scaled to leave room for UNDERSTANDING_MIX, with it appended."""
+    keep = 1 - sum(UNDERSTANDING_MIX.values())
+    weights = {name: keep * float(w) for name, w in (part.split("=") for part in shapes_mix.split(","))}
+    return ",".join(f"{name}={w:g}" for name, w in {**weights, **UNDERSTANDING_MIX}.items())
+
+
+JOINT = Recipe(joint_task_mix(SHAPES.task_mix), dropout=SHAPES.dropout)
 JOINT_LOCATION_BINS = 32  # a 32 x 32 grid: 2-pixel cells on the 64 px canvas, finer than any box's jitter
 JOINT_LANGUAGE = "both"  # the understanding targets are per language, English and Chinese
 JOINT_SECTIONS = "retrieval,attention,vqa,grounding,referring"  # per language; t2i, caption, sr, bpt in English
