@@ -20,8 +20,14 @@ Sections (--sections, comma-separated; by default every one the dataset and the 
     vqvae         VQ-VAE round-trip PSNR and codebook use on held-out images
     retrieval     recall@1 and @5 of image-caption retrieval both ways, on --retrieval-pairs held-out pairs
     attention     shapes: the share of an object's words' attention inside its box, against the box's area
+    vqa           shapes: accuracy of answers to the spec's questions, per question type (1-7)
+    grounding     shapes: share of objects a grounded caption names with a right box (IoU >= 0.5), and
+                  box-to-phrase accuracy
+    referring     shapes: share of referring expressions answered with a right box (IoU >= 0.5)
 
-retrieval and attention score each caption language of --language apart (shapes: "both" gives en and zh).
+retrieval, attention, vqa, grounding and referring score each caption language of --language apart (shapes:
+"both" gives en and zh). vqa, grounding and referring run only for a checkpoint with location tokens
+(--location-bins above 0); for any other they are skipped with one logged line.
 
 Held-out items are the `val` split of --dataset (shapes: pictures of --data-seed's val streams that the
 split keeps out of training, `image_sources.held_out_scene`). Every number is defined in docs/evaluation.md; the JSON file also records the
@@ -42,6 +48,7 @@ from checkpoints.trackers import checkpoint_iteration
 from eval_utils.bits_per_token import bits_per_token_section, open_validation_rows, trained_tasks
 from eval_utils.caption_loss import caption_loss_section
 from eval_utils.attention_in_box import attention_section
+from eval_utils.grounding import grounding_section, referring_section
 from eval_utils.held_out import CaptionedSet, language_splits, load_split
 from eval_utils.image_quality import fid_section, load_fid_networks, self_fid_network
 from eval_utils.precision_comparison import precision_comparison
@@ -50,6 +57,7 @@ from eval_utils.provenance import provenance
 from eval_utils.report import Section, flat_scalars
 from eval_utils.retrieval import distinct_pairs, retrieval_section
 from eval_utils.super_resolution import super_resolution_section
+from eval_utils.vqa import vqa_section
 from eval_utils.vqvae_reconstruction import vqvae_section
 from generation.loading import load_components, resolve_device
 from generation.pipeline import Pipeline
@@ -62,8 +70,10 @@ from utils.logging import TensorBoardLogger, get_logger
 
 logger = get_logger("evaluate")
 
-SECTIONS = ("t2i", "caption", "sr", "bpt", "caption-loss", "fid", "vqvae", "retrieval", "attention")
-SHAPES_SECTIONS = ("t2i", "caption", "attention")  # need each item's objects, which only `shapes` carries
+UNDERSTANDING_SECTIONS = ("vqa", "grounding", "referring")  # need location tokens in the tokenizer
+SECTIONS = ("t2i", "caption", "sr", "bpt", "caption-loss", "fid", "vqvae", "retrieval", "attention",
+            *UNDERSTANDING_SECTIONS)
+SHAPES_SECTIONS = ("t2i", "caption", "attention", *UNDERSTANDING_SECTIONS)  # need each item's objects (shapes only)
 # Held-out items loaded per wanted retrieval pair, so that enough of them have captions unlike the others'.
 RETRIEVAL_ITEMS_PER_PAIR = 4
 # Flags that only some sections read: given without any of them they would do nothing, so they are refused.
@@ -206,6 +216,12 @@ def section_runners(pipe: Pipeline, args: argparse.Namespace, held_out: Captione
     images_at = pipeline_images(pipe, held_out.captions, args.candidates, args.post_select, args.seed, sampling)
     batch, precision = args.max_inference_batch_size, pipe.precision
     size = pipe.image_size(pipe.geometry.image_grid)
+
+    def shapes_items() -> dict[str, tuple[list, list]]:
+        """Per caption language, --num-prompts held-out images and their objects."""
+        return {name: (split.images, split.objects) for name, split in language_splits(
+            args.dataset, "val", size, args.language, args.data_seed, args.num_prompts).items()}
+
     return {
         "t2i": lambda: text_to_image_section(held_out.objects, args.cfg_scale, images_at, args.candidates),
         "caption": lambda: caption_section(held_out.images, held_out.objects, lambda images: pipe.caption(
@@ -233,6 +249,9 @@ def section_runners(pipe: Pipeline, args: argparse.Namespace, held_out: Captione
             name: (split.images, split.captions, split.objects)
             for name, split in language_splits(args.dataset, "val", size, args.language, args.data_seed,
                                                args.num_prompts).items()}, size, pipe.geometry.image_grid),
+        "vqa": lambda: vqa_section(pipe.answer, shapes_items(), args.data_seed),
+        "grounding": lambda: grounding_section(pipe.grounded_caption, pipe.phrase_for_box, shapes_items()),
+        "referring": lambda: referring_section(pipe.ground, shapes_items()),
     }
 
 
@@ -259,6 +278,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise UserError(f"the {' and '.join(asked)} section(s) need shapes metadata, which --dataset "
                             f"{args.dataset} does not have; use --dataset shapes or other sections")
         sections = [s for s in sections if s not in SHAPES_SECTIONS]
+    skipped = [s for s in sections if s in UNDERSTANDING_SECTIONS and not pipe.tokenizer.location_bins]
+    if skipped:
+        logger.info("skipping the %s section(s): this checkpoint has no location tokens (trained on data made "
+                    "with --location-bins 0)", ",".join(skipped))
+        sections = [s for s in sections if s not in skipped]
     rows = (open_validation_rows(args.valid_data, pipe.tokenizer, pipe.vqvae, pipe.geometry)
             if "bpt" in sections else None)
     if "fid" in sections and args.train_feature_net:

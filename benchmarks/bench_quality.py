@@ -4,6 +4,7 @@ Example:
     python benchmarks/bench_quality.py                          # 30 minutes of transformer training
     python benchmarks/bench_quality.py --budget-minutes 5 --run-dir runs/bq5 --num-prompts 100
     python benchmarks/bench_quality.py --emoji-only --run-dir runs/bq_emoji
+    python benchmarks/bench_quality.py --joint                  # also the joint model with the understanding tasks
 
 The shapes run trains the recommended configuration (tokenizer, VQ-VAE, 8x8 codes, a 4-layer
 transformer with the task mixture) and evaluates held-out prompts with `evaluate.py` at several
@@ -11,7 +12,9 @@ classifier-free guidance scales, each with and without post-selection, plus capt
 super-resolution. The budget is the transformer's training time: a short calibration run of the same
 recipe logs its own seconds per step, and the run gets as many steps as fit (so the cosine schedule ends
 where the budget does). The emoji run trains a VQ-VAE and a transformer on the real emoji images and
-reports validation bits per image token and a grid of samples for held-out names.
+reports validation bits per image token and a grid of samples for held-out names. `--joint` also trains the
+shapes recipe jointly with the understanding tasks (its own run folder, `{run_dir}/shapes_joint`) and reports
+them next to the shapes rows (see `run_joint`).
 
 Prints one table; every number is also in `{run_dir}/eval*.json`. Stages are reused when re-run.
 """
@@ -193,7 +196,7 @@ def shapes_table(report: dict, cfg_scales: list[float], candidates: int, caption
     return "\n".join(lines)
 
 
-def run_shapes(args: argparse.Namespace) -> None:
+def run_shapes(args: argparse.Namespace) -> dict:
     run = Path(args.run_dir) / "shapes"
     gpt = train_from_scratch(run, "shapes", SHAPES,
                              args.budget_minutes, args.train_items, 512, vocab_size=400, args=args)
@@ -210,6 +213,94 @@ def run_shapes(args: argparse.Namespace) -> None:
     print(f"\nshapes, {steps} steps of batch 32 ({args.budget_minutes:g} min), {args.num_prompts} held-out prompts, "
           f"temperature {args.temperature:g}")
     print(shapes_table(report, args.cfg_scales, args.candidates, args.caption_candidates))
+    return report
+
+
+# ---------------------------------------------------------------- --joint: the understanding tasks in the same model
+# The shapes recipe with the understanding tasks added: SHAPES's tasks keep their proportions in 0.7 of the
+# samples (text-to-image stays the largest share, as its accuracy must stay within 2 points of the shapes run;
+# derived, so a change of SHAPES carries over), the understanding tasks get 0.3. vqa gets the largest of it,
+# having the most distinct answers to learn (7 question types in 2 languages); grounded captions, referring
+# expressions and box to phrase all read and write the same location tokens, so they teach each other and
+# share the rest evenly.
+UNDERSTANDING_MIX = {"vqa": 0.12, "grounded_caption": 0.06, "referring": 0.06, "box_to_phrase": 0.06}
+
+
+def joint_task_mix(shapes_mix: str) -> str:
+    """`shapes_mix` scaled to leave room for UNDERSTANDING_MIX, with it appended."""
+    keep = 1 - sum(UNDERSTANDING_MIX.values())
+    weights = {name: keep * float(w) for name, w in (part.split("=") for part in shapes_mix.split(","))}
+    return ",".join(f"{name}={w:g}" for name, w in {**weights, **UNDERSTANDING_MIX}.items())
+
+
+JOINT = Recipe(joint_task_mix(SHAPES.task_mix), dropout=SHAPES.dropout)
+JOINT_LOCATION_BINS = 32  # a 32 x 32 grid: 2-pixel cells on the 64 px canvas, finer than any box's jitter
+JOINT_LANGUAGE = "both"  # the understanding targets are per language, English and Chinese
+JOINT_SECTIONS = "retrieval,attention,vqa,grounding,referring"  # per language; t2i, caption, sr, bpt in English
+
+
+def joint_model(run: Path, args: argparse.Namespace) -> Path:
+    """The shapes stages with both caption languages and location tokens, then the JOINT transformer."""
+    for stage in data_stages(run, "shapes", 64, args.train_items, 512, args.vqvae_minutes, JOINT_LANGUAGE,
+                             args.workers, vocab_size=400, with_lowres=True):
+        if stage.argv[0] == "preprocess_data.py":
+            stage = Stage(stage.name, [*stage.argv, "--location-bins", str(JOINT_LOCATION_BINS)], stage.outputs)
+        stage.run(run)
+    stage, gpt = trained_stage(run, JOINT, args.budget_minutes)
+    stage.run(run)
+    return gpt
+
+
+def understanding_table(report: dict) -> str:
+    """The understanding sections of the joint model, one row per language."""
+    sections = report["sections"]
+    lines = [f"{'language':<10}{'VQA':>7}" + "".join(f"{f'Q{k}':>7}" for k in range(1, 8)) +
+             f"{'grounded':>10}{'box->phr':>10}{'referring':>11}{'R@1 t->i':>10}{'R@1 i->t':>10}{'attn x':>8}"]
+    for language, vqa in sections["vqa"].items():
+        retrieval = sections["retrieval"][language]
+        lines.append(f"{language:<10}{vqa['accuracy']:>7.3f}" + "".join(
+            f"{vqa.get(f'type_{k}', float('nan')):>7.3f}" for k in range(1, 8)) +
+            f"{sections['grounding'][language]['grounded']:>10.3f}"
+            f"{sections['grounding'][language]['box_to_phrase']:>10.3f}"
+            f"{sections['referring'][language]['accuracy']:>11.3f}{retrieval['text_to_image_r@1']:>10.3f}"
+            f"{retrieval['image_to_text_r@1']:>10.3f}{sections['attention'][language]['ratio']:>8.2f}")
+    return "\n".join(lines)
+
+
+def run_joint(args: argparse.Namespace, shapes_report: dict) -> None:
+    """Train JOINT in `{run_dir}/shapes_joint`, evaluate it as the shapes run is evaluated (English) plus the
+    understanding sections (English and Chinese), and print its rows next to the shapes rows."""
+    run = Path(args.run_dir) / "shapes_joint"
+    gpt = joint_model(run, args)
+    english, both = run / f"eval-{gpt.name}.json", run / f"eval-understanding-{gpt.name}.json"
+    Stage(f"evaluate-{gpt.name}", ["evaluate.py", "--load", str(gpt), "--dataset", "shapes", "--language", "en",
+                                   "--sections", "t2i,caption,sr,bpt", "--valid-data", str(run / "data" / "val"),
+                                   "--num-prompts", str(args.num_prompts), "--temperature", f"{args.temperature:g}",
+                                   "--cfg-scale", *(f"{s:g}" for s in args.cfg_scales),
+                                   "--candidates", str(args.candidates), "--post-select",
+                                   "--caption-candidates", str(args.caption_candidates), "--output-json", str(english)],
+          [english]).run(run)
+    # Retrieval's target is on 100 pairs; --num-prompts below 200 (a dry run) shrinks it with the rest.
+    Stage(f"evaluate-understanding-{gpt.name}", [
+        "evaluate.py", "--load", str(gpt), "--dataset", "shapes", "--language", JOINT_LANGUAGE,
+        "--sections", JOINT_SECTIONS, "--num-prompts", str(args.num_prompts),
+        "--retrieval-pairs", str(max(min(100, args.num_prompts // 2), 2)), "--output-json", str(both)],
+        [both]).run(run)
+    report = json.loads(english.read_text(encoding="utf-8"))
+    understanding = json.loads(both.read_text(encoding="utf-8"))
+    print(f"\nshapes + understanding tasks ({JOINT.task_mix}), {report['checkpoint']['iteration']} steps "
+          f"({args.budget_minutes:g} min), English and Chinese, {JOINT_LOCATION_BINS}x{JOINT_LOCATION_BINS} "
+          f"location bins")
+    print(shapes_table(report, args.cfg_scales, args.candidates, args.caption_candidates))
+    print("\ntext-to-image, all held-out prompts, best candidate: shapes vs shapes + understanding")
+    for scale in args.cfg_scales:
+        key = f"{scale:g}"
+        alone, joint = (r["sections"]["t2i"]["by_cfg_scale"][key]["judged"]["groups"]["all"]["correct"]
+                        for r in (shapes_report, report))
+        print(f"cfg {key:<6}{alone:>8.3f}{joint:>8.3f}  ({100 * (joint - alone):+.1f} points)")
+    print(f"\nunderstanding ({args.num_prompts} held-out items per language; attn x = attention mass in the box "
+          f"over the box's area share)")
+    print(understanding_table(understanding))
 
 
 def held_out_names(path: Path, count: int) -> list[str]:
@@ -281,9 +372,15 @@ def main() -> None:
     parser.add_argument("--emoji", action="store_true", help="also run the emoji benchmark")
     parser.add_argument("--emoji-only", action="store_true", help="run only the emoji benchmark")
     parser.add_argument("--emoji-budget-minutes", type=float, default=15.0)
+    parser.add_argument("--joint", action="store_true",
+                        help="also train and evaluate the shapes recipe jointly with the understanding tasks")
     args = parser.parse_args()
+    if args.joint and args.emoji_only:
+        raise UserError("--joint compares with the shapes run, which --emoji-only leaves out")
     if not args.emoji_only:
-        run_shapes(args)
+        shapes_report = run_shapes(args)
+        if args.joint:
+            run_joint(args, shapes_report)
     if args.emoji or args.emoji_only:
         run_emoji(args)
 

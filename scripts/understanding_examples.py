@@ -1,4 +1,5 @@
-"""Example pictures of the two scoring tasks, for docs/tasks/retrieval.md and docs/tasks/attention_maps.md.
+"""Example pictures of the understanding tasks, for docs/tasks/retrieval.md, attention_maps.md, vqa.md and
+grounding.md.
 
 Example:
     python scripts/understanding_examples.py --load runs/quickstart/gpt --output docs/images/tasks
@@ -10,6 +11,11 @@ Writes, from held-out `shapes` items (the validation split, never trained on):
                         the image, then the attention of each word of its caption (`Pipeline.attention_map`);
                         the words naming an object's colour or shape are labelled with the share of their
                         attention inside its box, and the box's share of the image
+    vqa.png             (checkpoints with location tokens) a held-out image per language with one question of
+                        each type the spec allows of it and the model's answer, the true one after a wrong one
+    grounding.png       (checkpoints with location tokens) a held-out image per language: its grounded caption
+                        with the phrases' boxes drawn, the true boxes, each referring expression's answered box,
+                        and the phrase generated for each true box
 
 Everything goes through `generation.pipeline.Pipeline`, so the pictures show what a user of the API gets;
 the same checkpoint gives the same pictures (no sampling is involved).
@@ -28,8 +34,10 @@ from arguments import positive_int  # noqa: E402
 from data_utils.image_sources import open_dataset  # noqa: E402
 from data_utils.shapes import ShapeObject  # noqa: E402
 from eval_utils.attention_in_box import box_cover, mass_in_box, name_spans  # noqa: E402
+from data_utils.shapes_tasks import shapes_tasks  # noqa: E402
 from eval_utils.retrieval import distinct_pairs  # noqa: E402
-from generation.figures import Cell, titled_rows  # noqa: E402
+from eval_utils.vqa import held_out_questions, same_answer  # noqa: E402
+from generation.figures import ROW_GAP, Cell, boxes_figure, grid, stack, titled, titled_rows  # noqa: E402
 from generation.heatmaps import overlay  # noqa: E402
 from generation.outputs import save_png  # noqa: E402
 from generation.pipeline import Pipeline  # noqa: E402
@@ -40,6 +48,9 @@ RANKED_SHOWN = 5             # retrieval.png: the best images shown per caption
 WORD_COLUMNS = 10            # attention_maps.png: cells per row (the input image and up to 9 words)
 # attention_maps.png: (caption language, objects in the image) of each row: the first such held-out image.
 ATTENTION_ITEMS = (("en", 2), ("zh", 1))
+# vqa.png and grounding.png: a held-out image with two objects per caption language.
+UNDERSTANDING_ITEMS = (("en", 2), ("zh", 2))
+VQA_LINES = 3  # vqa.png: caption lines for a question and for an answer
 
 
 def held_out(size: int, language: str, count: int) -> list:
@@ -89,6 +100,43 @@ def attention_picture(pipe: Pipeline, size: int) -> object:
     return titled_rows(rows, WORD_COLUMNS)
 
 
+def vqa_picture(pipe: Pipeline, size: int) -> object:
+    """Per language, a held-out image and the first question of each type asked of it, with the answer."""
+    rows = []
+    for language, objects_wanted in UNDERSTANDING_ITEMS:
+        item = first_item(size, language, objects_wanted)
+        objects = [ShapeObject(**obj) for obj in item.metadata["objects"]]
+        asked = list({qa.kind: qa for qa in reversed(held_out_questions([objects], language, seed=0)[0])}.values())
+        asked.sort(key=lambda qa: qa.kind)
+        answers = pipe.answer([item.image] * len(asked), [qa.question for qa in asked])
+        cells = [Cell(item.image, (qa.question, answer if same_answer(answer, qa.answer)
+                                   else f"{answer} (true: {qa.answer})"), chosen=same_answer(answer, qa.answer))
+                 for qa, answer in zip(asked, answers)]
+        rows.append(titled(item.caption, grid(cells, len(cells), lines_per_field=VQA_LINES)))
+    return stack(rows, ROW_GAP)
+
+
+def grounding_picture(pipe: Pipeline, size: int) -> object:
+    """Per language, a held-out image: its grounded caption's boxes, the true boxes, each referring
+    expression's answered box, and the phrase generated for each true box."""
+    rows = []
+    for language, objects_wanted in UNDERSTANDING_ITEMS:
+        item = first_item(size, language, objects_wanted)
+        tasks = shapes_tasks([ShapeObject(**obj) for obj in item.metadata["objects"]], size, language, 0, 0)
+        caption = pipe.grounded_caption([item.image])[0]
+        expressions = [ref.expression for ref in tasks.expressions]
+        boxes = pipe.ground([item.image] * len(expressions), expressions)
+        phrases = pipe.phrase_for_box([item.image] * len(tasks.objects), [obj.box for obj in tasks.objects])
+        cells = [Cell(boxes_figure(item.image, caption.objects), ("grounded caption", "")),
+                 Cell(boxes_figure(item.image, [(obj.phrase, obj.box) for obj in tasks.objects]), ("true boxes", ""))]
+        cells += [Cell(boxes_figure(item.image, [] if box is None else [(expression, box)]), ("referring", expression))
+                  for expression, box in zip(expressions, boxes)]
+        cells += [Cell(boxes_figure(item.image, [(phrase, obj.box)]), ("box to phrase", phrase))
+                  for phrase, obj in zip(phrases, tasks.objects)]
+        rows.append((caption.text, cells))
+    return titled_rows(rows, WORD_COLUMNS)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--load", required=True, help="checkpoint (anything generate_samples.py --load takes)")
@@ -103,6 +151,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     save_png(args.output / "retrieval.png", retrieval_picture(pipe, size, args.gallery))
     save_png(args.output / "attention_maps.png", attention_picture(pipe, size))
     print(f"wrote {args.output / 'retrieval.png'} and {args.output / 'attention_maps.png'}")
+    if not pipe.tokenizer.location_bins:
+        print("no vqa.png or grounding.png: this checkpoint has no location tokens (trained with --location-bins 0)")
+        return
+    save_png(args.output / "vqa.png", vqa_picture(pipe, size))
+    save_png(args.output / "grounding.png", grounding_picture(pipe, size))
+    print(f"wrote {args.output / 'vqa.png'} and {args.output / 'grounding.png'}")
 
 
 if __name__ == "__main__":
