@@ -242,7 +242,7 @@ JOINT_SECTIONS = "retrieval,attention,vqa,grounding,referring"  # per language; 
 def joint_model(run: Path, args: argparse.Namespace) -> Path:
     """The shapes stages with both caption languages and location tokens, then the JOINT transformer."""
     for stage in data_stages(run, "shapes", 64, args.train_items, 512, args.vqvae_minutes, JOINT_LANGUAGE,
-                             args.workers, vocab_size=400, with_lowres=True):
+                             args.workers, vocab_size=400, with_lowres=True, vqvae_variety=args.vqvae_variety):
         if stage.argv[0] == "preprocess_data.py":
             stage = Stage(stage.name, [*stage.argv, "--location-bins", str(JOINT_LOCATION_BINS)], stage.outputs)
         stage.run(run)
