@@ -25,7 +25,8 @@ import numpy as np
 
 from data_utils.shapes import BACKGROUND, SHAPES, shape_mask
 from data_utils.subject import TEAL
-from data_utils.subject_checker import COLOUR_NAMES, snap
+from data_utils.shapes_checker import snap
+from data_utils.subject_checker import COLOUR_NAMES, PALETTE
 
 # The third seed word keeps these draws apart from the shapes items' own `default_rng([seed, index])`.
 VARIETY_STREAM = 0x5EED
@@ -38,7 +39,7 @@ TEAL_INDEX = COLOUR_NAMES.index("teal")
 
 def snaps_to_teal(colour: tuple[int, int, int]) -> bool:
     """Whether the subject checker would read this colour as teal."""
-    return int(snap(np.array([[colour]], dtype=np.uint8))[0, 0]) == TEAL_INDEX
+    return int(snap(np.array([[colour]], dtype=np.uint8), PALETTE)[0, 0]) == TEAL_INDEX
 
 
 def variety_colour(rng: np.random.Generator) -> tuple[int, int, int]:

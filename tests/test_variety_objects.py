@@ -12,7 +12,8 @@ from data_utils.variety_objects import TEAL_EXCLUSION, add_variety_objects, outl
 from utils.errors import UserError
 
 # sha256 (first 16 hex digits) of the first four default training images, as rendered before the option existed.
-PLAIN_TRAINING_IMAGES = ["9f053bfdcae3f776", "0095ad45f2e5c7ba", "97a7081bff6e8a50", "a06a0fcf3d29ec2f"]
+# The first four shapes training pictures (item 1 comes from the second seed stream since val holds its own pictures).
+PLAIN_TRAINING_IMAGES = ["9f053bfdcae3f776", "10aad614ef79589e", "97a7081bff6e8a50", "a06a0fcf3d29ec2f"]
 PALETTE = {*COLOURS.values(), (255, 255, 255)}
 
 
