@@ -4,6 +4,7 @@ and super-resolution's greedy default reaches every entry point."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +18,8 @@ from data_utils.image_sources import open_dataset
 from data_utils.images import pil_to_tensor
 from data_utils.shapes_checker import check_image
 from data_utils.shards import FORMAT_VERSION, RowFormat, ShardedRows, write_manifest, write_shard
-from data_utils.sr_windows import magnify_windows
+from data_utils import sequences
+from data_utils.sr_windows import SR_CONDITIONS, condition_grid, magnify_windows
 from data_utils.text_tokenizer import train_sentencepiece
 from data_utils.tokenizer import UnifiedTokenizer
 from generation import tasks
@@ -34,19 +36,22 @@ from vqvae.model import VQVAE
 GRID, TEXT_MAX = 8, 16
 
 
-def write_rows(folder: Path, tok: UnifiedTokenizer, num_rows: int, highres: bool, without_highres: set[int] = ()
-               ) -> list:
-    """Rows of random codes (highres codes too, except for the rows in `without_highres`)."""
+def write_rows(folder: Path, tok: UnifiedTokenizer, num_rows: int, highres: bool, without_highres: set[int] = (),
+               condition: str = "lowres") -> list:
+    """Rows of random codes (highres codes too, except for the rows in `without_highres`), with the
+    super-resolution `condition`'s fields."""
     codebook = tok.codebook_size
-    row_format = RowFormat(TEXT_MAX, GRID, GRID // 2, RowFormat.dtype_for_vocab(tok.vocab_size),
-                           2 * GRID if highres else None)
+    lo = condition_grid(condition, GRID // 2)
+    row_format = RowFormat(TEXT_MAX, GRID, lo, RowFormat.dtype_for_vocab(tok.vocab_size),
+                           2 * GRID if highres else None, sr_condition=condition)
     rng = np.random.default_rng(1)
     rows = []
     for i in range(num_rows):
         text = np.array(tok.encode_text(["a red circle", "square"][i % 2], TEXT_MAX))
         big = rng.integers(0, codebook, (2 * GRID, 2 * GRID)) if highres and i not in without_highres else None
-        rows.append(row_format.pack(text, rng.integers(0, codebook, (GRID, GRID)),
-                                    rng.integers(0, codebook, (GRID // 2, GRID // 2)), tok.pad_id, big))
+        upsampled = rng.integers(0, codebook, (2 * GRID, 2 * GRID)) if row_format.upsampled_grid else None
+        rows.append(row_format.pack(text, rng.integers(0, codebook, (GRID, GRID)), rng.integers(0, codebook, (lo, lo)),
+                                    tok.pad_id, big, upsampled=upsampled))
     shard = write_shard(folder, 0, np.stack(rows), np.arange(num_rows), row_format)
     write_manifest(folder, {"format_version": FORMAT_VERSION, **row_format.to_dict(), "tokenizer": tok.describe(),
                             "vqvae": {"path": "vq", "fingerprint": "f"}, "num_chunks": 1, "complete": True,
@@ -59,12 +64,15 @@ def tok():
     return tiny_tokenizer()
 
 
-def test_training_windows_and_inference_windows_cut_the_same_crops(tok, tmp_path, monkeypatch):
+@pytest.mark.parametrize("condition", SR_CONDITIONS)
+def test_training_windows_and_inference_windows_cut_the_same_crops(tok, tmp_path, monkeypatch, condition):
     """A 'model' that has memorised the training samples of one row (every window and the whole image)
     magnifies that row's image to exactly its highres codes: generation asks each window with the very
     prompt training built for it (same crop, same [POS k]) and writes the answer where training took it from,
-    and the codes it feeds as fixed are the ones training showed there."""
-    write_rows(tmp_path, tok, 2, highres=True)
+    and the codes it feeds as fixed are the ones training showed there. With the "upsampled" condition
+    generation reads the codes of the image upsampled (the row's upsampled field) and of the low-resolution
+    input upsampled (its lowres field, at the image grid)."""
+    write_rows(tmp_path, tok, 2, highres=True, condition=condition)
     data = TaskSequenceDataset(ShardedRows(tmp_path), tok, {"super_resolution": 1.0})
     row = data.rows[1]
     answers = {}
@@ -83,14 +91,50 @@ def test_training_windows_and_inference_windows_cut_the_same_crops(tok, tmp_path
         return outputs
 
     monkeypatch.setattr(tasks, "decode", memorised)
-    geometry = tiny_geometry(magnifies=True)
+    geometry = replace(tiny_geometry(magnifies=True), sr_condition=condition)
     text = [row.text_ids.tolist()]
-    magnified = tasks.super_resolve_codes(None, tok, geometry, torch.from_numpy(row.image)[None], text, 0,
+    source = row.image if condition == "lowres" else row.upsampled
+    magnified = tasks.super_resolve_codes(None, tok, geometry, torch.from_numpy(source)[None], text, 0,
                                           tasks.SUPER_RESOLUTION_SAMPLING, 8)
     assert torch.equal(magnified[0], torch.from_numpy(row.highres))
     whole = tasks.super_resolve_codes(None, tok, geometry, torch.from_numpy(row.lowres)[None], text, 0,
                                       tasks.SUPER_RESOLUTION_SAMPLING, 8)
     assert torch.equal(whole[0], torch.from_numpy(row.image))
+    assert len(answers) == 10 and (condition == "lowres") == (row.lowres.shape == (GRID // 2, GRID // 2))
+
+
+def test_the_default_condition_keeps_old_rows_and_checkpoints_as_they_were(tok, tmp_path):
+    """Rows and checkpoints that record no condition read as "lowres": the same field table (no condition
+    key, no upsampled field), CogView's sequence (the half-size codes under their own grid token, window
+    conditions cropped from the image codes), and a geometry with the "lowres" condition."""
+    rows = write_rows(tmp_path, tok, 1, highres=True)
+    data = TaskSequenceDataset(ShardedRows(tmp_path), tok, {"super_resolution": 1.0})
+    assert data.rows.format.sr_condition == "lowres" and rows[0].shape == (data.rows.format.annotations_offset,)
+    assert [field["name"] for field in data.rows.manifest["fields"]] == ["text_len", "text", "image", "lowres",
+                                                                           "highres"]
+    assert "condition" not in data.rows.manifest["fields"][3]
+    row, window = data.rows[0], magnify_windows(GRID)[4]
+    ids = data.super_resolution_sequence(row, window).ids
+    lo = torch.from_numpy(row.image[2:6, 2:6].copy())
+    expected = sequences.super_resolution(tok, row.text_ids, lo, GRID // 2, GRID,
+                                          torch.from_numpy(row.highres[4:12, 4:12].copy()), window=4)
+    assert ids == expected.ids and tok.grid_token(GRID // 2) in ids
+    config = ModelConfig(vocab_size=64, num_layers=1, hidden_size=8, num_attention_heads=1, max_position_embeddings=112)
+    old = {"image_grid": 8, "text_max_tokens": 16, "lowres_grid": 4, "sr_windows": True}
+    assert geometry_from({"data": old}, config).sr_condition == "lowres"
+    assert geometry_from({"data": {**old, "sr_condition": "upsampled"}}, config).sr_condition == "upsampled"
+    with pytest.raises(UserError) as refused:
+        geometry_from({"data": {**old, "sr_condition": "sharpened"}}, config)
+    assert "\n" not in str(refused.value) and "upsampled" in str(refused.value)
+
+
+def test_training_records_the_condition_in_the_checkpoint_metadata():
+    from pretrain_gpt2 import data_geometry
+
+    assert data_geometry(RowFormat(16, 8, 8, "uint16", 16, sr_condition="upsampled"))["sr_condition"] == "upsampled"
+    assert data_geometry(RowFormat(16, 8, 4, "uint16"))["sr_condition"] == "lowres"
+    with pytest.raises(ValueError, match="condition"):
+        RowFormat(16, 8, 4, "uint16", sr_condition="upsampled")  # a half-size field under the upsampled name
 
 
 def test_windows_train_only_from_rows_with_highres_codes(tok, tmp_path):
