@@ -195,6 +195,42 @@ def test_preprocessing_stores_highres_codes_of_the_scene_at_twice_the_size(tools
         preprocess_data.main([*args[:-1], "--with-highres", "--output", str(tmp_path / "x")])
 
 
+def test_preprocessing_stores_the_upsampled_condition_and_refuses_to_resume_with_another(tools, tmp_path):
+    """With --sr-condition upsampled the lowres field holds the codes of the half-size image bicubic-upsampled
+    back (at the image grid) and the upsampled field those of the image upsampled to twice its side; the
+    manifest records the condition, and a resume with the default condition is refused in one line."""
+    from PIL import Image
+
+    output = tmp_path / "data"
+    args = ["--text-tokenizer", tools.sp, "--vqvae", tools.vq, "--dataset", "shapes", "--num-items", "4",
+            "--workers", "0", "--with-lowres", "--with-highres", "--output", str(output)]
+    preprocess_data.main([*args, "--sr-condition", "upsampled"])
+    rows = ShardedRows(output)
+    fields = {field["name"]: field for field in rows.manifest["fields"]}
+    assert rows.format.sr_condition == "upsampled" and rows.manifest["preprocess"]["sr_condition"] == "upsampled"
+    assert fields["lowres"]["grid"] == 8 and fields["lowres"]["condition"] == "upsampled"
+    assert fields["upsampled"]["grid"] == 16
+    source = open_dataset("shapes", num_items=4)
+
+    def codes(image: Image.Image) -> np.ndarray:
+        return img2code(tools.vqvae, pil_to_tensor(image)[None])[0].numpy()
+
+    for i in range(4):
+        image = source.item(i).image
+        small = image.resize((32, 32), Image.Resampling.BICUBIC)
+        assert np.array_equal(rows[i].lowres, codes(small.resize((64, 64), Image.Resampling.BICUBIC)))
+        assert np.array_equal(rows[i].upsampled, codes(image.resize((128, 128), Image.Resampling.BICUBIC)))
+        assert np.array_equal(rows[i].highres, codes(source.double_size(source.item(i))))
+    data = TaskSequenceDataset(rows, UnifiedTokenizer.from_files(tools.sp, 64), {"super_resolution": 1.0})
+    ids = data.super_resolution_sequence(rows[0], None).ids
+    assert ids[ids.index(data.tokenizer["[BOI1]"]) - 1] == data.tokenizer.grid_token(8)  # the condition's own grid
+    with pytest.raises(UserError, match="sr_condition") as refused:
+        preprocess_data.main(args)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(SystemExit):
+        preprocess_data.main([*args[:-4], "--output", str(tmp_path / "x"), "--sr-condition", "upsampled"])
+
+
 def test_files_too_small_for_twice_the_size_keep_their_row_without_highres(tools, tmp_path):
     from PIL import Image
 
@@ -285,6 +321,37 @@ def test_greedy_is_the_default_of_every_super_resolution_entry_point(tok, record
     assert recorded_settings == [tasks.SUPER_RESOLUTION_SAMPLING,
                                  tasks.SamplingSettings(temperature=0.7, top_k=5), tasks.SUPER_RESOLUTION_SAMPLING]
     assert tasks.SUPER_RESOLUTION_SAMPLING.top_k == 1  # greedy
+
+
+def test_every_entry_point_follows_the_upsampled_condition(tok, monkeypatch):
+    """A model trained on the "upsampled" condition reads, at every entry point, the codes of its input
+    bicubic-upsampled to the target's size: a 32 px input at the 8x8 grid, a 64 px image to magnify at 16x16,
+    and text2image_select_upscale's pick decoded and upsampled, as training's rows were made."""
+    from PIL import Image
+
+    from vqvae.model import VQVAE as Model
+
+    torch.manual_seed(0)
+    vqvae = Model(VQVAEConfig(codebook_size=tok.codebook_size, embed_dim=8, hidden_channels=16,
+                              num_res_blocks=0)).eval()
+    pipe = Pipeline(tiny_model(tok), tok, vqvae, replace(tiny_geometry(), sr_condition="upsampled"))
+    seen = []
+    real = tasks.super_resolve_codes
+    monkeypatch.setattr(tasks, "super_resolve_codes",
+                        lambda model, t, geometry, codes, *rest: seen.append(codes) or real(model, t, geometry, codes,
+                                                                                             *rest))
+
+    def codes(image: Image.Image, side: int) -> torch.Tensor:
+        return img2code(vqvae, pil_to_tensor(image.resize((side, side), Image.Resampling.BICUBIC))[None])[0]
+
+    small, image = (open_dataset("shapes", size=size, num_items=1).item(0).image for size in (32, 64))
+    assert pipe.super_resolve([small], "a red circle")[0].size == (64, 64)
+    assert pipe.super_resolve([image], "a red circle")[0].size == (128, 128)
+    selected = pipe.text2image_select_upscale("a red circle", n=2)[0]
+    pick = pipe.decode_codes(selected.candidates.codes[selected.best:selected.best + 1])[0]
+    assert [tuple(c.shape) for c in seen] == [(1, 8, 8), (1, 16, 16), (1, 16, 16)]
+    assert torch.equal(seen[0][0], codes(small, 64)) and torch.equal(seen[1][0], codes(image, 128))
+    assert torch.equal(seen[2][0], codes(pick, 128)) and selected.upscaled.size == (128, 128)
 
 
 def test_generate_samples_and_evaluate_use_the_default(tmp_path, monkeypatch):
