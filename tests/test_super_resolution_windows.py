@@ -377,3 +377,24 @@ def test_generate_samples_and_evaluate_use_the_default(tmp_path, monkeypatch):
     assert seen and all(set(k) == {"seed"} for k in seen)  # no sampling flags: super-resolution's default
     assert report["sampling"] == tasks.SUPER_RESOLUTION_SAMPLING.to_dict()
     assert {"checker_input", "checker_output", "checker_bicubic"} <= set(report)
+
+
+def test_finetuning_rows_follow_the_base_models_condition(tok):
+    """Fine-tuning's rows (finetune.data.tokenise) condition super-resolution as the base model did."""
+    from PIL import Image
+
+    from finetune.data import tokenise
+    from vqvae.model import VQVAE as Model
+
+    torch.manual_seed(0)
+    vqvae = Model(VQVAEConfig(codebook_size=tok.codebook_size, embed_dim=8, hidden_channels=16,
+                              num_res_blocks=0)).eval()
+    image = open_dataset("shapes", size=64, num_items=1).item(0).image
+    for condition, grid in (("lowres", 4), ("upsampled", 8)):
+        geometry = replace(tiny_geometry(), sr_condition=condition)
+        rows = tokenise([image], ["a red circle"], tok, vqvae, geometry, with_lowres=True, name="x")
+        assert rows.format.sr_condition == condition and rows[0].lowres.shape == (grid, grid)
+    upsampled = image.resize((32, 32), Image.Resampling.BICUBIC).resize((64, 64), Image.Resampling.BICUBIC)
+    assert np.array_equal(rows[0].lowres, img2code(vqvae, pil_to_tensor(upsampled)[None])[0].numpy())
+    plain = tokenise([image], ["a red circle"], tok, vqvae, geometry, with_lowres=False, name="x")
+    assert plain.format.lowres_grid is None
