@@ -215,8 +215,8 @@ def super_resolve_codes(model: torch.nn.Module, tok: UnifiedTokenizer, geometry:
         check_magnifies(geometry)
         return _generate_windows(model, tok, geometry, codes, text_ids, seed, settings, max_batch_rows,
                                  magnify_windows(hi), target_side=2 * hi)
-    raise UserError(f"this model's super-resolution ({condition} condition) takes {whole}x{whole} or "
-                    f"{magnify}x{magnify} condition code grids, got {side}x{side}")
+    raise UserError(f"super-resolution takes {whole}x{whole} or {magnify}x{magnify} code grids (this model's sizes, "
+                    f"{condition} condition), got {side}x{side}")
 
 
 def _generate_windows(model, tok: UnifiedTokenizer, geometry: Geometry, codes: torch.Tensor,
