@@ -29,6 +29,7 @@ from tqdm import tqdm
 from data_utils.image_sources import (EMPTY_CAPTION, CaptionedImage, CaptionedImageSource, SkipItem, SkippedItem,
                                       load_item, open_dataset, skip_report)
 from data_utils.images import downscale, pil_to_tensor
+from data_utils.sr_windows import DEFAULT_SR_CONDITION, SR_CONDITIONS, condition_grid, condition_image
 from data_utils.shards import (FORMAT_VERSION, MANIFEST_NAME, RowFormat, read_manifest, remove_unlisted_files,
                                write_manifest, write_shard)
 from data_utils import annotations
@@ -83,6 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            "super-resolution also trains the windows that magnify an image beyond the trained "
                            "size (shapes draws it exactly; files need a source that large, else that part is "
                            "skipped and counted; emoji has none)")
+    rows.add_argument("--sr-condition", default=DEFAULT_SR_CONDITION, choices=SR_CONDITIONS,
+                      help="with --with-lowres: what super-resolution reads of the image it super-resolves: "
+                           "'lowres' the codes of the half-size image (CogView), 'upsampled' the codes of it "
+                           "bicubic-upsampled back to full size, on the target's grid (CogView2; with "
+                           "--with-highres also stores the codes of the image upsampled to twice its size for "
+                           "the windows). Models trained on the rows follow it (default %(default)s)")
     run = parser.add_argument_group("run")
     run.add_argument("--output", required=True, help="data folder to create (or to resume)")
     run.add_argument("--workers", type=int, default=1,
@@ -107,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--workers must be >= 0, got {args.workers}")
     if args.with_highres and not args.with_lowres:
         parser.error("--with-highres adds super-resolution's windows to its whole-image step: give --with-lowres too")
+    if args.sr_condition != DEFAULT_SR_CONDITION and not args.with_lowres:
+        parser.error(f"--sr-condition {args.sr_condition} is super-resolution's condition: give --with-lowres too")
     return args
 
 
@@ -129,6 +138,7 @@ class EncodeSettings:
     location_bins: int = 0
     annotation_tokens: int = 0
     with_highres: bool = False
+    sr_condition: str = DEFAULT_SR_CONDITION
 
     def open_source(self) -> CaptionedImageSource:
         return open_dataset(self.dataset, split=self.split, size=self.image_size, language=self.language,
@@ -147,19 +157,20 @@ class EncodeSettings:
             raise UserError(f"--image-size {self.image_size} must be a multiple of {factor} ({why})")
         grid = self.image_size // vqvae.config.downsample
         tokenizer.grid_token(grid)
-        if self.with_lowres:
-            tokenizer.grid_token(grid // 2)
+        lowres_grid = condition_grid(self.sr_condition, grid // 2) if self.with_lowres else None
+        if lowres_grid:
+            tokenizer.grid_token(lowres_grid)
         if self.with_highres:
             tokenizer.grid_token(2 * grid)
-        return RowFormat(self.text_max_tokens, grid, grid // 2 if self.with_lowres else None,
-                         RowFormat.dtype_for_vocab(tokenizer.vocab_size), 2 * grid if self.with_highres else None,
-                         self.annotation_tokens)
+        return RowFormat(self.text_max_tokens, grid, lowres_grid, RowFormat.dtype_for_vocab(tokenizer.vocab_size),
+                         2 * grid if self.with_highres else None, self.annotation_tokens, self.sr_condition)
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide the rows; a resumed run must match them (the dataset by `describe()`)."""
         return {name: value for name, value in asdict(self).items()
                 if name not in ("dataset", "text_tokenizer", "vqvae", "batch_size")
-                and (name not in ("with_highres", "location_bins", "annotation_tokens") or value)}
+                and (name not in ("with_highres", "location_bins", "annotation_tokens") or value)
+                and (name != "sr_condition" or value != DEFAULT_SR_CONDITION)}
         # the options added later are absent when off, as in folders made before them
 
 
@@ -249,12 +260,15 @@ def encode_chunk(chunk: int) -> ChunkResult:
     rows = np.zeros((len(kept), row_format.row_length), dtype=row_format.numpy_dtype)
     if kept:
         images = encode_images(state.vqvae, [item.image for item in kept], state.settings.batch_size)
-        lowres = (encode_images(state.vqvae, [downscale(item.image) for item in kept], state.settings.batch_size)
-                  if row_format.lowres_grid else [None] * len(kept))
+        condition = row_format.sr_condition
+        lowres = (encode_images(state.vqvae, [condition_image(condition, downscale(item.image)) for item in kept],
+                                state.settings.batch_size) if row_format.lowres_grid else [None] * len(kept))
         highres = encode_highres(state, kept) if row_format.highres_grid else [None] * len(kept)
+        upsampled = (encode_images(state.vqvae, [condition_image(condition, item.image) for item in kept],
+                                   state.settings.batch_size) if row_format.upsampled_grid else [None] * len(kept))
         for i, text_ids in enumerate(texts):
             rows[i] = row_format.pack(np.asarray(text_ids), images[i], lowres[i], state.tokenizer.pad_id, highres[i],
-                                      annotation_fields[i])
+                                      annotation_fields[i], upsampled=upsampled[i])
     return ChunkResult(chunk, len(indices), rows, np.array([item.index for item in kept], dtype=np.int64),
                        skipped, truncated, dropped,
                        sum(codes is None for codes in highres) if row_format.highres_grid else 0)
@@ -438,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
         language=args.language, seed=args.seed, text_tokenizer=args.text_tokenizer, vqvae=args.vqvae,
         text_max_tokens=args.text_max_tokens, with_lowres=args.with_lowres, chunk_size=args.chunk_size,
         batch_size=args.batch_size, location_bins=args.location_bins, annotation_tokens=args.annotation_tokens,
-        with_highres=args.with_highres)
+        with_highres=args.with_highres, sr_condition=args.sr_condition)
     output = Path(args.output)
     summarise(output, process(settings, output, args.workers, args.log_dir))
 

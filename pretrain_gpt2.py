@@ -88,6 +88,10 @@ def load_data(args: argparse.Namespace, position_layout: str) -> TrainingData:
     if args.valid_data is not None:
         valid_rows = ShardedRows(args.valid_data, tokenizer=tokenizer,
                                  vqvae_fingerprint=manifest["vqvae"]["fingerprint"])
+        if "super_resolution" in train.tasks and valid_rows.format.sr_condition != train_rows.format.sr_condition:
+            raise UserError(f"{args.valid_data} holds the {valid_rows.format.sr_condition} super-resolution condition, "
+                            f"{args.train_data} the {train_rows.format.sr_condition} one; preprocess both with the "
+                            f"same --sr-condition")
         if position_layout == "fixed-image" and valid_rows.format.text_max_tokens != train_rows.format.text_max_tokens:
             raise UserError(f"{args.valid_data} keeps {valid_rows.format.text_max_tokens} text tokens, {args.train_data} "
                             f"{train_rows.format.text_max_tokens}; with --position-layout fixed-image both must match "
@@ -104,10 +108,11 @@ def load_data(args: argparse.Namespace, position_layout: str) -> TrainingData:
                                               else {})}})
 
 
-def data_geometry(row_format: RowFormat) -> dict[str, int | None]:
-    """The sizes generation must reproduce (code grid, text budget, low-res grid), for model_config.json."""
+def data_geometry(row_format: RowFormat) -> dict[str, int | str | None]:
+    """The sizes generation must reproduce (code grid, text budget, low-res grid) and super-resolution's
+    condition (what its inputs become before the model reads them), for model_config.json."""
     return {"image_grid": row_format.image_grid, "text_max_tokens": row_format.text_max_tokens,
-            "lowres_grid": row_format.lowres_grid}
+            "lowres_grid": row_format.lowres_grid, "sr_condition": row_format.sr_condition}
 
 
 def position_layout_to_train(args: argparse.Namespace, resume_iteration: int | None) -> str:

@@ -160,14 +160,17 @@ class TaskSequenceDataset(Dataset):
 
     def super_resolution_sequence(self, row: Row, window: Window | None) -> sequences.TokenSequence:
         """The super-resolution sample of `row`: the whole-image step, or `window` of its magnification
-        (the crops generation reads and writes, `sr_windows.window_crops`)."""
-        grid = self.rows.format.image_grid
+        (the crops generation reads and writes, `sr_windows.window_crops`), conditioned as the rows say
+        (`RowFormat.sr_condition`)."""
+        row_format = self.rows.format
         if window is None or row.highres is None:
             lo, hi, index = row.lowres, row.image, 0
         else:
-            (lo, hi), index = window_crops(window, row.image, row.highres), window.index
+            source = row.image if row_format.sr_condition == "lowres" else row.upsampled
+            (lo, hi), index = window_crops(window, row_format.sr_condition, source, row.highres), window.index
         return sequences.super_resolution(self.tokenizer, row.text_ids, torch.from_numpy(np.ascontiguousarray(lo)),
-                                          grid // 2, grid, torch.from_numpy(np.ascontiguousarray(hi)),
+                                          row_format.lowres_grid, row_format.image_grid,
+                                          torch.from_numpy(np.ascontiguousarray(hi)),
                                           window=index, text_positions=self.text_positions)
 
     def __getitem__(self, position: int) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from data_utils.sr_windows import DEFAULT_SR_CONDITION, SR_CONDITIONS, condition_grid
 from utils.errors import UserError
 from utils.files import atomic_write_bytes, atomic_write_json, read_json
 
@@ -32,8 +33,14 @@ MAX_OPEN_SHARDS = 1024
 @dataclass(frozen=True)
 class RowFormat:
     """Fixed-length row layout: `text_len | text (PAD-filled) | image codes | optional lowres codes |
-    optional highres codes | optional annotations` (the understanding tasks' records,
-    `data_utils/annotations.py`).
+    optional highres codes | optional upsampled codes | optional annotations` (the understanding tasks'
+    records, `data_utils/annotations.py`).
+
+    The lowres field holds super-resolution's condition of the whole-image step (`data_utils.sr_windows`):
+    the codes of the image downscaled 2x (`sr_condition` "lowres", half the image grid), or of that
+    downscaled image bicubic-upsampled back to the image's size ("upsampled", the image grid). With
+    "upsampled" and highres codes, the upsampled field holds the condition of the windows: the codes of the
+    image bicubic-upsampled to twice its side (the highres grid).
 
     The highres field holds the codes of the image at twice its side, which super-resolution's windows
     train on. An item whose source is too small for that keeps its row with the field filled with
@@ -46,12 +53,18 @@ class RowFormat:
     dtype: str  # "uint16" or "int32"
     highres_grid: int | None = None
     annotation_tokens: int = 0  # 0: no annotations field
+    sr_condition: str = "lowres"  # what the lowres (and upsampled) fields hold; data_utils.sr_windows
 
     def __post_init__(self) -> None:
         if self.text_max_tokens < 1 or self.image_grid < 1:
             raise ValueError(f"bad row format {self}")
-        if self.lowres_grid is not None and self.lowres_grid * 2 != self.image_grid:
-            raise ValueError(f"lowres grid {self.lowres_grid} must be half the image grid {self.image_grid}")
+        if self.sr_condition not in SR_CONDITIONS:
+            raise ValueError(f"unknown super-resolution condition {self.sr_condition!r}")
+        if self.lowres_grid is not None and self.lowres_grid != condition_grid(self.sr_condition, self.image_grid // 2):
+            raise ValueError(f"lowres grid {self.lowres_grid} does not suit the {self.sr_condition} condition of "
+                             f"{self.image_grid}x{self.image_grid} images")
+        if self.sr_condition != "lowres" and self.lowres_grid is None:
+            raise ValueError(f"the {self.sr_condition} condition needs a lowres field")
         if self.highres_grid is not None and self.highres_grid != 2 * self.image_grid:
             raise ValueError(f"highres grid {self.highres_grid} must be twice the image grid {self.image_grid}")
         if self.dtype not in ("uint16", "int32"):
@@ -81,12 +94,21 @@ class RowFormat:
         return self.lowres_offset + (self.lowres_grid**2 if self.lowres_grid else 0)
 
     @property
+    def upsampled_offset(self) -> int:
+        return self.highres_offset + (self.highres_grid**2 if self.highres_grid else 0)
+
+    @property
+    def upsampled_grid(self) -> int | None:
+        """The side of the upsampled field (the windows' condition), None without one."""
+        return self.highres_grid if self.sr_condition == "upsampled" else None
+
+    @property
     def row_length(self) -> int:
         return self.annotations_offset + self.annotation_tokens
 
     @property
     def annotations_offset(self) -> int:
-        return self.highres_offset + (self.highres_grid**2 if self.highres_grid else 0)
+        return self.upsampled_offset + (self.upsampled_grid**2 if self.upsampled_grid else 0)
 
     @property
     def missing_code(self) -> int:
@@ -107,10 +129,14 @@ class RowFormat:
         ]
         if self.lowres_grid:
             table.append({"name": "lowres", "offset": self.lowres_offset, "length": self.lowres_grid**2,
-                          "grid": self.lowres_grid})
+                          "grid": self.lowres_grid,
+                          **({"condition": self.sr_condition} if self.sr_condition != DEFAULT_SR_CONDITION else {})})
         if self.highres_grid:
             table.append({"name": "highres", "offset": self.highres_offset, "length": self.highres_grid**2,
                           "grid": self.highres_grid, "missing_code": self.missing_code})
+        if self.upsampled_grid:
+            table.append({"name": "upsampled", "offset": self.upsampled_offset, "length": self.upsampled_grid**2,
+                          "grid": self.upsampled_grid})
         if self.annotation_tokens:
             table.append({"name": "annotations", "offset": self.annotations_offset, "length": self.annotation_tokens,
                           "grid": None})
@@ -127,17 +153,20 @@ class RowFormat:
         row_format = cls(text_max_tokens=int(fields["text"]["length"]), image_grid=int(fields["image"]["grid"]),
                          lowres_grid=int(lowres["grid"]) if lowres else None, dtype=str(data["dtype"]),
                          highres_grid=int(highres["grid"]) if highres else None,
-                         annotation_tokens=int(annotations["length"]) if annotations else 0)
+                         annotation_tokens=int(annotations["length"]) if annotations else 0,
+                         sr_condition=str(lowres.get("condition", DEFAULT_SR_CONDITION)) if lowres
+                         else DEFAULT_SR_CONDITION)
         if row_format.to_dict() != {"row_length": data["row_length"], "dtype": data["dtype"],
                                     "fields": list(data["fields"])}:
             raise ValueError("field table does not match the row layout this code writes")
         return row_format
 
     def pack(self, text_ids: np.ndarray, image: np.ndarray, lowres: np.ndarray | None, pad_id: int,
-             highres: np.ndarray | None = None, annotations: np.ndarray | None = None) -> np.ndarray:
+             highres: np.ndarray | None = None, annotations: np.ndarray | None = None, *,
+             upsampled: np.ndarray | None = None) -> np.ndarray:
         """One row from its parts; `text_ids` must already fit the text budget. With a highres field,
         `highres=None` marks the item as having no highres codes. `annotations` (the field from
-        `data_utils.annotations.pack`) is given exactly when the format has that field."""
+        `data_utils.annotations.pack`) and `upsampled` are given exactly when the format has that field."""
         if len(text_ids) > self.text_max_tokens:
             raise ValueError(f"{len(text_ids)} text ids exceed the budget of {self.text_max_tokens}")
         if image.shape != (self.image_grid, self.image_grid):
@@ -155,9 +184,15 @@ class RowFormat:
         if highres is not None:
             if highres.shape != (self.highres_grid, self.highres_grid):
                 raise ValueError(f"highres codes of shape {highres.shape}, expected {(self.highres_grid,) * 2}")
-            row[self.highres_offset:self.annotations_offset] = highres.reshape(-1)
+            row[self.highres_offset:self.upsampled_offset] = highres.reshape(-1)
         elif self.highres_grid:
-            row[self.highres_offset:self.annotations_offset] = self.missing_code
+            row[self.highres_offset:self.upsampled_offset] = self.missing_code
+        if (upsampled is None) != (self.upsampled_grid is None):
+            raise ValueError("upsampled codes must be given exactly when the format has an upsampled field")
+        if upsampled is not None:
+            if upsampled.shape != (self.upsampled_grid, self.upsampled_grid):
+                raise ValueError(f"upsampled codes of shape {upsampled.shape}, expected {(self.upsampled_grid,) * 2}")
+            row[self.upsampled_offset:self.annotations_offset] = upsampled.reshape(-1)
         if (annotations is None) != (self.annotation_tokens == 0):
             raise ValueError("annotations must be given exactly when the format has an annotations field")
         if annotations is not None:
@@ -170,7 +205,8 @@ class RowFormat:
 @dataclass
 class Row:
     """One preprocessed item: unified text ids (no padding), image codes, optional low-res codes, optional
-    codes of the image at twice its side (None where the data has none, or this item's source was too small)."""
+    codes of the image at twice its side (None where the data has none, or this item's source was too small),
+    and with the "upsampled" condition and highres codes, the codes of the image upsampled to twice its side."""
 
     text_ids: np.ndarray
     image: np.ndarray
@@ -178,6 +214,7 @@ class Row:
     source_index: int
     highres: np.ndarray | None = None
     annotations: np.ndarray | None = None  # the raw field; read it with data_utils.annotations.unpack
+    upsampled: np.ndarray | None = None
 
 
 def unpack_row(row_format: RowFormat, row: np.ndarray, source_index: int) -> Row:
@@ -190,12 +227,16 @@ def unpack_row(row_format: RowFormat, row: np.ndarray, source_index: int) -> Row
     if f.lowres_grid:
         lowres = np.array(row[f.lowres_offset:f.highres_offset], dtype=np.int64).reshape(f.lowres_grid, f.lowres_grid)
     if f.highres_grid and row[f.highres_offset] != f.missing_code:
-        highres = np.array(row[f.highres_offset:f.annotations_offset], dtype=np.int64).reshape(f.highres_grid,
-                                                                                             f.highres_grid)
+        highres = np.array(row[f.highres_offset:f.upsampled_offset], dtype=np.int64).reshape(f.highres_grid,
+                                                                                           f.highres_grid)
+    upsampled = (np.array(row[f.upsampled_offset:f.annotations_offset], dtype=np.int64).reshape(f.upsampled_grid,
+                                                                                                f.upsampled_grid)
+                 if f.upsampled_grid else None)
     annotations = np.array(row[f.annotations_offset:], dtype=np.int64) if f.annotation_tokens else None
     return Row(text_ids=np.array(row[f.text_offset:f.text_offset + text_len], dtype=np.int64),
                image=np.array(row[f.image_offset:f.lowres_offset], dtype=np.int64).reshape(f.image_grid, f.image_grid),
-               lowres=lowres, source_index=source_index, highres=highres, annotations=annotations)
+               lowres=lowres, source_index=source_index, highres=highres, annotations=annotations,
+               upsampled=upsampled)
 
 
 # ---------------------------------------------------------------- writer side

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from data_utils.images import downscale, pil_to_tensor
+from data_utils.sr_windows import DEFAULT_SR_CONDITION, condition_grid, condition_image
 from data_utils.shards import Row, RowFormat
 from data_utils.tokenizer import UnifiedTokenizer
 from generation.tasks import Geometry
@@ -121,7 +122,9 @@ def tokenise(images: Sequence[Image.Image], captions: Sequence[str], tokenizer: 
                           for i in range(0, len(batch), batch_size)]).numpy()
 
     image_codes = codes(images)
-    lowres = codes([downscale(image) for image in images]) if with_lowres else [None] * len(images)
+    condition = geometry.sr_condition  # the base model's super-resolution condition (data_utils.sr_windows)
+    lowres = (codes([condition_image(condition, downscale(image)) for image in images]) if with_lowres
+              else [None] * len(images))
     rows = []
     for index, caption in enumerate(captions):
         text = tokenizer.encode_text(caption)
@@ -130,6 +133,8 @@ def tokenise(images: Sequence[Image.Image], captions: Sequence[str], tokenizer: 
                             f"{geometry.text_max_tokens}")
         rows.append(Row(np.asarray(text, dtype=np.int64), image_codes[index].astype(np.int64),
                         None if lowres[index] is None else lowres[index].astype(np.int64), index))
-    row_format = RowFormat(geometry.text_max_tokens, geometry.image_grid, geometry.lowres_grid if with_lowres else None,
-                           RowFormat.dtype_for_vocab(tokenizer.vocab_size))
+    row_format = RowFormat(geometry.text_max_tokens, geometry.image_grid,
+                           condition_grid(condition, geometry.lowres_grid) if with_lowres else None,
+                           RowFormat.dtype_for_vocab(tokenizer.vocab_size),
+                           sr_condition=condition if with_lowres else DEFAULT_SR_CONDITION)
     return MemoryRows(rows, row_format, name)

@@ -4,8 +4,9 @@ The checkpoint's `model_config.json` metadata names them (written by training an
 
     "tokenizer": {"path": ..., "fingerprint": ..., ...}   the text tokenizer's .model file
     "vqvae":     {"path": ..., "fingerprint": ...}        the VQ-VAE folder
-    "data":      {"image_grid": 8, "text_max_tokens": 32, "lowres_grid": 4,   sizes trained on, and whether
-                  "sr_windows": true}                         super-resolution trained the magnifying windows
+    "data":      {"image_grid": 8, "text_max_tokens": 32, "lowres_grid": 4,   sizes trained on, whether
+                  "sr_windows": true, "sr_condition": "lowres"} super-resolution trained the magnifying windows
+                                                              and what it reads (absent: "lowres")
 
 `--text-tokenizer` / `--vqvae` replace the recorded paths (a moved run, CogView's release), but the
 files must still be the ones the model was trained with: a fingerprint that differs from the
@@ -22,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from data_utils.sequences import text_positions_for
+from data_utils.sr_windows import DEFAULT_SR_CONDITION, checked_condition
 from data_utils.tokenizer import GRID_TOKENS, UnifiedTokenizer
 from generation.tasks import Geometry
 from model.config import ModelConfig
@@ -92,7 +94,8 @@ def geometry_from(metadata: Mapping[str, Any], config: ModelConfig) -> Geometry:
         text_max_tokens = int(data["text_max_tokens"])
         return Geometry(int(data["image_grid"]), text_max_tokens, max_positions,
                         text_positions_for(config.position_layout, text_max_tokens),
-                        magnifies=data.get("sr_windows") is True)
+                        magnifies=data.get("sr_windows") is True,
+                        sr_condition=checked_condition(str(data.get("sr_condition", DEFAULT_SR_CONDITION))))
     if config.position_layout == "fixed-image":
         raise UserError("a fixed-image model must record its text budget (data.text_max_tokens) in model_config.json")
     fitting = [g for g in GRID_TOKENS if g * g + 5 < max_positions and g >= 8]

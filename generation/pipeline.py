@@ -29,6 +29,7 @@ from PIL import Image
 from data_utils import sequences
 from data_utils.images import pil_to_tensor, tensor_to_pil
 from data_utils.locations import Box, box_to_ids
+from data_utils.sr_windows import condition_grid
 from data_utils.tokenizer import UnifiedTokenizer
 from fp16 import PRECISIONS, inference_autocast, quantize_linear_layers, refuse_unless_cpu
 from generation import attention_maps, retrieval, scoring, tasks, understanding
@@ -302,6 +303,16 @@ class Pipeline:
 
     def super_resolve_codes(self, codes: torch.Tensor, texts: Sequence[str], seed: int,
                             settings: SamplingSettings) -> torch.Tensor:
+        """Image code grids `[N, s, s]` (s: half the model's grid, or its grid to magnify) -> `[N, 2s, 2s]`.
+        A model with the "upsampled" condition reads the images decoded and upsampled to twice their side
+        (`sr_windows.condition_image`), encoded again, as `super_resolve` reads pixels."""
+        condition = self.geometry.sr_condition
+        if condition != "lowres":
+            codes = self.encode_images(self.decode_codes(codes), condition_grid(condition, codes.shape[1]))
+        return self._super_resolve_conditions(codes, texts, seed, settings)
+
+    def _super_resolve_conditions(self, codes: torch.Tensor, texts: Sequence[str], seed: int,
+                                  settings: SamplingSettings) -> torch.Tensor:
         with self._autocast():
             return tasks.super_resolve_codes(self.model, self.tokenizer, self.geometry, codes,
                                              [self._text_ids(t) for t in texts], seed, settings, self.max_batch_rows)
@@ -312,16 +323,17 @@ class Pipeline:
 
         An image exactly at the trained low-resolution size takes one pass; any other is resized to
         the model's image size and magnified with 9 overlapping windows (`tasks.magnify_windows`), which
-        a model that did not train them refuses (`tasks.check_magnifies`). Sampling settings left None
-        take super-resolution's default, greedy (`tasks.SUPER_RESOLUTION_SAMPLING`).
+        a model that did not train them refuses (`tasks.check_magnifies`). A model with the "upsampled"
+        condition reads the image bicubic-resized to twice that size instead (`sr_windows.condition_grid`).
+        Sampling settings left None take super-resolution's default, greedy (`tasks.SUPER_RESOLUTION_SAMPLING`).
         """
         grid = self._input_grid_for_super_resolution(images)
-        codes = self.encode_images(images, grid)
+        codes = self.encode_images(images, condition_grid(self.geometry.sr_condition, grid))
         texts = [text] * len(codes) if isinstance(text, str) else list(text)
         if len(texts) != len(codes):
             raise UserError(f"{len(codes)} images but {len(texts)} texts for super-resolution")
         settings = tasks.super_resolution_settings(top_k=top_k, top_p=top_p, temperature=temperature)
-        return self.decode_codes(self.super_resolve_codes(codes, texts, seed, settings))
+        return self.decode_codes(self._super_resolve_conditions(codes, texts, seed, settings))
 
     def text2image_select_upscale(self, prompts: str | Sequence[str], n: int = 8, seed: int = 0,
                                   cfg_scale: float = 1.0, negative_prompt: str | None = None, top_k: int = 200,

@@ -17,7 +17,7 @@ import torch
 
 from data_utils.sequences import (Grid, TokenSequence, grid_ids, grid_shape, image2text, super_resolution,
                                   text2image)
-from data_utils.sr_windows import Window, magnify_windows
+from data_utils.sr_windows import DEFAULT_SR_CONDITION, Window, condition_grid, magnify_windows, window_condition
 from data_utils.tokenizer import UnifiedTokenizer
 from generation.decoding import SAMPLE, DecodeRequest, DecodeSpec, decode
 from generation.sampling import SamplingSettings, allowed_mask
@@ -31,7 +31,9 @@ class Geometry:
     `image_grid` is the side of the code grid of text-to-image and captioning; super-resolution was
     trained from `image_grid // 2` to `image_grid` (the `lowres` shard field), and `magnifies` says whether
     it also trained the windows that magnify `image_grid` to `2 * image_grid` (`data_utils.sr_windows`; the
-    `sr_windows` of the checkpoint's data metadata, absent in older checkpoints). `max_positions` is the
+    `sr_windows` of the checkpoint's data metadata, absent in older checkpoints); `sr_condition` is what its
+    super-resolution reads (`sr_windows.SR_CONDITIONS`: the input's own codes, or the codes of the input
+    upsampled to the target's size). `max_positions` is the
     number of position embeddings. `text_positions` is the text's fixed block of positions of a
     "fixed-image" model, None for consecutive positions (data_utils/sequences.py). `output_grid` is
     the (rows, columns) text-to-image makes when asked for another shape (`with_output_grid`); None
@@ -44,9 +46,11 @@ class Geometry:
     text_positions: int | None = None
     output_grid: tuple[int, int] | None = None
     magnifies: bool = False
+    sr_condition: str = DEFAULT_SR_CONDITION
 
     @property
     def lowres_grid(self) -> int:
+        """The side of the codes of super-resolution's low-resolution input (half the image)."""
         return self.image_grid // 2
 
     @property
@@ -189,8 +193,10 @@ def window_seed(image_seed: int, window: int) -> int:
 def super_resolve_codes(model: torch.nn.Module, tok: UnifiedTokenizer, geometry: Geometry, codes: torch.Tensor,
                         text_ids: Sequence[Sequence[int]], seed: int, settings: SamplingSettings,
                         max_batch_rows: int) -> torch.Tensor:
-    """Code grids `[N, s, s]` -> `[N, 2s, 2s]`, each conditioned on its text; image i has seed `seed + i`
-    and its window w draws from `window_seed(seed + i, w)`.
+    """Condition code grids `[N, c, c]` of images of `s x s` codes -> `[N, 2s, 2s]`, each conditioned on its
+    text; image i has seed `seed + i` and its window w draws from `window_seed(seed + i, w)`. The condition
+    is the model's (`geometry.sr_condition`, `sr_windows.condition_grid`): the images' own codes (c = s), or
+    the codes of the images upsampled to twice their side (c = 2s).
 
     s = image_grid/2 is the trained whole-image step: one `[POS0]` pass. s = image_grid magnifies with
     `magnify_windows`: 9 passes with `[POS0]` ... `[POS8]`, each running the same window of all images as one
@@ -200,32 +206,33 @@ def super_resolve_codes(model: torch.nn.Module, tok: UnifiedTokenizer, geometry:
         raise UserError(f"expected square code grids [N, s, s], got shape {list(codes.shape)}")
     if len(text_ids) != len(codes):
         raise ValueError(f"{len(codes)} images but {len(text_ids)} texts")
-    side, hi = codes.shape[1], geometry.image_grid
-    if side == geometry.lowres_grid:
+    side, hi, condition = codes.shape[1], geometry.image_grid, geometry.sr_condition
+    whole, magnify = condition_grid(condition, geometry.lowres_grid), condition_grid(condition, hi)
+    if side == whole:
         return _generate_windows(model, tok, geometry, codes, text_ids, seed, settings, max_batch_rows,
                                  [Window(0, 0, 0)], target_side=hi)
-    if side == hi:
+    if side == magnify:
         check_magnifies(geometry)
         return _generate_windows(model, tok, geometry, codes, text_ids, seed, settings, max_batch_rows,
                                  magnify_windows(hi), target_side=2 * hi)
-    raise UserError(f"super-resolution takes {geometry.lowres_grid}x{geometry.lowres_grid} or {hi}x{hi} code grids "
-                    f"(this model's sizes), got {side}x{side}")
+    raise UserError(f"super-resolution takes {whole}x{whole} or {magnify}x{magnify} code grids (this model's sizes, "
+                    f"{condition} condition), got {side}x{side}")
 
 
 def _generate_windows(model, tok: UnifiedTokenizer, geometry: Geometry, codes: torch.Tensor,
                       text_ids: Sequence[Sequence[int]], seed: int, settings: SamplingSettings,
                       max_batch_rows: int, windows: list[Window], target_side: int) -> torch.Tensor:
-    hi, lo = geometry.image_grid, geometry.lowres_grid
+    hi, lo = geometry.image_grid, condition_grid(geometry.sr_condition, geometry.lowres_grid)
     num = len(codes)
     target = torch.full((num, target_side, target_side), SAMPLE, dtype=torch.long)
     spec = DecodeSpec(steps=hi * hi, allowed=image_ids_mask(tok), settings=settings, pad_id=tok.pad_id)
     for window in windows:
         rows, cols = window.target_slices(hi)
-        lo_rows, lo_cols = window.source_slices(hi)
         requests = []
         for i in range(num):
             # The crops and the [POS k] token of training's window samples (data_utils.dataset).
-            prompt = super_resolution(tok, text_ids[i], codes[i, lo_rows, lo_cols], lo, hi, window=window.index,
+            source = window_condition(window, geometry.sr_condition, codes[i], hi)
+            prompt = super_resolution(tok, text_ids[i], source, lo, hi, window=window.index,
                                       text_positions=geometry.text_positions)
             check_fits(prompt, hi * hi, geometry, "super-resolution")
             requests.append(DecodeRequest(prompt, window_seed(seed + i, window.index),

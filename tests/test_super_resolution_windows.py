@@ -4,6 +4,7 @@ and super-resolution's greedy default reaches every entry point."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +18,8 @@ from data_utils.image_sources import open_dataset
 from data_utils.images import pil_to_tensor
 from data_utils.shapes_checker import check_image
 from data_utils.shards import FORMAT_VERSION, RowFormat, ShardedRows, write_manifest, write_shard
-from data_utils.sr_windows import magnify_windows
+from data_utils import sequences
+from data_utils.sr_windows import SR_CONDITIONS, condition_grid, magnify_windows
 from data_utils.text_tokenizer import train_sentencepiece
 from data_utils.tokenizer import UnifiedTokenizer
 from generation import tasks
@@ -34,19 +36,22 @@ from vqvae.model import VQVAE
 GRID, TEXT_MAX = 8, 16
 
 
-def write_rows(folder: Path, tok: UnifiedTokenizer, num_rows: int, highres: bool, without_highres: set[int] = ()
-               ) -> list:
-    """Rows of random codes (highres codes too, except for the rows in `without_highres`)."""
+def write_rows(folder: Path, tok: UnifiedTokenizer, num_rows: int, highres: bool, without_highres: set[int] = (),
+               condition: str = "lowres") -> list:
+    """Rows of random codes (highres codes too, except for the rows in `without_highres`), with the
+    super-resolution `condition`'s fields."""
     codebook = tok.codebook_size
-    row_format = RowFormat(TEXT_MAX, GRID, GRID // 2, RowFormat.dtype_for_vocab(tok.vocab_size),
-                           2 * GRID if highres else None)
+    lo = condition_grid(condition, GRID // 2)
+    row_format = RowFormat(TEXT_MAX, GRID, lo, RowFormat.dtype_for_vocab(tok.vocab_size),
+                           2 * GRID if highres else None, sr_condition=condition)
     rng = np.random.default_rng(1)
     rows = []
     for i in range(num_rows):
         text = np.array(tok.encode_text(["a red circle", "square"][i % 2], TEXT_MAX))
         big = rng.integers(0, codebook, (2 * GRID, 2 * GRID)) if highres and i not in without_highres else None
-        rows.append(row_format.pack(text, rng.integers(0, codebook, (GRID, GRID)),
-                                    rng.integers(0, codebook, (GRID // 2, GRID // 2)), tok.pad_id, big))
+        upsampled = rng.integers(0, codebook, (2 * GRID, 2 * GRID)) if row_format.upsampled_grid else None
+        rows.append(row_format.pack(text, rng.integers(0, codebook, (GRID, GRID)), rng.integers(0, codebook, (lo, lo)),
+                                    tok.pad_id, big, upsampled=upsampled))
     shard = write_shard(folder, 0, np.stack(rows), np.arange(num_rows), row_format)
     write_manifest(folder, {"format_version": FORMAT_VERSION, **row_format.to_dict(), "tokenizer": tok.describe(),
                             "vqvae": {"path": "vq", "fingerprint": "f"}, "num_chunks": 1, "complete": True,
@@ -59,12 +64,15 @@ def tok():
     return tiny_tokenizer()
 
 
-def test_training_windows_and_inference_windows_cut_the_same_crops(tok, tmp_path, monkeypatch):
+@pytest.mark.parametrize("condition", SR_CONDITIONS)
+def test_training_windows_and_inference_windows_cut_the_same_crops(tok, tmp_path, monkeypatch, condition):
     """A 'model' that has memorised the training samples of one row (every window and the whole image)
     magnifies that row's image to exactly its highres codes: generation asks each window with the very
     prompt training built for it (same crop, same [POS k]) and writes the answer where training took it from,
-    and the codes it feeds as fixed are the ones training showed there."""
-    write_rows(tmp_path, tok, 2, highres=True)
+    and the codes it feeds as fixed are the ones training showed there. With the "upsampled" condition
+    generation reads the codes of the image upsampled (the row's upsampled field) and of the low-resolution
+    input upsampled (its lowres field, at the image grid)."""
+    write_rows(tmp_path, tok, 2, highres=True, condition=condition)
     data = TaskSequenceDataset(ShardedRows(tmp_path), tok, {"super_resolution": 1.0})
     row = data.rows[1]
     answers = {}
@@ -83,14 +91,50 @@ def test_training_windows_and_inference_windows_cut_the_same_crops(tok, tmp_path
         return outputs
 
     monkeypatch.setattr(tasks, "decode", memorised)
-    geometry = tiny_geometry(magnifies=True)
+    geometry = replace(tiny_geometry(magnifies=True), sr_condition=condition)
     text = [row.text_ids.tolist()]
-    magnified = tasks.super_resolve_codes(None, tok, geometry, torch.from_numpy(row.image)[None], text, 0,
+    source = row.image if condition == "lowres" else row.upsampled
+    magnified = tasks.super_resolve_codes(None, tok, geometry, torch.from_numpy(source)[None], text, 0,
                                           tasks.SUPER_RESOLUTION_SAMPLING, 8)
     assert torch.equal(magnified[0], torch.from_numpy(row.highres))
     whole = tasks.super_resolve_codes(None, tok, geometry, torch.from_numpy(row.lowres)[None], text, 0,
                                       tasks.SUPER_RESOLUTION_SAMPLING, 8)
     assert torch.equal(whole[0], torch.from_numpy(row.image))
+    assert len(answers) == 10 and (condition == "lowres") == (row.lowres.shape == (GRID // 2, GRID // 2))
+
+
+def test_the_default_condition_keeps_old_rows_and_checkpoints_as_they_were(tok, tmp_path):
+    """Rows and checkpoints that record no condition read as "lowres": the same field table (no condition
+    key, no upsampled field), CogView's sequence (the half-size codes under their own grid token, window
+    conditions cropped from the image codes), and a geometry with the "lowres" condition."""
+    rows = write_rows(tmp_path, tok, 1, highres=True)
+    data = TaskSequenceDataset(ShardedRows(tmp_path), tok, {"super_resolution": 1.0})
+    assert data.rows.format.sr_condition == "lowres" and rows[0].shape == (data.rows.format.annotations_offset,)
+    assert [field["name"] for field in data.rows.manifest["fields"]] == ["text_len", "text", "image", "lowres",
+                                                                           "highres"]
+    assert "condition" not in data.rows.manifest["fields"][3]
+    row, window = data.rows[0], magnify_windows(GRID)[4]
+    ids = data.super_resolution_sequence(row, window).ids
+    lo = torch.from_numpy(row.image[2:6, 2:6].copy())
+    expected = sequences.super_resolution(tok, row.text_ids, lo, GRID // 2, GRID,
+                                          torch.from_numpy(row.highres[4:12, 4:12].copy()), window=4)
+    assert ids == expected.ids and tok.grid_token(GRID // 2) in ids
+    config = ModelConfig(vocab_size=64, num_layers=1, hidden_size=8, num_attention_heads=1, max_position_embeddings=112)
+    old = {"image_grid": 8, "text_max_tokens": 16, "lowres_grid": 4, "sr_windows": True}
+    assert geometry_from({"data": old}, config).sr_condition == "lowres"
+    assert geometry_from({"data": {**old, "sr_condition": "upsampled"}}, config).sr_condition == "upsampled"
+    with pytest.raises(UserError) as refused:
+        geometry_from({"data": {**old, "sr_condition": "sharpened"}}, config)
+    assert "\n" not in str(refused.value) and "upsampled" in str(refused.value)
+
+
+def test_training_records_the_condition_in_the_checkpoint_metadata():
+    from pretrain_gpt2 import data_geometry
+
+    assert data_geometry(RowFormat(16, 8, 8, "uint16", 16, sr_condition="upsampled"))["sr_condition"] == "upsampled"
+    assert data_geometry(RowFormat(16, 8, 4, "uint16"))["sr_condition"] == "lowres"
+    with pytest.raises(ValueError, match="condition"):
+        RowFormat(16, 8, 4, "uint16", sr_condition="upsampled")  # a half-size field under the upsampled name
 
 
 def test_windows_train_only_from_rows_with_highres_codes(tok, tmp_path):
@@ -149,6 +193,42 @@ def test_preprocessing_stores_highres_codes_of_the_scene_at_twice_the_size(tools
         preprocess_data.main([*args, "--output", str(output)])
     with pytest.raises(SystemExit):
         preprocess_data.main([*args[:-1], "--with-highres", "--output", str(tmp_path / "x")])
+
+
+def test_preprocessing_stores_the_upsampled_condition_and_refuses_to_resume_with_another(tools, tmp_path):
+    """With --sr-condition upsampled the lowres field holds the codes of the half-size image bicubic-upsampled
+    back (at the image grid) and the upsampled field those of the image upsampled to twice its side; the
+    manifest records the condition, and a resume with the default condition is refused in one line."""
+    from PIL import Image
+
+    output = tmp_path / "data"
+    args = ["--text-tokenizer", tools.sp, "--vqvae", tools.vq, "--dataset", "shapes", "--num-items", "4",
+            "--workers", "0", "--with-lowres", "--with-highres", "--output", str(output)]
+    preprocess_data.main([*args, "--sr-condition", "upsampled"])
+    rows = ShardedRows(output)
+    fields = {field["name"]: field for field in rows.manifest["fields"]}
+    assert rows.format.sr_condition == "upsampled" and rows.manifest["preprocess"]["sr_condition"] == "upsampled"
+    assert fields["lowres"]["grid"] == 8 and fields["lowres"]["condition"] == "upsampled"
+    assert fields["upsampled"]["grid"] == 16
+    source = open_dataset("shapes", num_items=4)
+
+    def codes(image: Image.Image) -> np.ndarray:
+        return img2code(tools.vqvae, pil_to_tensor(image)[None])[0].numpy()
+
+    for i in range(4):
+        image = source.item(i).image
+        small = image.resize((32, 32), Image.Resampling.BICUBIC)
+        assert np.array_equal(rows[i].lowres, codes(small.resize((64, 64), Image.Resampling.BICUBIC)))
+        assert np.array_equal(rows[i].upsampled, codes(image.resize((128, 128), Image.Resampling.BICUBIC)))
+        assert np.array_equal(rows[i].highres, codes(source.double_size(source.item(i))))
+    data = TaskSequenceDataset(rows, UnifiedTokenizer.from_files(tools.sp, 64), {"super_resolution": 1.0})
+    ids = data.super_resolution_sequence(rows[0], None).ids
+    assert ids[ids.index(data.tokenizer["[BOI1]"]) - 1] == data.tokenizer.grid_token(8)  # the condition's own grid
+    with pytest.raises(UserError, match="sr_condition") as refused:
+        preprocess_data.main(args)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(SystemExit):
+        preprocess_data.main([*args[:-4], "--output", str(tmp_path / "x"), "--sr-condition", "upsampled"])
 
 
 def test_files_too_small_for_twice_the_size_keep_their_row_without_highres(tools, tmp_path):
@@ -243,6 +323,37 @@ def test_greedy_is_the_default_of_every_super_resolution_entry_point(tok, record
     assert tasks.SUPER_RESOLUTION_SAMPLING.top_k == 1  # greedy
 
 
+def test_every_entry_point_follows_the_upsampled_condition(tok, monkeypatch):
+    """A model trained on the "upsampled" condition reads, at every entry point, the codes of its input
+    bicubic-upsampled to the target's size: a 32 px input at the 8x8 grid, a 64 px image to magnify at 16x16,
+    and text2image_select_upscale's pick decoded and upsampled, as training's rows were made."""
+    from PIL import Image
+
+    from vqvae.model import VQVAE as Model
+
+    torch.manual_seed(0)
+    vqvae = Model(VQVAEConfig(codebook_size=tok.codebook_size, embed_dim=8, hidden_channels=16,
+                              num_res_blocks=0)).eval()
+    pipe = Pipeline(tiny_model(tok), tok, vqvae, replace(tiny_geometry(), sr_condition="upsampled"))
+    seen = []
+    real = tasks.super_resolve_codes
+    monkeypatch.setattr(tasks, "super_resolve_codes",
+                        lambda model, t, geometry, codes, *rest: seen.append(codes) or real(model, t, geometry, codes,
+                                                                                             *rest))
+
+    def codes(image: Image.Image, side: int) -> torch.Tensor:
+        return img2code(vqvae, pil_to_tensor(image.resize((side, side), Image.Resampling.BICUBIC))[None])[0]
+
+    small, image = (open_dataset("shapes", size=size, num_items=1).item(0).image for size in (32, 64))
+    assert pipe.super_resolve([small], "a red circle")[0].size == (64, 64)
+    assert pipe.super_resolve([image], "a red circle")[0].size == (128, 128)
+    selected = pipe.text2image_select_upscale("a red circle", n=2)[0]
+    pick = pipe.decode_codes(selected.candidates.codes[selected.best:selected.best + 1])[0]
+    assert [tuple(c.shape) for c in seen] == [(1, 8, 8), (1, 16, 16), (1, 16, 16)]
+    assert torch.equal(seen[0][0], codes(small, 64)) and torch.equal(seen[1][0], codes(image, 128))
+    assert torch.equal(seen[2][0], codes(pick, 128)) and selected.upscaled.size == (128, 128)
+
+
 def test_generate_samples_and_evaluate_use_the_default(tmp_path, monkeypatch):
     import evaluate
     import generate_samples
@@ -266,3 +377,24 @@ def test_generate_samples_and_evaluate_use_the_default(tmp_path, monkeypatch):
     assert seen and all(set(k) == {"seed"} for k in seen)  # no sampling flags: super-resolution's default
     assert report["sampling"] == tasks.SUPER_RESOLUTION_SAMPLING.to_dict()
     assert {"checker_input", "checker_output", "checker_bicubic"} <= set(report)
+
+
+def test_finetuning_rows_follow_the_base_models_condition(tok):
+    """Fine-tuning's rows (finetune.data.tokenise) condition super-resolution as the base model did."""
+    from PIL import Image
+
+    from finetune.data import tokenise
+    from vqvae.model import VQVAE as Model
+
+    torch.manual_seed(0)
+    vqvae = Model(VQVAEConfig(codebook_size=tok.codebook_size, embed_dim=8, hidden_channels=16,
+                              num_res_blocks=0)).eval()
+    image = open_dataset("shapes", size=64, num_items=1).item(0).image
+    for condition, grid in (("lowres", 4), ("upsampled", 8)):
+        geometry = replace(tiny_geometry(), sr_condition=condition)
+        rows = tokenise([image], ["a red circle"], tok, vqvae, geometry, with_lowres=True, name="x")
+        assert rows.format.sr_condition == condition and rows[0].lowres.shape == (grid, grid)
+    upsampled = image.resize((32, 32), Image.Resampling.BICUBIC).resize((64, 64), Image.Resampling.BICUBIC)
+    assert np.array_equal(rows[0].lowres, img2code(vqvae, pil_to_tensor(upsampled)[None])[0].numpy())
+    plain = tokenise([image], ["a red circle"], tok, vqvae, geometry, with_lowres=False, name="x")
+    assert plain.format.lowres_grid is None
