@@ -55,7 +55,10 @@ class Recipe:
         # bf16 (AMX on this machine's CPUs) nearly halves a step; lr 2e-3 beat 1e-3 and 4e-3 in 1,500-step pilots.
         return ["--bf16", "--batch-size", "32", "--lr", "2e-3", "--warmup", "0.02", "--hidden-dropout",
                 f"{self.dropout:g}", "--attention-dropout", f"{self.dropout:g}", "--cfg-drop-prob", "0.1",
-                "--num-workers", "1", "--task-mix", self.task_mix]
+                "--num-workers", "1", "--task-mix", self.task_mix,
+                # Row and column embeddings: super-resolution copies its condition's code at the same place,
+                # one attention match with 2-D positions (docs/tasks/super_resolution.md).
+                "--image-positions", "2d"]
 
 
 # Super-resolution trains its whole-image step and, with --with-highres data, the 9 magnification windows
@@ -74,7 +77,8 @@ def data_stages(run: Path, dataset: str, image_size: int, train_items: int, val_
     sp_model = tok / "sp.model"
     shards = ["--dataset", dataset, "--language", language, "--image-size", str(image_size),
               "--text-tokenizer", str(sp_model), "--vqvae", str(vq), "--text-max-tokens", "32",
-              *(["--with-lowres", "--with-highres"] if with_lowres else []), "--workers", str(workers)]
+              *(["--with-lowres", "--with-highres", "--sr-condition", "upsampled"] if with_lowres else []),
+              "--workers", str(workers)]
     return [
         Stage("tokenizer", ["train_text_tokenizer.py", "--dataset", dataset, "--language", language,
                             "--vocab-size", str(vocab_size), "--output", str(tok / "sp")], [sp_model]),
