@@ -152,3 +152,24 @@ def write_tiny_checkpoint(folder, grid: int = 8, max_positions: int = 112, sr_wi
                          "sr_windows": sr_windows}}
     save_exported(model, folder / "gpt", extra=metadata)
     return folder / "gpt"
+
+
+def write_located_checkpoint(folder, captions: list[str], vocab_size: int):
+    """An exported tiny checkpoint whose tokenizer has 16 location bins (the understanding tasks), with its
+    SentencePiece model trained on `captions` and an untrained VQ-VAE; returns the model's folder."""
+    from data_utils.text_tokenizer import TextTokenizer, train_sentencepiece
+    from model.export import save_exported
+    from vqvae.api import save_vqvae, vqvae_fingerprint
+    from vqvae.config import VQVAEConfig
+    from vqvae.model import VQVAE
+
+    sp_model = train_sentencepiece(captions, folder / "tok" / "sp", vocab_size=vocab_size)
+    torch.manual_seed(0)
+    vqvae = VQVAE(VQVAEConfig(codebook_size=16, embed_dim=8, hidden_channels=16, num_res_blocks=0)).eval()
+    save_vqvae(vqvae, folder / "vqvae")
+    tok = UnifiedTokenizer(TextTokenizer(sp_model), 16, location_bins=16)
+    metadata = {"tokenizer": tok.describe(),
+                "vqvae": {"path": str(folder / "vqvae"), "fingerprint": vqvae_fingerprint(vqvae)},
+                "data": {"image_grid": 8, "text_max_tokens": 16, "lowres_grid": 4}}
+    save_exported(tiny_model(tok, max_positions=160), folder / "gpt", extra=metadata)
+    return folder / "gpt"

@@ -3,35 +3,18 @@ manifest records, drawn PNGs, the flag audit, and loading a checkpoint's locatio
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 import generate_samples
-from data_utils.text_tokenizer import TextTokenizer, train_sentencepiece
-from data_utils.tokenizer import UnifiedTokenizer
 from generation.loading import load_components
 from generation.outputs import read_png_metadata
-from model.export import save_exported
-from tests.generation_helpers import CAPTIONS, tiny_model
+from tests.generation_helpers import CAPTIONS, write_located_checkpoint
 from utils.errors import UserError
-from vqvae.api import save_vqvae, vqvae_fingerprint
-from vqvae.config import VQVAEConfig
-from vqvae.model import VQVAE
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ckpt")
-    sp_model = train_sentencepiece(CAPTIONS * 20, folder / "tok" / "sp", vocab_size=300)
-    torch.manual_seed(0)
-    vqvae = VQVAE(VQVAEConfig(codebook_size=16, embed_dim=8, hidden_channels=16, num_res_blocks=0)).eval()
-    save_vqvae(vqvae, folder / "vqvae")
-    tok = UnifiedTokenizer(TextTokenizer(sp_model), 16, location_bins=16)
-    metadata = {"tokenizer": tok.describe(),
-                "vqvae": {"path": str(folder / "vqvae"), "fingerprint": vqvae_fingerprint(vqvae)},
-                "data": {"image_grid": 8, "text_max_tokens": 16, "lowres_grid": 4}}
-    save_exported(tiny_model(tok, max_positions=160), folder / "gpt", extra=metadata)
-    return folder / "gpt"
+    return write_located_checkpoint(tmp_path_factory.mktemp("ckpt"), CAPTIONS * 20, vocab_size=300)
 
 
 def inputs(folder):

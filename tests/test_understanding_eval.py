@@ -3,7 +3,6 @@ stand-ins for the pipeline, and one end-to-end run on a tiny checkpoint with loc
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 import evaluate
@@ -11,7 +10,7 @@ from data_utils.sequences import GroundedCaption
 from data_utils.shapes import ShapeObject, ShapesDataset
 from eval_utils.grounding import grounding_section, referring_section
 from eval_utils.vqa import held_out_questions, normalise_answer, same_answer, vqa_section
-from tests.generation_helpers import tiny_model
+from tests.generation_helpers import tiny_model, write_located_checkpoint
 
 BLANK = Image.new("RGB", (64, 64), "white")
 RED_SQUARE = ShapeObject("red", "square", "large", "top left", (2, 2, 22, 22))
@@ -116,25 +115,9 @@ def test_referring_accuracy_at_iou_one_half():
 # --- end to end on a tiny checkpoint with location tokens ---------------------------------------------
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from data_utils.text_tokenizer import TextTokenizer, train_sentencepiece
-    from data_utils.tokenizer import UnifiedTokenizer
-    from model.export import save_exported
-    from vqvae.api import save_vqvae, vqvae_fingerprint
-    from vqvae.config import VQVAEConfig
-    from vqvae.model import VQVAE
-
-    folder = tmp_path_factory.mktemp("undeval")
     shapes = ShapesDataset(seed=0, language="both")
-    sp_model = train_sentencepiece([shapes.caption(i) for i in range(300)], folder / "tok" / "sp", vocab_size=400)
-    torch.manual_seed(0)
-    vqvae = VQVAE(VQVAEConfig(codebook_size=16, embed_dim=8, hidden_channels=16, num_res_blocks=0)).eval()
-    save_vqvae(vqvae, folder / "vqvae")
-    tok = UnifiedTokenizer(TextTokenizer(sp_model), 16, location_bins=16)
-    metadata = {"tokenizer": tok.describe(),
-                "vqvae": {"path": str(folder / "vqvae"), "fingerprint": vqvae_fingerprint(vqvae)},
-                "data": {"image_grid": 8, "text_max_tokens": 16, "lowres_grid": 4}}
-    save_exported(tiny_model(tok, max_positions=160), folder / "gpt", extra=metadata)
-    return folder / "gpt"
+    return write_located_checkpoint(tmp_path_factory.mktemp("undeval"), [shapes.caption(i) for i in range(300)],
+                                    vocab_size=400)
 
 
 def test_evaluate_runs_the_understanding_sections_and_matches_direct_calls(checkpoint, tmp_path, capsys):
