@@ -70,15 +70,16 @@ EMOJI = Recipe("text2image=0.8,image2text=0.2", dropout=0.1)
 
 def data_stages(run: Path, dataset: str, image_size: int, train_items: int, val_items: int, vqvae_minutes: float,
                 language: str, workers: int, vocab_size: int, with_lowres: bool,
-                vqvae_variety: float) -> list[Stage]:
+                vqvae_variety: float, location_bins: int = 0) -> list[Stage]:
     """Tokenizer, VQ-VAE and train/val shards of one dataset under `run` (low-res codes only for a task mix
-    with super-resolution; the VQ-VAE's `--variety-objects` only when `vqvae_variety` is set)."""
+    with super-resolution; the VQ-VAE's `--variety-objects` only when `vqvae_variety` is set; location tokens
+    only when `location_bins` is)."""
     tok, vq, data = run / "tokenizer", run / "vqvae", run / "data"
     sp_model = tok / "sp.model"
     shards = ["--dataset", dataset, "--language", language, "--image-size", str(image_size),
               "--text-tokenizer", str(sp_model), "--vqvae", str(vq), "--text-max-tokens", "32",
               *(["--with-lowres", "--with-highres", "--sr-condition", "upsampled"] if with_lowres else []),
-              "--workers", str(workers)]
+              *(["--location-bins", str(location_bins)] if location_bins else []), "--workers", str(workers)]
     return [
         Stage("tokenizer", ["train_text_tokenizer.py", "--dataset", dataset, "--language", language,
                             "--vocab-size", str(vocab_size), "--output", str(tok / "sp")], [sp_model]),
@@ -167,11 +168,12 @@ def trained_stage(run: Path, recipe: Recipe, budget_minutes: float) -> tuple[Sta
 
 
 def train_from_scratch(run: Path, dataset: str, recipe: Recipe, budget_minutes: float, train_items: int,
-                       val_items: int, vocab_size: int, args: argparse.Namespace) -> Path:
+                       val_items: int, vocab_size: int, args: argparse.Namespace, language: str = "en",
+                       location_bins: int = 0) -> Path:
     """Tokenizer, VQ-VAE, shards and a transformer trained for the budget; returns its save folder."""
-    for stage in data_stages(run, dataset, 64, train_items, val_items, args.vqvae_minutes, "en", args.workers,
+    for stage in data_stages(run, dataset, 64, train_items, val_items, args.vqvae_minutes, language, args.workers,
                              vocab_size=vocab_size, with_lowres="super_resolution" in recipe.task_mix,
-                             vqvae_variety=args.vqvae_variety):
+                             vqvae_variety=args.vqvae_variety, location_bins=location_bins):
         stage.run(run)
     stage, gpt = trained_stage(run, recipe, budget_minutes)
     stage.run(run)
@@ -200,10 +202,9 @@ def shapes_table(report: dict, cfg_scales: list[float], candidates: int, caption
     return "\n".join(lines)
 
 
-def run_shapes(args: argparse.Namespace) -> dict:
-    run = Path(args.run_dir) / "shapes"
-    gpt = train_from_scratch(run, "shapes", SHAPES,
-                             args.budget_minutes, args.train_items, 512, vocab_size=400, args=args)
+def english_evaluation(run: Path, gpt: Path, args: argparse.Namespace) -> dict:
+    """The shapes evaluation of `gpt` on English held-out prompts (t2i at every guidance scale, captions,
+    super-resolution, bits per token), kept in `{run}/eval-{gpt.name}.json`; returns its report."""
     output = run / f"eval-{gpt.name}.json"
     Stage(f"evaluate-{gpt.name}", ["evaluate.py", "--load", str(gpt), "--dataset", "shapes", "--language", "en",
                                    "--sections", "t2i,caption,sr,bpt", "--valid-data", str(run / "data" / "val"),
@@ -212,7 +213,14 @@ def run_shapes(args: argparse.Namespace) -> dict:
                                    "--candidates", str(args.candidates), "--post-select",
                                    "--caption-candidates", str(args.caption_candidates), "--output-json", str(output)],
           [output]).run(run)
-    report = json.loads(output.read_text(encoding="utf-8"))
+    return json.loads(output.read_text(encoding="utf-8"))
+
+
+def run_shapes(args: argparse.Namespace) -> dict:
+    run = Path(args.run_dir) / "shapes"
+    gpt = train_from_scratch(run, "shapes", SHAPES,
+                             args.budget_minutes, args.train_items, 512, vocab_size=400, args=args)
+    report = english_evaluation(run, gpt, args)
     steps = report["checkpoint"]["iteration"]
     print(f"\nshapes, {steps} steps of batch 32 ({args.budget_minutes:g} min), {args.num_prompts} held-out prompts, "
           f"temperature {args.temperature:g}")
@@ -243,18 +251,6 @@ JOINT_LANGUAGE = "both"  # the understanding targets are per language, English a
 JOINT_SECTIONS = "retrieval,attention,vqa,grounding,referring"  # per language; t2i, caption, sr, bpt in English
 
 
-def joint_model(run: Path, args: argparse.Namespace) -> Path:
-    """The shapes stages with both caption languages and location tokens, then the JOINT transformer."""
-    for stage in data_stages(run, "shapes", 64, args.train_items, 512, args.vqvae_minutes, JOINT_LANGUAGE,
-                             args.workers, vocab_size=400, with_lowres=True, vqvae_variety=args.vqvae_variety):
-        if stage.argv[0] == "preprocess_data.py":
-            stage = Stage(stage.name, [*stage.argv, "--location-bins", str(JOINT_LOCATION_BINS)], stage.outputs)
-        stage.run(run)
-    stage, gpt = trained_stage(run, JOINT, args.budget_minutes)
-    stage.run(run)
-    return gpt
-
-
 def understanding_table(report: dict) -> str:
     """The understanding sections of the joint model, one row per language."""
     sections = report["sections"]
@@ -275,22 +271,17 @@ def run_joint(args: argparse.Namespace, shapes_report: dict) -> None:
     """Train JOINT in `{run_dir}/shapes_joint`, evaluate it as the shapes run is evaluated (English) plus the
     understanding sections (English and Chinese), and print its rows next to the shapes rows."""
     run = Path(args.run_dir) / "shapes_joint"
-    gpt = joint_model(run, args)
-    english, both = run / f"eval-{gpt.name}.json", run / f"eval-understanding-{gpt.name}.json"
-    Stage(f"evaluate-{gpt.name}", ["evaluate.py", "--load", str(gpt), "--dataset", "shapes", "--language", "en",
-                                   "--sections", "t2i,caption,sr,bpt", "--valid-data", str(run / "data" / "val"),
-                                   "--num-prompts", str(args.num_prompts), "--temperature", f"{args.temperature:g}",
-                                   "--cfg-scale", *(f"{s:g}" for s in args.cfg_scales),
-                                   "--candidates", str(args.candidates), "--post-select",
-                                   "--caption-candidates", str(args.caption_candidates), "--output-json", str(english)],
-          [english]).run(run)
+    # The shapes stages with both caption languages and location tokens, then the JOINT transformer.
+    gpt = train_from_scratch(run, "shapes", JOINT, args.budget_minutes, args.train_items, 512, vocab_size=400,
+                             args=args, language=JOINT_LANGUAGE, location_bins=JOINT_LOCATION_BINS)
+    report = english_evaluation(run, gpt, args)
+    both = run / f"eval-understanding-{gpt.name}.json"
     # Retrieval's target is on 100 pairs; --num-prompts below 200 (a dry run) shrinks it with the rest.
     Stage(f"evaluate-understanding-{gpt.name}", [
         "evaluate.py", "--load", str(gpt), "--dataset", "shapes", "--language", JOINT_LANGUAGE,
         "--sections", JOINT_SECTIONS, "--num-prompts", str(args.num_prompts),
         "--retrieval-pairs", str(max(min(100, args.num_prompts // 2), 2)), "--output-json", str(both)],
         [both]).run(run)
-    report = json.loads(english.read_text(encoding="utf-8"))
     understanding = json.loads(both.read_text(encoding="utf-8"))
     print(f"\nshapes + understanding tasks ({JOINT.task_mix}), {report['checkpoint']['iteration']} steps "
           f"({args.budget_minutes:g} min), English and Chinese, {JOINT_LOCATION_BINS}x{JOINT_LOCATION_BINS} "
