@@ -78,7 +78,10 @@ def data_stages(run: Path, dataset: str, image_size: int, train_items: int, val_
     sp_model = tok / "sp.model"
     shards = ["--dataset", dataset, "--language", language, "--image-size", str(image_size),
               "--text-tokenizer", str(sp_model), "--vqvae", str(vq), "--text-max-tokens", "32",
-              *(["--with-lowres", "--with-highres", "--sr-condition", "upsampled"] if with_lowres else []),
+              # Not `--sr-condition upsampled`: it beats bicubic in an SR-heavy pilot, but its 64-code condition
+              # makes super-resolution the longest sequence, and the padded batches of this mix train about 1.4x
+              # slower (docs/tasks/super_resolution.md).
+              *(["--with-lowres", "--with-highres"] if with_lowres else []),
               *(["--location-bins", str(location_bins)] if location_bins else []), "--workers", str(workers)]
     return [
         Stage("tokenizer", ["train_text_tokenizer.py", "--dataset", dataset, "--language", language,

@@ -48,7 +48,7 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
     sp_model = tok / "sp.model"
     common_data = ["--dataset", "shapes", "--language", "both", "--image-size", str(args.image_size),
                    "--text-tokenizer", str(sp_model), "--vqvae", str(vq), "--text-max-tokens", "32",
-                   "--with-lowres", "--with-highres", "--sr-condition", "upsampled", "--workers", str(args.workers)]
+                   "--with-lowres", "--with-highres", "--workers", str(args.workers)]
     return [
         Stage("tokenizer", ["train_text_tokenizer.py", "--dataset", "shapes", "--language", "both",
                             "--num-items", "10000", "--output", str(tok / "sp")], [sp_model]),
