@@ -53,7 +53,8 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
         Stage("tokenizer", ["train_text_tokenizer.py", "--dataset", "shapes", "--language", "both",
                             "--num-items", "10000", "--output", str(tok / "sp")], [sp_model]),
         Stage("vqvae", ["train_vqvae.py", "--dataset", "shapes", "--image-size", str(args.image_size),
-                        "--time-budget-minutes", str(args.vqvae_minutes), "--threads", "1", "--output", str(vq),
+                        "--time-budget-minutes", str(args.vqvae_minutes), "--threads", "2", "--batch-size", "8",
+                        "--output", str(vq),
                         "--save-recon-grid", str(vq / "reconstructions.png")],
               [vq / "model.safetensors", vq / "config.json"]),
         Stage("data-train", ["preprocess_data.py", *common_data, "--split", "train",
@@ -66,9 +67,10 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
                               "--valid-data", str(data / "val"), "--save", str(gpt),
                               "--tensorboard-dir", str(run / "tb" / "gpt"), *args.model_flags.split(),
                               "--task-mix", "text2image=0.65,image2text=0.2,super_resolution=0.15", "--image-positions", "2d",
-                              "--train-iters", str(args.train_iters), "--bf16", "--batch-size", "32", "--lr", "2e-3",
+                              "--train-iters", str(args.train_iters), "--bf16", "--batch-size", "16", "--lr", "2e-3",
+                              "--layernorm-order", "pre",
                               "--warmup", "0.05", "--hidden-dropout", "0", "--attention-dropout", "0",
-                              "--save-interval", "100", "--eval-interval", "100", "--eval-iters", "2",
+                              "--save-interval", "200", "--eval-interval", "200", "--eval-iters", "2",
                               "--log-interval", "20", "--num-workers", "1"],
               [gpt / "latest_checkpointed_iteration.txt"],
               resume_marker=gpt / "latest_checkpointed_iteration.txt", resume_argv=["--load", str(gpt)]),
@@ -177,9 +179,10 @@ def main() -> None:
     parser.add_argument("--run-dir", default="runs/quickstart", help="folder for every output of the run")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="preprocessing worker processes")
-    parser.add_argument("--train-items", type=int, default=20000, help="shapes items in the training shards")
-    parser.add_argument("--vqvae-minutes", type=float, default=2.5, help="VQ-VAE training budget")
-    parser.add_argument("--train-iters", type=int, default=1500, help="transformer optimizer steps (batch 32)")
+    parser.add_argument("--train-items", type=int, default=12000, help="shapes items in the training shards")
+    parser.add_argument("--vqvae-minutes", type=float, default=4.0,
+                        help="VQ-VAE training budget in CPU-minutes (two threads: about 2 minutes of wall time)")
+    parser.add_argument("--train-iters", type=int, default=800, help="transformer optimizer steps (batch 16)")
     parser.add_argument("--eval-prompts", type=int, default=100, help="held-out prompts evaluated per language")
     parser.add_argument("--docs-images", type=Path, default=None,
                         help="also copy the overview grid and the loss plot here (how docs/images is made)")
