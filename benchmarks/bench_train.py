@@ -16,7 +16,7 @@ Rows, each measured in a fresh process so that its peak memory is its own:
 - naive: a plain PyTorch GPT of the same sizes written below (explicit softmax(QK^T/sqrt(d))V with a
   materialised causal mask, no SDPA; pre-LN) trained by a plain loop: autocast forward, torch AdamW,
   clipping.
-All use dropout 0.1 and the same loss (next-token cross-entropy, `[PAD]` ignored).
+All use the same dropout (`--dropout`, 0.1 by default) and the same loss (next-token cross-entropy, `[PAD]` ignored).
 
 MFU is model FLOPs (`flops_per_token`, the same count for both rows) per second over the matmul rate
 measured on this device in the training dtype (training.metrics); peak memory is the CUDA allocator's
@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ours: DeepSpeed bf16 (fp32 master weights); naive: bf16 autocast")
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per row")
     parser.add_argument("--warmup-steps", type=int, default=3)
+    parser.add_argument("--dropout", type=float, default=0.1,
+                        help="hidden and attention dropout of every row (the quick start trains with 0)")
+    parser.add_argument("--layernorm-order", choices=("pre", "sandwich"), default="sandwich",
+                        help="our model's LayerNorms (the quick start trains pre-LN)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     return parser.parse_args(argv)
 
@@ -148,7 +152,9 @@ def _measure(row: str, args: argparse.Namespace, results) -> None:
     peak_flops = measure_matmul_flops(device, dtype)
     length = args.text_tokens + args.image_tokens + 4
     config = ModelConfig(vocab_size=args.vocab_size, num_layers=args.num_layers, hidden_size=args.hidden_size,
-                         num_attention_heads=args.num_attention_heads, max_position_embeddings=length)
+                         num_attention_heads=args.num_attention_heads, max_position_embeddings=length,
+                         layernorm_order=args.layernorm_order, hidden_dropout=args.dropout,
+                         attention_dropout=args.dropout)
     batch = _batch(args, device)
     rss_before = _rss_mib()
     if row == "ours":
@@ -158,7 +164,7 @@ def _measure(row: str, args: argparse.Namespace, results) -> None:
 
         model = CogViewGPT(config) if row == "model" else naive_gpt(
             config.vocab_size, config.num_layers, config.hidden_size, config.num_attention_heads,
-            config.max_position_embeddings, dropout=0.1)
+            config.max_position_embeddings, dropout=args.dropout)
         step = _plain_loop(model.to(device), batch, device, dtype)
     for _ in range(args.warmup_steps):
         step()
@@ -186,7 +192,9 @@ def _ours(args: argparse.Namespace, config, batch):
 
     flags = ["--train-data", "(random ids)", "--train-iters", str(args.steps + args.warmup_steps),
              "--batch-size", str(args.batch_size), "--num-layers", str(args.num_layers),
-             "--hidden-size", str(args.hidden_size), "--num-attention-heads", str(args.num_attention_heads)]
+             "--hidden-size", str(args.hidden_size), "--num-attention-heads", str(args.num_attention_heads),
+             "--layernorm-order", args.layernorm_order, "--hidden-dropout", str(args.dropout),
+             "--attention-dropout", str(args.dropout)]
     training_args = parse_training_args(flags + (["--bf16"] if args.precision == "bf16" else []))
     engine = build_engine(training_args, config, build_deepspeed_config(training_args, mpu.get_world_size()).config)
     return lambda: micro_step(engine, batch, config, PAD_ID, args.codebook_size, txt_loss_scale=1.0)
@@ -228,7 +236,8 @@ def main(argv: list[str] | None = None) -> None:
     memory = "peak CUDA memory (MiB)" if ours["device"].startswith("cuda") else "peak RSS growth (MiB)"
     print(f"\n{args.num_layers} layers, hidden {args.hidden_size}, {args.num_attention_heads} heads, "
           f"{args.text_tokens} text + {args.image_tokens} image tokens, batch {args.batch_size}, "
-          f"vocab {args.vocab_size}, {args.precision}, {ours['device']}, {args.steps} timed steps")
+          f"vocab {args.vocab_size}, {args.precision}, dropout {args.dropout}, {args.layernorm_order} LayerNorms, "
+          f"{ours['device']}, {args.steps} timed steps")
     print(f"| row | tokens/s | {memory} | MFU |\n|---|---|---|---|")
     for name, label in ROWS.items():
         row = measured[name]

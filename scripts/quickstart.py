@@ -54,7 +54,7 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
                             "--num-items", "10000", "--output", str(tok / "sp")], [sp_model]),
         Stage("vqvae", ["train_vqvae.py", "--dataset", "shapes", "--image-size", str(args.image_size),
                         "--time-budget-minutes", str(args.vqvae_minutes), "--threads", "2", "--batch-size", "8",
-                        "--output", str(vq),
+                        "--codebook-size", "128", "--output", str(vq),
                         "--save-recon-grid", str(vq / "reconstructions.png")],
               [vq / "model.safetensors", vq / "config.json"]),
         Stage("data-train", ["preprocess_data.py", *common_data, "--split", "train",
