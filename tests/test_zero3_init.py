@@ -47,8 +47,10 @@ def _worker(rank: int, port: int) -> None:
         for (name, param), expected in zip(model.named_parameters(), plain.parameters()):
             assert torch.equal(param, expected), f"{name} is not initialised like the plain model's"
     dist.barrier()
-    dist.destroy_process_group()
-
+    # Both ranks have passed every check. Leave without running C++ teardown: once in a clean-clone CI run, a
+    # gloo/DeepSpeed thread still joinable at interpreter exit aborted rank 0 ("terminate called without an
+    # active exception", SIGABRT) after the test had passed. A failed check raises above and still fails it.
+    os._exit(0)
 
 
 def test_zero3_model_is_partitioned_as_built_and_initialised_like_a_plain_one():
