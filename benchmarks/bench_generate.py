@@ -8,8 +8,8 @@ Example:
     python benchmarks/bench_generate.py --device cuda --max-run-seconds 600
     python benchmarks/bench_generate.py --quick --batches 1 16 --methods ours ours-int8   # int8 against fp32
 
-The first table is the quick start's shape (`scripts/quickstart.py`: 4 layers, hidden 256, 8 heads, 1,024
-image codes and 480 text pieces, an 8 x 8 grid), at batch 1 and 16, unguided and with the quick start's
+The first table is the quick start's shape (`scripts/quickstart.py`: 4 layers, hidden 256, 8 heads, pre-LN, 2-D
+image positions, 128 image codes and 480 text pieces, an 8 x 8 grid), at batch 1 and 16, unguided and with the quick start's
 guidance (cfg 1.5, temperature 0.4): seconds per image of the real `generation` code (median of
 --repeats runs) against the time its arithmetic needs, the FLOPs of every forward it runs (`sampling_flops`)
 divided by the fp32 matmul rate measured in the same run, and against its weight matmuls alone (the same
@@ -48,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_utils.sequences import text2image  # noqa: E402
+from data_utils.sequences import image_coordinates, image_tokens_of, text2image  # noqa: E402
 from data_utils.tokenizer import UnifiedTokenizer  # noqa: E402
 from fp16 import quantize_linear_layers  # noqa: E402
 from generation.sampling import (SamplingSettings, draw_uniforms, filter_logits, make_generators,  # noqa: E402
@@ -61,7 +61,8 @@ from utils.errors import UserError, run_main  # noqa: E402
 
 PROMPT_TOKENS = 16
 METHODS = ("ours", "ours-int8", "cogview", "nocache")
-QUICK_START_SHAPE = dict(layers=4, hidden=256, heads=8, codebook_size=1024, text_vocab=480, grid=8)
+QUICK_START_SHAPE = dict(layers=4, hidden=256, heads=8, codebook_size=128, text_vocab=480, grid=8,
+                         layernorm_order="pre", image_positions="2d")
 QUICK_START_BATCHES = (1, 16)
 QUICK_START_GUIDANCE = {"none": SamplingSettings(top_k=200),
                         "cfg 1.5": SamplingSettings(temperature=0.4, top_k=200, cfg_scale=1.5)}
@@ -113,15 +114,20 @@ class HiddenStateCache:
         for layer in self.model.transformer.layers:
             memories.append(x)
             x = layer(x, None)  # a square causal attention
-        return self.model.logits(x[:, -1:])[:, -1], memories
+        return self.model.logits(x[:, -1:])[:, -1], (memories, ids)
 
-    def step(self, memories, token: torch.Tensor, position: torch.Tensor):
-        x = self.model.embed(token, position)
+    def step(self, state, token: torch.Tensor, position: torch.Tensor):
+        memories, ids = state
+        ids = torch.cat([ids, token], dim=1)
+        # With 2-D image positions a code's row and column follow from the whole sequence, not from the token alone.
+        coordinates = (image_coordinates(ids, self.model.config.image_tokens).last(1)
+                       if self.model.config.image_positions == "2d" else None)
+        x = self.model.embed(token, position, coordinates)
         grown = []
         for layer, memory in zip(self.model.transformer.layers, memories):
             grown.append(torch.cat([memory, x], dim=1))
             x = layer(x, None, memory=memory)  # one query sees the whole prefix and itself
-        return self.model.logits(x)[:, -1], grown
+        return self.model.logits(x)[:, -1], (grown, ids)
 
 
 class NoCache:
@@ -245,7 +251,8 @@ def quick_start_table(args: argparse.Namespace) -> None:
     tok = UnifiedTokenizer(SyntheticText(shape["text_vocab"]), shape["codebook_size"])
     config = ModelConfig(vocab_size=tok.vocab_size, num_layers=shape["layers"], hidden_size=shape["hidden"],
                          num_attention_heads=shape["heads"], max_position_embeddings=args.positions,
-                         hidden_dropout=0.0, attention_dropout=0.0)
+                         hidden_dropout=0.0, attention_dropout=0.0, layernorm_order=shape["layernorm_order"],
+                         image_positions=shape["image_positions"], image_tokens=image_tokens_of(tok))
     torch.manual_seed(0)
     model = CogViewGPT(config).to(device).eval()
     grid, steps = shape["grid"], shape["grid"] ** 2
