@@ -37,6 +37,7 @@ command line, the checkpoint's fingerprints and the seed, and is rewritten after
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -217,10 +218,14 @@ def section_runners(pipe: Pipeline, args: argparse.Namespace, held_out: Captione
     batch, precision = args.max_inference_batch_size, pipe.precision
     size = pipe.image_size(pipe.geometry.image_grid)
 
+    @functools.cache
+    def held_out_splits(count: int) -> dict[str, CaptionedSet]:
+        """Per caption language, `count` held-out items, rendered once for every section that reads them."""
+        return language_splits(args.dataset, "val", size, args.language, args.data_seed, count)
+
     def shapes_items() -> dict[str, tuple[list, list]]:
         """Per caption language, --num-prompts held-out images and their objects."""
-        return {name: (split.images, split.objects) for name, split in language_splits(
-            args.dataset, "val", size, args.language, args.data_seed, args.num_prompts).items()}
+        return {name: (split.images, split.objects) for name, split in held_out_splits(args.num_prompts).items()}
 
     return {
         "t2i": lambda: text_to_image_section(held_out.objects, args.cfg_scale, images_at, args.candidates),
@@ -242,13 +247,11 @@ def section_runners(pipe: Pipeline, args: argparse.Namespace, held_out: Captione
         "vqvae": lambda: vqvae_section(pipe.vqvae, held_out.images),
         "retrieval": lambda: retrieval_section(pipe.retrieval_scores, {
             name: distinct_pairs(split.images, split.captions, args.retrieval_pairs)
-            for name, split in language_splits(args.dataset, "val", size, args.language, args.data_seed,
-                                               RETRIEVAL_ITEMS_PER_PAIR * args.retrieval_pairs).items()}),
+            for name, split in held_out_splits(RETRIEVAL_ITEMS_PER_PAIR * args.retrieval_pairs).items()}),
         "attention": lambda: attention_section(pipe.attention_maps, lambda text: pipe.tokenizer.decode_text(
             pipe.tokenizer.encode_text(text, pipe.geometry.text_max_tokens)), {
             name: (split.images, split.captions, split.objects)
-            for name, split in language_splits(args.dataset, "val", size, args.language, args.data_seed,
-                                               args.num_prompts).items()}, size, pipe.geometry.image_grid),
+            for name, split in held_out_splits(args.num_prompts).items()}, size, pipe.geometry.image_grid),
         "vqa": lambda: vqa_section(pipe.answer, shapes_items(), args.data_seed),
         "grounding": lambda: grounding_section(pipe.grounded_caption, pipe.phrase_for_box, shapes_items()),
         "referring": lambda: referring_section(pipe.ground, shapes_items()),
