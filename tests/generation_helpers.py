@@ -154,9 +154,10 @@ def write_tiny_checkpoint(folder, grid: int = 8, max_positions: int = 112, sr_wi
     return folder / "gpt"
 
 
-def write_located_checkpoint(folder, captions: list[str], vocab_size: int):
-    """An exported tiny checkpoint whose tokenizer has 16 location bins (the understanding tasks), with its
-    SentencePiece model trained on `captions` and an untrained VQ-VAE; returns the model's folder."""
+def write_located_checkpoint(folder, captions: list[str], vocab_size: int, location_bins: int = 16):
+    """An exported tiny checkpoint whose tokenizer has `location_bins` location bins (the understanding tasks;
+    0 for none), with its SentencePiece model trained on `captions` and an untrained VQ-VAE; returns the
+    model's folder."""
     from data_utils.text_tokenizer import TextTokenizer, train_sentencepiece
     from model.export import save_exported
     from vqvae.api import save_vqvae, vqvae_fingerprint
@@ -167,7 +168,7 @@ def write_located_checkpoint(folder, captions: list[str], vocab_size: int):
     torch.manual_seed(0)
     vqvae = VQVAE(VQVAEConfig(codebook_size=16, embed_dim=8, hidden_channels=16, num_res_blocks=0)).eval()
     save_vqvae(vqvae, folder / "vqvae")
-    tok = UnifiedTokenizer(TextTokenizer(sp_model), 16, location_bins=16)
+    tok = UnifiedTokenizer(TextTokenizer(sp_model), 16, location_bins=location_bins)
     metadata = {"tokenizer": tok.describe(),
                 "vqvae": {"path": str(folder / "vqvae"), "fingerprint": vqvae_fingerprint(vqvae)},
                 "data": {"image_grid": 8, "text_max_tokens": 16, "lowres_grid": 4}}

@@ -10,7 +10,7 @@ from data_utils.sequences import GroundedCaption
 from data_utils.shapes import ShapeObject, ShapesDataset
 from eval_utils.grounding import grounding_section, referring_section
 from eval_utils.vqa import held_out_questions, normalise_answer, same_answer, vqa_section
-from tests.generation_helpers import tiny_model, write_located_checkpoint
+from tests.generation_helpers import write_located_checkpoint
 
 BLANK = Image.new("RGB", (64, 64), "white")
 RED_SQUARE = ShapeObject("red", "square", "large", "top left", (2, 2, 22, 22))
@@ -149,25 +149,12 @@ def test_evaluate_runs_the_understanding_sections_and_matches_direct_calls(check
 
 
 def test_the_understanding_sections_are_skipped_without_location_tokens(tmp_path, caplog):
-    from data_utils.text_tokenizer import TextTokenizer, train_sentencepiece
-    from data_utils.tokenizer import UnifiedTokenizer
-    from model.export import save_exported
-    from vqvae.api import save_vqvae, vqvae_fingerprint
-    from vqvae.config import VQVAEConfig
-    from vqvae.model import VQVAE
-
     shapes = ShapesDataset(seed=0)
-    sp_model = train_sentencepiece([shapes.caption(i) for i in range(200)], tmp_path / "tok" / "sp", vocab_size=300)
-    vqvae = VQVAE(VQVAEConfig(codebook_size=16, embed_dim=8, hidden_channels=16, num_res_blocks=0)).eval()
-    save_vqvae(vqvae, tmp_path / "vqvae")
-    tok = UnifiedTokenizer(TextTokenizer(sp_model), 16)
-    metadata = {"tokenizer": tok.describe(),
-                "vqvae": {"path": str(tmp_path / "vqvae"), "fingerprint": vqvae_fingerprint(vqvae)},
-                "data": {"image_grid": 8, "text_max_tokens": 16, "lowres_grid": 4}}
-    save_exported(tiny_model(tok, max_positions=160), tmp_path / "gpt", extra=metadata)
+    checkpoint = write_located_checkpoint(tmp_path, [shapes.caption(i) for i in range(200)], vocab_size=300,
+                                          location_bins=0)
     out = tmp_path / "eval.json"
     with caplog.at_level("INFO"):
-        evaluate.main(["--load", str(tmp_path / "gpt"), "--sections", "vqvae,vqa,referring", "--num-prompts", "2",
+        evaluate.main(["--load", str(checkpoint), "--sections", "vqvae,vqa,referring", "--num-prompts", "2",
                        "--output-json", str(out)])
     assert json.loads(out.read_text())["sections"].keys() == {"vqvae"}
     assert sum("skipping the vqa,referring section(s)" in r.getMessage() for r in caplog.records) == 1
