@@ -7,14 +7,14 @@ Example:
     python benchmarks/bench_quality.py --joint                  # also the joint model with the understanding tasks
 
 The shapes run trains the recommended configuration (tokenizer, VQ-VAE, 8x8 codes, a 4-layer
-transformer with the task mixture) and evaluates held-out prompts with `evaluate.py` at several
-classifier-free guidance scales, each with and without post-selection, plus captions and
-super-resolution. The budget is the transformer's training time: a short calibration run of the same
+transformer with the task mixture) on English and Chinese captions and evaluates held-out prompts of each
+language with `evaluate.py` at several classifier-free guidance scales, each with and without post-selection,
+plus captions and super-resolution. The budget is the transformer's training time: a short calibration run of the same
 recipe logs its own seconds per step, and the run gets as many steps as fit (so the cosine schedule ends
 where the budget does). The emoji run trains a VQ-VAE and a transformer on the real emoji images and
 reports validation bits per image token and a grid of samples for held-out names. `--joint` also trains the
-shapes recipe jointly with the understanding tasks (its own run folder, `{run_dir}/shapes_joint`) and reports
-them next to the shapes rows (see `run_joint`).
+shapes recipe jointly with the understanding tasks (its own shards and transformer in `{run_dir}/shapes_joint`,
+the shapes run's tokenizer and VQ-VAE) and reports them next to the shapes rows (see `run_joint`).
 
 Prints one table; every number is also in `{run_dir}/eval*.json`. Stages are reused when re-run.
 """
@@ -68,29 +68,36 @@ SHAPES = Recipe("text2image=0.65,image2text=0.2,super_resolution=0.15", dropout=
 EMOJI = Recipe("text2image=0.8,image2text=0.2", dropout=0.1)
 
 
-def data_stages(run: Path, dataset: str, image_size: int, train_items: int, val_items: int, vqvae_minutes: float,
-                language: str, workers: int, vocab_size: int, with_lowres: bool,
-                vqvae_variety: float, location_bins: int = 0) -> list[Stage]:
-    """Tokenizer, VQ-VAE and train/val shards of one dataset under `run` (low-res codes only for a task mix
-    with super-resolution; the VQ-VAE's `--variety-objects` only when `vqvae_variety` is set; location tokens
-    only when `location_bins` is)."""
-    tok, vq, data = run / "tokenizer", run / "vqvae", run / "data"
-    sp_model = tok / "sp.model"
-    shards = ["--dataset", dataset, "--language", language, "--image-size", str(image_size),
-              "--text-tokenizer", str(sp_model), "--vqvae", str(vq), "--text-max-tokens", "32",
-              # Not `--sr-condition upsampled`: it beats bicubic in an SR-heavy pilot, but its 64-code condition
-              # makes super-resolution the longest sequence, and the padded batches of this mix train about 1.4x
-              # slower (docs/tasks/super_resolution.md).
-              *(["--with-lowres", "--with-highres"] if with_lowres else []),
-              *(["--location-bins", str(location_bins)] if location_bins else []), "--workers", str(workers)]
+def component_stages(components: Path, dataset: str, image_size: int, vqvae_minutes: float, language: str,
+                     vocab_size: int, vqvae_variety: float) -> list[Stage]:
+    """Tokenizer and VQ-VAE of one dataset under `components` (the VQ-VAE's `--variety-objects` only when
+    `vqvae_variety` is set)."""
+    tok, vq = components / "tokenizer", components / "vqvae"
     return [
         Stage("tokenizer", ["train_text_tokenizer.py", "--dataset", dataset, "--language", language,
-                            "--vocab-size", str(vocab_size), "--output", str(tok / "sp")], [sp_model]),
+                            "--vocab-size", str(vocab_size), "--output", str(tok / "sp")], [tok / "sp.model"]),
         Stage("vqvae", ["train_vqvae.py", "--dataset", dataset, "--image-size", str(image_size),
                         "--time-budget-minutes", str(vqvae_minutes), "--threads", "1", "--output", str(vq),
                         "--save-recon-grid", str(vq / "reconstructions.png"),
                         *(["--variety-objects", f"{vqvae_variety:g}"] if vqvae_variety else [])],
               [vq / "model.safetensors"]),
+    ]
+
+
+def shard_stages(run: Path, components: Path, dataset: str, image_size: int, train_items: int, val_items: int,
+                 language: str, workers: int, with_lowres: bool, location_bins: int = 0) -> list[Stage]:
+    """Train/val shards under `run`, encoded with the tokenizer and VQ-VAE under `components` (low-res codes
+    only for a task mix with super-resolution; location tokens only when `location_bins` is set)."""
+    shards = ["--dataset", dataset, "--language", language, "--image-size", str(image_size),
+              "--text-tokenizer", str(components / "tokenizer" / "sp.model"), "--vqvae", str(components / "vqvae"),
+              "--text-max-tokens", "32",
+              # Not `--sr-condition upsampled`: it beats bicubic in an SR-heavy pilot, but its 64-code condition
+              # makes super-resolution the longest sequence, and the padded batches of this mix train about 1.4x
+              # slower (docs/tasks/super_resolution.md).
+              *(["--with-lowres", "--with-highres"] if with_lowres else []),
+              *(["--location-bins", str(location_bins)] if location_bins else []), "--workers", str(workers)]
+    data = run / "data"
+    return [
         Stage("data-train", ["preprocess_data.py", *shards, "--split", "train", "--num-items", str(train_items),
                              "--output", str(data / "train")], [data / "train" / "manifest.json"]),
         Stage("data-val", ["preprocess_data.py", *shards, "--split", "val", "--num-items", str(val_items),
@@ -172,11 +179,16 @@ def trained_stage(run: Path, recipe: Recipe, budget_minutes: float) -> tuple[Sta
 
 def train_from_scratch(run: Path, dataset: str, recipe: Recipe, budget_minutes: float, train_items: int,
                        val_items: int, vocab_size: int, args: argparse.Namespace, language: str = "en",
-                       location_bins: int = 0) -> Path:
-    """Tokenizer, VQ-VAE, shards and a transformer trained for the budget; returns its save folder."""
-    for stage in data_stages(run, dataset, 64, train_items, val_items, args.vqvae_minutes, language, args.workers,
-                             vocab_size=vocab_size, with_lowres="super_resolution" in recipe.task_mix,
-                             vqvae_variety=args.vqvae_variety, location_bins=location_bins):
+                       location_bins: int = 0, components: Path | None = None) -> Path:
+    """Tokenizer, VQ-VAE, shards and a transformer trained for the budget; returns its save folder. The
+    tokenizer and VQ-VAE live in `components` (made there if missing; default `run`), so two runs can share
+    them."""
+    components = components or run
+    for stage in component_stages(components, dataset, 64, args.vqvae_minutes, language, vocab_size,
+                                  args.vqvae_variety):
+        stage.run(components)
+    for stage in shard_stages(run, components, dataset, 64, train_items, val_items, language, args.workers,
+                              with_lowres="super_resolution" in recipe.task_mix, location_bins=location_bins):
         stage.run(run)
     stage, gpt = trained_stage(run, recipe, budget_minutes)
     stage.run(run)
@@ -202,7 +214,8 @@ def shapes_table(report: dict, cfg_scales: list[float], candidates: int, caption
     return "\n".join(lines)
 
 
-SHAPES_LANGUAGES = ("en", "zh")  # the shapes runs train on both caption languages and are scored in each
+# The shapes runs train on captions in both languages and are scored in each.
+TRAINING_LANGUAGE, SCORED_LANGUAGES = "both", ("en", "zh")
 # Both languages' captions in 480 pieces keep every English word whole but "in"; at 400 "green" and "center"
 # split into 3 and 4 pieces (train_text_tokenizer.py prints a sample of each).
 SHAPES_VOCAB_SIZE = 480
@@ -237,8 +250,8 @@ def print_shapes_reports(reports: dict[str, dict], args: argparse.Namespace) -> 
 def run_shapes(args: argparse.Namespace) -> dict[str, dict]:
     run = Path(args.run_dir) / "shapes"
     gpt = train_from_scratch(run, "shapes", SHAPES, args.budget_minutes, args.train_items, 512,
-                             vocab_size=SHAPES_VOCAB_SIZE, args=args, language="both")
-    reports = {language: shapes_evaluation(run, gpt, args, language) for language in SHAPES_LANGUAGES}
+                             vocab_size=SHAPES_VOCAB_SIZE, args=args, language=TRAINING_LANGUAGE)
+    reports = {language: shapes_evaluation(run, gpt, args, language) for language in SCORED_LANGUAGES}
     steps = reports["en"]["checkpoint"]["iteration"]
     print(f"\nshapes, {steps} steps of batch 32 ({args.budget_minutes:g} min), {args.num_prompts} held-out prompts "
           f"per language, temperature {args.temperature:g}")
@@ -265,7 +278,6 @@ def joint_task_mix(shapes_mix: str) -> str:
 
 JOINT = Recipe(joint_task_mix(SHAPES.task_mix), dropout=SHAPES.dropout)
 JOINT_LOCATION_BINS = 32  # a 32 x 32 grid: 2-pixel cells on the 64 px canvas, finer than any box's jitter
-JOINT_LANGUAGE = "both"  # the understanding targets are per language, English and Chinese
 JOINT_SECTIONS = "retrieval,attention,vqa,grounding,referring"  # per language; t2i, caption, sr, bpt in English
 
 
@@ -289,15 +301,16 @@ def run_joint(args: argparse.Namespace, shapes_reports: dict[str, dict]) -> None
     """Train JOINT in `{run_dir}/shapes_joint`, evaluate it as the shapes run is evaluated plus the
     understanding sections (English and Chinese), and print its rows next to the shapes rows."""
     run = Path(args.run_dir) / "shapes_joint"
-    # The shapes stages with location tokens, then the JOINT transformer.
+    # The shapes run's tokenizer and VQ-VAE (the same image codes: the comparison is of the task mix alone),
+    # shards with location tokens, then the JOINT transformer.
     gpt = train_from_scratch(run, "shapes", JOINT, args.budget_minutes, args.train_items, 512,
-                             vocab_size=SHAPES_VOCAB_SIZE, args=args, language=JOINT_LANGUAGE,
-                             location_bins=JOINT_LOCATION_BINS)
-    reports = {language: shapes_evaluation(run, gpt, args, language) for language in SHAPES_LANGUAGES}
+                             vocab_size=SHAPES_VOCAB_SIZE, args=args, language=TRAINING_LANGUAGE,
+                             location_bins=JOINT_LOCATION_BINS, components=Path(args.run_dir) / "shapes")
+    reports = {language: shapes_evaluation(run, gpt, args, language) for language in SCORED_LANGUAGES}
     both = run / f"eval-understanding-{gpt.name}.json"
     # Retrieval's target is on 100 pairs; --num-prompts below 200 (a dry run) shrinks it with the rest.
     Stage(f"evaluate-understanding-{gpt.name}", [
-        "evaluate.py", "--load", str(gpt), "--dataset", "shapes", "--language", JOINT_LANGUAGE,
+        "evaluate.py", "--load", str(gpt), "--dataset", "shapes", "--language", TRAINING_LANGUAGE,
         "--sections", JOINT_SECTIONS, "--num-prompts", str(args.num_prompts),
         "--retrieval-pairs", str(max(min(100, args.num_prompts // 2), 2)), "--output-json", str(both)],
         [both]).run(run)
@@ -306,7 +319,7 @@ def run_joint(args: argparse.Namespace, shapes_reports: dict[str, dict]) -> None
           f"({args.budget_minutes:g} min), {JOINT_LOCATION_BINS}x{JOINT_LOCATION_BINS} location bins")
     print_shapes_reports(reports, args)
     print("\ntext-to-image, all held-out prompts, best candidate: shapes vs shapes + understanding")
-    for language in SHAPES_LANGUAGES:
+    for language in SCORED_LANGUAGES:
         for scale in args.cfg_scales:
             key = f"{scale:g}"
             alone, joint = (r[language]["sections"]["t2i"]["by_cfg_scale"][key]["judged"]["groups"]["all"]["correct"]

@@ -58,7 +58,7 @@ def test_the_understanding_table_has_a_row_per_language():
 def test_the_shapes_reports_print_a_table_per_language_and_super_resolution_once(capsys):
     import argparse
 
-    from benchmarks.bench_quality import SHAPES_LANGUAGES, print_shapes_reports
+    from benchmarks.bench_quality import SCORED_LANGUAGES, print_shapes_reports
 
     def groups(correct):
         return {name: {"correct": correct} for name in ("1 object", "2 objects", "all")}
@@ -73,7 +73,7 @@ def test_the_shapes_reports_print_a_table_per_language_and_super_resolution_once
     reports = {"en": report(0.9), "zh": report(0.25)}
     print_shapes_reports(reports, argparse.Namespace(cfg_scales=[1.5], candidates=8, caption_candidates=16))
     lines = capsys.readouterr().out.splitlines()
-    assert [line for line in lines if line in SHAPES_LANGUAGES] == ["en", "zh"]
+    assert [line for line in lines if line in SCORED_LANGUAGES] == ["en", "zh"]
     zh_rows = lines[lines.index("zh") + 2:lines.index("zh") + 6]
     assert all(row.split()[-1] == "0.250" for row in zh_rows) and len(zh_rows) == 4
     assert sum(line.startswith("super-resolution PSNR 25.00 dB vs bicubic 24.00 dB (+1.00 dB)") for line in lines) == 1

@@ -93,10 +93,10 @@ def test_a_share_outside_zero_to_one_is_refused(tmp_path):
 
 
 def test_the_benchmarks_pass_the_option_to_train_vqvae_only_when_set(tmp_path):
-    from benchmarks.bench_quality import data_stages
+    from benchmarks.bench_quality import component_stages
 
     def vqvae_argv(variety: float) -> list[str]:
-        stages = data_stages(tmp_path, "shapes", 64, 10, 10, 1.0, "en", 1, 400, True, vqvae_variety=variety)
+        stages = component_stages(tmp_path, "shapes", 64, 1.0, "en", 400, vqvae_variety=variety)
         return next(stage for stage in stages if stage.name == "vqvae").argv
 
     assert "--variety-objects" not in vqvae_argv(0.0)  # the same command as before: finished stages are reused
