@@ -195,22 +195,19 @@ def train_from_scratch(run: Path, dataset: str, recipe: Recipe, budget_minutes: 
     return gpt
 
 
-def shapes_table(report: dict, cfg_scales: list[float], candidates: int, caption_candidates: int) -> str:
-    """One row per (guidance scale, selection): single- and two-object accuracy; then captions, greedy and
-    chosen by agreement among sampled candidates."""
-    sections = report["sections"]
+def row(label: str, groups: dict) -> str:
+    """One table row: single-object, two-object and overall accuracy."""
+    return (f"{label:<32}{groups['1 object']['correct']:>10.3f}{groups['2 objects']['correct']:>11.3f}"
+            f"{groups['all']['correct']:>8.3f}")
+
+
+def shapes_table(report: dict, cfg_scales: list[float], candidates: int) -> str:
+    """Text-to-image: one row per (guidance scale, selection)."""
     lines = [f"{'cfg scale':<10}{'selection':<22}{'1 object':>10}{'2 objects':>11}{'all':>8}"]
     for scale in cfg_scales:
-        row = sections["t2i"]["by_cfg_scale"][f"{scale:g}"]
+        found = report["sections"]["t2i"]["by_cfg_scale"][f"{scale:g}"]
         for label, key in (("first candidate", "first_candidate"), (f"best of {candidates}", "judged")):
-            groups = row[key]["groups"]
-            lines.append(f"{scale:<10g}{label:<22}{groups['1 object']['correct']:>10.3f}"
-                         f"{groups['2 objects']['correct']:>11.3f}{groups['all']['correct']:>8.3f}")
-    caption = sections["caption"]
-    for label, groups in ((f"{'captions':<10}{'greedy':<22}", caption["groups"]),
-                          (f"{'captions':<10}{f'best of {caption_candidates}':<22}", caption["reranked"]["groups"])):
-        lines.append(f"{label}{groups['1 object']['correct']:>10.3f}{groups['2 objects']['correct']:>11.3f}"
-                     f"{groups['all']['correct']:>8.3f}")
+            lines.append(row(f"{scale:<10g}{label}", found[key]["groups"]))
     return "\n".join(lines)
 
 
@@ -222,26 +219,30 @@ SHAPES_VOCAB_SIZE = 480
 
 
 def shapes_evaluation(run: Path, gpt: Path, args: argparse.Namespace, language: str) -> dict:
-    """The shapes evaluation of `gpt` on held-out prompts in `language` (t2i at every guidance scale and
-    captions; English also super-resolution and bits per token, which do not depend on the caption language),
-    kept in `{run}/eval-{gpt.name}-{language}.json`; returns its report."""
+    """The shapes evaluation of `gpt` on held-out prompts in `language`, kept in
+    `{run}/eval-{gpt.name}-{language}.json`; returns its report. Text-to-image in each language; captions,
+    super-resolution and bits per token only with English, as the prompt language does not reach them (a
+    caption's language is the model's choice, and both languages' held-out images are the same pictures)."""
     output = run / f"eval-{gpt.name}-{language}.json"
-    per_language = ["--sections", "t2i,caption,sr,bpt", "--valid-data", str(run / "data" / "val")] \
-        if language == "en" else ["--sections", "t2i,caption"]
+    per_language = ["--sections", "t2i,caption,sr,bpt", "--valid-data", str(run / "data" / "val"),
+                    "--caption-candidates", str(args.caption_candidates)] if language == "en" else ["--sections", "t2i"]
     Stage(f"evaluate-{gpt.name}-{language}", [
         "evaluate.py", "--load", str(gpt), "--dataset", "shapes", "--language", language, *per_language,
-        "--num-prompts", str(args.num_prompts),
-        "--temperature", f"{args.temperature:g}", "--cfg-scale", *(f"{s:g}" for s in args.cfg_scales),
-        "--candidates", str(args.candidates), "--post-select", "--caption-candidates", str(args.caption_candidates),
+        "--num-prompts", str(args.num_prompts), "--temperature", f"{args.temperature:g}",
+        "--cfg-scale", *(f"{s:g}" for s in args.cfg_scales), "--candidates", str(args.candidates), "--post-select",
         "--output-json", str(output)], [output]).run(run)
     return json.loads(output.read_text(encoding="utf-8"))
 
 
 def print_shapes_reports(reports: dict[str, dict], args: argparse.Namespace) -> None:
-    """The shapes table of each language, then super-resolution (measured once, on the English run)."""
+    """The text-to-image table of each language, then captions and super-resolution (measured once)."""
     for language, report in reports.items():
-        print(f"\n{language}")
-        print(shapes_table(report, args.cfg_scales, args.candidates, args.caption_candidates))
+        print(f"\ntext-to-image, {language} prompts")
+        print(shapes_table(report, args.cfg_scales, args.candidates))
+    caption = reports["en"]["sections"]["caption"]
+    print("\ncaptions (in the language the model picks)")
+    print(row("greedy", caption["groups"]))
+    print(row(f"best of {args.caption_candidates}", caption["reranked"]["groups"]))
     sr = reports["en"]["sections"]["sr"]
     print(f"super-resolution PSNR {sr['psnr']:.2f} dB vs bicubic {sr['bicubic_psnr']:.2f} dB "
           f"({sr['gain_over_bicubic']:+.2f} dB)")

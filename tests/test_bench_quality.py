@@ -55,25 +55,26 @@ def test_the_understanding_table_has_a_row_per_language():
     assert rows[2].split()[:3] == ["zh", "0.250", "nan"] and len(rows) == 3
 
 
-def test_the_shapes_reports_print_a_table_per_language_and_super_resolution_once(capsys):
+def test_the_shapes_reports_print_text_to_image_per_language_and_captions_and_super_resolution_once(capsys):
     import argparse
 
-    from benchmarks.bench_quality import SCORED_LANGUAGES, print_shapes_reports
+    from benchmarks.bench_quality import print_shapes_reports
 
     def groups(correct):
         return {name: {"correct": correct} for name in ("1 object", "2 objects", "all")}
 
-    def report(correct):
+    def report(correct, captions=None):
         t2i = {"by_cfg_scale": {"1.5": {"first_candidate": {"groups": groups(correct)},
                                         "judged": {"groups": groups(correct)}}}}
-        caption = {"groups": groups(correct), "reranked": {"groups": groups(correct)}}
-        return {"sections": {"t2i": t2i, "caption": caption,
-                             "sr": {"psnr": 25.0, "bicubic_psnr": 24.0, "gain_over_bicubic": 1.0}}}
+        extra = {} if captions is None else {
+            "caption": {"groups": groups(captions), "reranked": {"groups": groups(captions)}},
+            "sr": {"psnr": 25.0, "bicubic_psnr": 24.0, "gain_over_bicubic": 1.0}}
+        return {"sections": {"t2i": t2i, **extra}}
 
-    reports = {"en": report(0.9), "zh": report(0.25)}
+    reports = {"en": report(0.9, captions=0.75), "zh": report(0.25)}
     print_shapes_reports(reports, argparse.Namespace(cfg_scales=[1.5], candidates=8, caption_candidates=16))
     lines = capsys.readouterr().out.splitlines()
-    assert [line for line in lines if line in SCORED_LANGUAGES] == ["en", "zh"]
-    zh_rows = lines[lines.index("zh") + 2:lines.index("zh") + 6]
-    assert all(row.split()[-1] == "0.250" for row in zh_rows) and len(zh_rows) == 4
+    zh = lines.index("text-to-image, zh prompts")
+    assert [line.split()[-1] for line in lines[zh + 2:zh + 4]] == ["0.250", "0.250"]
+    assert [line.split()[-1] for line in lines if line.startswith(("greedy", "best of 16"))] == ["0.750", "0.750"]
     assert sum(line.startswith("super-resolution PSNR 25.00 dB vs bicubic 24.00 dB (+1.00 dB)") for line in lines) == 1
