@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_quality import SHAPES, train_from_scratch  # noqa: E402
+from benchmarks.bench_quality import SHAPES, SHAPES_VOCAB_SIZE, TRAINING_LANGUAGE, train_from_scratch  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 from utils.files import atomic_write_json, read_json  # noqa: E402
 from utils.stages import Stage  # noqa: E402
@@ -160,7 +160,8 @@ def main() -> None:
         base = Path(args.base)
     else:
         base = train_from_scratch(Path(args.base_run_dir) / "shapes", "shapes", SHAPES, args.budget_minutes,
-                                  args.train_items, 512, vocab_size=400, args=args)
+                                  args.train_items, 512, vocab_size=SHAPES_VOCAB_SIZE, args=args,
+                                  language=TRAINING_LANGUAGE)
     from data_utils.subject import write_subject_data
 
     instances, prompts = write_subject_data(run, args.num_class_images)
