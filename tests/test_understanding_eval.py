@@ -91,6 +91,17 @@ def test_a_grounded_phrase_must_name_colour_shape_and_size():
     assert section.results["zh"]["grounded"] == 0.0 and section.results["zh"]["box_to_phrase"] == 1.0
 
 
+def test_a_phrase_in_either_language_names_the_object():
+    """Grounded captions and box to phrase have no words in their prompts: the model picks the language."""
+    def caption(given):
+        return [GroundedCaption("", [("一个大的红色正方形", (2, 2, 22, 22)), ("a small blue circle", (0, 0, 10, 10))])]
+
+    section = grounding_section(caption, lambda images, boxes: ["一个大的红色正方形", "a small blue circle"],
+                                {"en": ([BLANK], [[RED_SQUARE, BLUE_CIRCLE]])})
+    assert section.results["en"] == pytest.approx({"objects": 2, "grounded": 1 / 2, "phrases": 2,
+                                                   "box_to_phrase": 1.0})
+
+
 def test_referring_accuracy_at_iou_one_half():
     answers = {  # per expression: the square's boxes exact, the circle's at IoU exactly 0.5 (right),
         "the red square": (2, 2, 22, 22), "the large red square": (2, 2, 22, 22),
@@ -122,7 +133,7 @@ def checkpoint(tmp_path_factory):
 
 def test_evaluate_runs_the_understanding_sections_and_matches_direct_calls(checkpoint, tmp_path, capsys):
     from eval_utils.held_out import language_splits
-    from eval_utils.grounding import grounding_accuracy, referring_accuracy
+    from eval_utils.grounding import grounding_accuracy, referring_accuracy, true_objects
     from eval_utils.vqa import vqa_accuracy
     from data_utils.shapes_tasks import shapes_tasks
     from generation.pipeline import Pipeline
@@ -142,7 +153,8 @@ def test_evaluate_runs_the_understanding_sections_and_matches_direct_calls(check
             pipe.answer, split.images, held_out_questions(split.objects, language, 0)), nan_ok=True)
         tasks = [shapes_tasks(own, 64, language, 0, 0) for own in split.objects]
         assert sections["grounding"][language] == pytest.approx(grounding_accuracy(
-            pipe.grounded_caption, pipe.phrase_for_box, split.images, [t.objects for t in tasks]))
+            pipe.grounded_caption, pipe.phrase_for_box, split.images,
+            [true_objects(own, image) for own, image in zip(split.objects, split.images)]))
         assert sections["referring"][language] == pytest.approx(referring_accuracy(
             pipe.ground, split.images, [t.expressions for t in tasks]))
         assert sections["vqa"][language]["questions"] >= 16  # at least 8 questions an item
