@@ -8,12 +8,13 @@ the visible pixels), as `../shared/datasets/shapes-tasks.md` fixes them. A box i
   shape and size) and that phrase's box is right. Each generated phrase grounds at most one object.
   Reported: the share of all objects grounded, and how many phrases the captions held.
 - box to phrase: the true box of each object given, the phrase generated for it must name the object.
-
-Neither prompt holds any words (an image, then `[GRND]`, or a box), so the model writes in the language it
-picks, and a phrase in either language names the object: scored against one language only, a model that
-answered in Chinese scored 0.03 in English and 0.50 in Chinese on the same phrases. Their rows are therefore
-the same for every caption language of the same images; referring expressions are asked in one language.
 - referring: each expression (every one the spec allows of the item) answered with a box; right at IoU >= 0.5.
+
+The prompts of grounded captions and box to phrase hold no words (an image, then `[GRND]` or a box), so the
+model writes in the language it picks, and a phrase in either language names the object: scored against one
+language only, a model that answered in Chinese scored 0.03 in English and 0.50 in Chinese on the same
+phrases. Their rows are therefore the same for every caption language of the same images; referring
+expressions are asked in one language.
 """
 from __future__ import annotations
 
