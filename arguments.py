@@ -151,6 +151,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group.add_argument("--cfg-drop-prob", metavar="P", type=fraction, default=0.1,
                        help="probability that a text-to-image sample drops its text, which trains the "
                             "unconditional model classifier-free guidance needs (default: %(default)s)")
+    group.add_argument("--one-task-per-micro-batch", action="store_true",
+                       help="draw the task once per micro-batch instead of once per sample, so a batch is not padded "
+                            "to super-resolution's length for one sample of it (more steps per minute, "
+                            "docs/results.md); the mix is the same in expectation")
     group.add_argument("--grid-mix", type=grid_mix, default=None, metavar="HxW,...",
                        help="train text-to-image and captioning on crops of the code grids with these shapes, e.g. "
                             "16x32,32x16,32x32 (each side 4, 8, 16, 32 or 64, at most the data's grid); best with "
@@ -415,6 +419,8 @@ def check_training_args(args: argparse.Namespace) -> None:
     if not args.task_mix.get("text2image") and "cfg_drop_prob" in given:
         raise UserError("--cfg-drop-prob drops the text of text-to-image samples, but --task-mix gives text2image "
                         "no weight")
+    if args.one_task_per_micro_batch and sum(weight > 0 for weight in args.task_mix.values()) < 2:
+        raise UserError("--one-task-per-micro-batch groups the tasks of --task-mix, but it gives only one a weight")
 
 
 def parse_training_args(argv: Sequence[str] | None = None, description: str | None = None) -> argparse.Namespace:

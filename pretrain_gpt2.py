@@ -327,7 +327,7 @@ def train(args: argparse.Namespace, setup: DeepSpeedSetup, engine, data: Trainin
     positions = MicroBatchPositions(data_position, setup.micro_batch_size, setup.gradient_accumulation_steps,
                                     mpu.get_data_parallel_world_size(), mpu.get_data_parallel_rank())
     batches: Iterator[Mapping[str, Any]] = iter(train_loader(data.train, positions, data.tokenizer.pad_id,
-                                                             args.num_workers))
+                                                             args.num_workers, args.one_task_per_micro_batch))
     dtype = torch_dtype(setup.precision)
     interval = Interval(engine.device, measure_matmul_flops(engine.device, dtype))
     if mpu.is_main_process():

@@ -5,6 +5,11 @@ trains and whether its text is dropped for classifier-free guidance all follow f
 so a resumed run only has to store how many samples it consumed to continue the exact same stream.
 Token order is left to `data_utils.sequences`.
 
+With `task_block` B > 1 the B consecutive positions of a block (`[kB, kB + B)`, one micro-batch of the
+training stream, `training/data.py`) share one task draw: each micro-batch then holds one task (rows that
+cannot train it excepted, below) and is no longer padded to the longest task's length for a single sample
+of it, while the mix stays the same in expectation. Everything else is still drawn per position.
+
 The understanding tasks (vqa, grounded_caption, referring, box_to_phrase) read a row's annotations
 (`data_utils/annotations.py`). A row without what a task needs (no questions, no boxes, a caption whose
 phrases could not be grounded) never draws that task: its draw is made among the tasks it can train, by
@@ -66,7 +71,8 @@ class TaskSequenceDataset(Dataset):
 
     Epoch `e` visits the rows in a permutation seeded by (seed, e). Each sample draws its task by
     `task_weights` and, for text-to-image, drops its text with probability `cfg_drop_prob` (the
-    unconditional sequence that classifier-free guidance needs at sampling time). `position_layout` numbers
+    unconditional sequence that classifier-free guidance needs at sampling time); with `task_block` B, the
+    B positions of a block share one task draw (module docstring). `position_layout` numbers
     the positions (`data_utils/sequences.py`); "fixed-image" gives the text the rows' `text_max_tokens`.
 
     Super-resolution trains the whole-image step (`lowres` -> image, `[POS0]`) and, on rows with highres
@@ -81,7 +87,8 @@ class TaskSequenceDataset(Dataset):
 
     def __init__(self, rows: ShardedRows, tokenizer: UnifiedTokenizer,
                  task_weights: Mapping[str, float] = DEFAULT_TASK_WEIGHTS, seed: int = 0, cfg_drop_prob: float = 0.0,
-                 position_layout: str = "consecutive", grid_mix: Sequence[tuple[int, int]] | None = None):
+                 position_layout: str = "consecutive", grid_mix: Sequence[tuple[int, int]] | None = None,
+                 task_block: int = 1):
         if len(rows) == 0:
             raise UserError(f"no rows in {rows.data_dir}; every item was skipped (see its skipped.txt)")
         if not 0.0 <= cfg_drop_prob <= 1.0:
@@ -90,6 +97,9 @@ class TaskSequenceDataset(Dataset):
         self.tokenizer = tokenizer
         self.seed = int(seed)
         self.cfg_drop_prob = float(cfg_drop_prob)
+        if task_block < 1:
+            raise UserError(f"a task block holds at least one sample, got {task_block}")
+        self.task_block = int(task_block)
         self.text_positions = sequences.text_positions_for(position_layout, rows.format.text_max_tokens)
         self.tasks, self._cumulative = _active_tasks(task_weights, rows.format.lowres_grid is not None,
                                                      rows.format.annotation_tokens > 0 and tokenizer.location_bins > 0)
@@ -117,8 +127,9 @@ class TaskSequenceDataset(Dataset):
     def draw(self, position: int, row_tasks: Sequence[str] | None = None) -> tuple[str | None, bool]:
         """The task of sample `position` and whether its text is dropped; `row_tasks`: the understanding tasks
         its row can train (None: all), the others' weights left out of its draw (None: no task fits)."""
-        rng = np.random.default_rng([self.seed, int(position)])
-        task_draw, drop_draw = rng.random(2)  # both always drawn, so each stays fixed if the other changes
+        # Both are always drawn, so each stays fixed if the other changes; a block takes its first position's task.
+        drop_draw = np.random.default_rng([self.seed, int(position)]).random(2)[1]
+        task_draw = np.random.default_rng([self.seed, int(position) - int(position) % self.task_block]).random(2)[0]
         tasks, cumulative = self.tasks, self._cumulative
         if row_tasks is not None and any(t in sequences.UNDERSTANDING_TASKS and t not in row_tasks for t in tasks):
             keep = [k for k, t in enumerate(tasks) if t not in sequences.UNDERSTANDING_TASKS or t in row_tasks]

@@ -165,6 +165,37 @@ def test_task_mixture_follows_the_weights(data, tokenizer):
         assert sample["input_ids"].tolist() == sequence.ids and sample["position_ids"].tolist() == sequence.position_ids
 
 
+def test_a_task_block_shares_one_task_draw_and_keeps_the_mix(data, tokenizer):
+    weights = {"text2image": 0.5, "image2text": 0.3, "super_resolution": 0.2}
+    per_sample = TaskSequenceDataset(ShardedRows(data.folder), tokenizer, weights, seed=1, cfg_drop_prob=0.3)
+    blocked = TaskSequenceDataset(ShardedRows(data.folder), tokenizer, weights, seed=1, cfg_drop_prob=0.3,
+                                  task_block=8)
+    tasks = [blocked.draw(p)[0] for p in range(8000)]
+    blocks = [set(tasks[start:start + 8]) for start in range(0, len(tasks), 8)]
+    assert all(len(block) == 1 for block in blocks)
+    assert len({tasks[start] for start in range(0, 64, 8)}) > 1  # blocks still differ
+    for task, weight in weights.items():
+        assert abs(sum(block == {task} for block in blocks) / len(blocks) - weight) < 0.04
+    # A block takes its first position's task; the text drop of text-to-image stays a draw per position.
+    assert all(blocked.draw(p)[0] == per_sample.draw(p - p % 8)[0] for p in range(200))
+    drops = [blocked.draw(p)[1] for p in range(8000) if tasks[p] == "text2image"]
+    assert abs(np.mean(drops) - 0.3) < 0.03 and 0 < sum(drops[:64]) < 64
+    assert [blocked[p]["task"] for p in range(16, 24)] == [tasks[16]] * 8
+    with pytest.raises(UserError, match="at least one sample"):
+        TaskSequenceDataset(ShardedRows(data.folder), tokenizer, weights, task_block=0)
+
+
+def test_the_training_loader_makes_each_micro_batch_one_task_when_asked(data, tokenizer):
+    from training.data import MicroBatchPositions, train_loader
+
+    weights = {"text2image": 1, "image2text": 1, "super_resolution": 1}
+    for grouped in (False, True):
+        dataset = TaskSequenceDataset(ShardedRows(data.folder), tokenizer, weights, seed=3)
+        loader = iter(train_loader(dataset, MicroBatchPositions(0, 6, 2, 1, 0), tokenizer.pad_id, 0, grouped))
+        batches = [next(loader)["tasks"] for _ in range(12)]
+        assert all(len(set(tasks)) == 1 for tasks in batches) == grouped
+
+
 def test_cfg_drop_gives_the_unconditional_form(data, tokenizer):
     always = TaskSequenceDataset(ShardedRows(data.folder), tokenizer, seed=2, cfg_drop_prob=1.0)
     for position in range(10):

@@ -149,6 +149,7 @@ def test_task_mix_and_flags_that_would_do_nothing():
     (["--lr-decay-style", "constant", "--min-lr-ratio", "0.1"], "--min-lr-ratio sets where the decay ends"),
     (["--task-mix", "image2text=1", "--cfg-drop-prob", "0.1"], "--cfg-drop-prob drops the text"),
     (["--task-mix", "text2image=0,super_resolution=1", "--cfg-drop-prob", "0.2"], "--cfg-drop-prob drops the text"),
+    (["--one-task-per-micro-batch"], "gives only one a weight"),
 ])
 def test_training_flags_that_would_do_nothing_are_refused_even_at_their_default(flags, message):
     with pytest.raises(UserError, match=message):
@@ -160,6 +161,7 @@ def test_training_flags_that_do_something_are_accepted():
     parse_training_args(REQUIRED + ["--lr-decay-style", "constant"])
     parse_training_args(REQUIRED + ["--task-mix", "text2image=1,image2text=1", "--cfg-drop-prob", "0.3"])
     parse_training_args(REQUIRED + ["--task-mix", "image2text=1"])
+    parse_training_args(REQUIRED + ["--task-mix", "text2image=1,image2text=1", "--one-task-per-micro-batch"])
 
 
 def test_model_flags_must_agree_with_a_resumed_checkpoint():

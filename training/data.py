@@ -42,13 +42,16 @@ class MicroBatchPositions(Sampler[list[int]]):
 
 
 def train_loader(dataset: TaskSequenceDataset, positions: MicroBatchPositions, pad_id: int,
-                 num_workers: int) -> DataLoader:
-    """Micro-batches in order, prepared by `num_workers` processes ahead of the training step.
+                 num_workers: int, one_task_per_micro_batch: bool = False) -> DataLoader:
+    """Micro-batches in order, prepared by `num_workers` processes ahead of the training step; with
+    `one_task_per_micro_batch` each micro-batch's samples share one task draw (`dataset.task_block`, set here
+    because the micro-batch is settled only once the DeepSpeed config is).
 
     The loader gets its own generator: by default it would seed its workers from the global torch
     generator, and that draw would shift the dropout stream of a resumed run against an uninterrupted one.
     (The samples themselves use no torch randomness.)
     """
+    dataset.task_block = positions.micro_batch if one_task_per_micro_batch else 1
     return DataLoader(dataset, batch_sampler=positions, collate_fn=partial(collate_sequences, pad_id=pad_id),
                       num_workers=num_workers, pin_memory=torch.cuda.is_available(),
                       persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0))
