@@ -35,7 +35,9 @@ from utils.errors import UserError, run_main  # noqa: E402
 from utils.files import atomic_write_json, read_json  # noqa: E402
 from utils.stages import Stage  # noqa: E402
 
-MODEL_FLAGS = ["--num-layers", "4", "--hidden-size", "256", "--num-attention-heads", "8"]
+# Pre-LN: at this size it learns faster than CogView's Sandwich-LN (docs/results.md, "Quick start").
+MODEL_FLAGS = ["--num-layers", "4", "--hidden-size", "256", "--num-attention-heads", "8", "--layernorm-order", "pre"]
+BATCH_SIZE = 16
 # The calibration run: its training logs seconds per step every CALIBRATION_LOG_INTERVAL steps; the first
 # WARMUP_INTERVALS of them (thread pools, allocator, data workers starting) are left out.
 CALIBRATION_STEPS, CALIBRATION_LOG_INTERVAL, WARMUP_INTERVALS = 80, 10, 2
@@ -52,8 +54,11 @@ class Recipe:
     dropout: float  # hidden and attention dropout
 
     def flags(self) -> list[str]:
-        # bf16 (AMX on this machine's CPUs) nearly halves a step; lr 2e-3 beat 1e-3 and 4e-3 in 1,500-step pilots.
-        return ["--bf16", "--batch-size", "32", "--lr", "2e-3", "--warmup", "0.02", "--hidden-dropout",
+        # bf16 (AMX on this machine's CPUs) nearly halves a step; lr 2e-3 beat 1e-3 and 4e-3 in 1,500-step pilots;
+        # batch 16 beat 32 at equal time in the quick start's pilots. One task per micro-batch: super-resolution's
+        # long samples pad only their own batches (docs/results.md).
+        return ["--bf16", "--batch-size", str(BATCH_SIZE), "--lr", "2e-3", "--warmup", "0.02",
+                "--one-task-per-micro-batch", "--hidden-dropout",
                 f"{self.dropout:g}", "--attention-dropout", f"{self.dropout:g}", "--cfg-drop-prob", "0.1",
                 "--num-workers", "1", "--task-mix", self.task_mix,
                 # Row and column embeddings: super-resolution copies its condition's code at the same place,
@@ -91,10 +96,9 @@ def shard_stages(run: Path, components: Path, dataset: str, image_size: int, tra
     shards = ["--dataset", dataset, "--language", language, "--image-size", str(image_size),
               "--text-tokenizer", str(components / "tokenizer" / "sp.model"), "--vqvae", str(components / "vqvae"),
               "--text-max-tokens", "32",
-              # Not `--sr-condition upsampled`: it beats bicubic in an SR-heavy pilot, but its 64-code condition
-              # makes super-resolution the longest sequence, and the padded batches of this mix train about 1.4x
-              # slower (docs/tasks/super_resolution.md).
-              *(["--with-lowres", "--with-highres"] if with_lowres else []),
+              # The upsampled condition: the model sharpens a blurred copy of what it writes (+4.8 dB over `lowres`
+              # in the quick start's pilot); its long samples cost little with one task per micro-batch.
+              *(["--with-lowres", "--with-highres", "--sr-condition", "upsampled"] if with_lowres else []),
               *(["--location-bins", str(location_bins)] if location_bins else []), "--workers", str(workers)]
     data = run / "data"
     return [
@@ -245,7 +249,8 @@ def print_shapes_reports(reports: dict[str, dict], args: argparse.Namespace) -> 
     print(row(f"best of {args.caption_candidates}", caption["reranked"]["groups"]))
     sr = reports["en"]["sections"]["sr"]
     print(f"super-resolution PSNR {sr['psnr']:.2f} dB vs bicubic {sr['bicubic_psnr']:.2f} dB "
-          f"({sr['gain_over_bicubic']:+.2f} dB)")
+          f"({sr['gain_over_bicubic']:+.2f} dB); the checker accepts {sr['checker_output']:.3f} of them, "
+          f"{sr['checker_input']:.3f} of their inputs")
 
 
 def run_shapes(args: argparse.Namespace) -> dict[str, dict]:
@@ -254,7 +259,7 @@ def run_shapes(args: argparse.Namespace) -> dict[str, dict]:
                              vocab_size=SHAPES_VOCAB_SIZE, args=args, language=TRAINING_LANGUAGE)
     reports = {language: shapes_evaluation(run, gpt, args, language) for language in SCORED_LANGUAGES}
     steps = reports["en"]["checkpoint"]["iteration"]
-    print(f"\nshapes, {steps} steps of batch 32 ({args.budget_minutes:g} min), {args.num_prompts} held-out prompts "
+    print(f"\nshapes, {steps} steps of batch {BATCH_SIZE} ({args.budget_minutes:g} min), {args.num_prompts} held-out prompts "
           f"per language, temperature {args.temperature:g}")
     print_shapes_reports(reports, args)
     return reports

@@ -48,7 +48,7 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
     sp_model = tok / "sp.model"
     common_data = ["--dataset", "shapes", "--language", "both", "--image-size", str(args.image_size),
                    "--text-tokenizer", str(sp_model), "--vqvae", str(vq), "--text-max-tokens", "32",
-                   "--with-lowres", "--with-highres", "--workers", str(args.workers)]
+                   "--with-lowres", "--with-highres", "--sr-condition", "upsampled", "--workers", str(args.workers)]
     return [
         Stage("tokenizer", ["train_text_tokenizer.py", "--dataset", "shapes", "--language", "both",
                             "--num-items", "10000", "--output", str(tok / "sp")], [sp_model]),
@@ -68,7 +68,7 @@ def build_stages(args: argparse.Namespace) -> list[Stage]:
                               "--tensorboard-dir", str(run / "tb" / "gpt"), *args.model_flags.split(),
                               "--task-mix", "text2image=0.65,image2text=0.2,super_resolution=0.15", "--image-positions", "2d",
                               "--train-iters", str(args.train_iters), "--bf16", "--batch-size", "16", "--lr", "2e-3",
-                              "--layernorm-order", "pre",
+                              "--layernorm-order", "pre", "--one-task-per-micro-batch",
                               "--warmup", "0.05", "--hidden-dropout", "0", "--attention-dropout", "0",
                               "--save-interval", "200", "--eval-interval", "200", "--eval-iters", "2",
                               "--log-interval", "20", "--num-workers", "1"],

@@ -68,7 +68,8 @@ def test_the_shapes_reports_print_text_to_image_per_language_and_captions_and_su
                                         "judged": {"groups": groups(correct)}}}}
         extra = {} if captions is None else {
             "caption": {"groups": groups(captions), "reranked": {"groups": groups(captions)}},
-            "sr": {"psnr": 25.0, "bicubic_psnr": 24.0, "gain_over_bicubic": 1.0}}
+            "sr": {"psnr": 25.0, "bicubic_psnr": 24.0, "gain_over_bicubic": 1.0, "checker_input": 0.7,
+                   "checker_output": 0.8}}
         return {"sections": {"t2i": t2i, **extra}}
 
     reports = {"en": report(0.9, captions=0.75), "zh": report(0.25)}
@@ -77,4 +78,5 @@ def test_the_shapes_reports_print_text_to_image_per_language_and_captions_and_su
     zh = lines.index("text-to-image, zh prompts")
     assert [line.split()[-1] for line in lines[zh + 2:zh + 4]] == ["0.250", "0.250"]
     assert [line.split()[-1] for line in lines if line.startswith(("greedy", "best of 16"))] == ["0.750", "0.750"]
-    assert sum(line.startswith("super-resolution PSNR 25.00 dB vs bicubic 24.00 dB (+1.00 dB)") for line in lines) == 1
+    assert sum(line == "super-resolution PSNR 25.00 dB vs bicubic 24.00 dB (+1.00 dB); the checker accepts 0.800 of "
+                       "them, 0.700 of their inputs" for line in lines) == 1
