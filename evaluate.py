@@ -237,7 +237,7 @@ def section_runners(pipe: Pipeline, args: argparse.Namespace, held_out: Captione
             if args.caption_candidates > 1 else None),
         "sr": lambda: super_resolution_section(held_out.images, held_out.captions, lambda images, texts: (
             pipe.super_resolve(images, texts, seed=args.seed)), held_out.objects,  # greedy, SR's own default
-            SUPER_RESOLUTION_SAMPLING.to_dict()),
+            SUPER_RESOLUTION_SAMPLING.to_dict(), pipe.super_resolution_copy),
         "bpt": lambda: bits_per_token_section(pipe.model, pipe.tokenizer, rows, args.num_prompts, batch,
                                               args.data_seed, precision, trained_tasks(metadata)),
         "caption-loss": lambda: caption_loss_section(pipe.model, pipe.tokenizer, pipe.geometry,

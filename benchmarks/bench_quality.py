@@ -251,6 +251,8 @@ def print_shapes_reports(reports: dict[str, dict], args: argparse.Namespace) -> 
     print(f"super-resolution PSNR {sr['psnr']:.2f} dB vs bicubic {sr['bicubic_psnr']:.2f} dB "
           f"({sr['gain_over_bicubic']:+.2f} dB); the checker accepts {sr['checker_output']:.3f} of them, "
           f"{sr['checker_input']:.3f} of their inputs")
+    if "copy_psnr" in sr:
+        print(f"  its condition copied as it is: {sr['copy_psnr']:.2f} dB, checker {sr['checker_copy']:.3f}")
 
 
 def run_shapes(args: argparse.Namespace) -> dict[str, dict]:

@@ -1,7 +1,8 @@
 """Super-resolution quality: PSNR of held-out images downscaled 2x and super-resolved, next to bicubic
-upsampling of the same low-resolution images (the baseline a super-resolver has to beat), and on shapes
-the checker's verdict on the low-resolution inputs and on the super-resolved outputs (super-resolution
-must keep what the input shows)."""
+upsampling of the same low-resolution images (the baseline a super-resolver has to beat) and, where the
+model has one, its condition decoded as it is (what a model that only copied its input would give), and on
+shapes the checker's verdict on the low-resolution inputs and on the super-resolved outputs
+(super-resolution must keep what the input shows)."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -24,11 +25,14 @@ def _accepted(images: Sequence[Image.Image], objects: Sequence[Sequence[ShapeObj
 def super_resolution_section(images: list[Image.Image], captions: list[str],
                              super_resolve: Callable[[list[Image.Image], list[str]], list[Image.Image]],
                              objects: Sequence[Sequence[ShapeObject]] | None = None,
-                             settings: dict | None = None) -> Section:
+                             settings: dict | None = None,
+                             copy: Callable[[list[Image.Image]], list[Image.Image] | None] | None = None) -> Section:
     """Held-out images downscaled 2x as `preprocess_data.py --with-lowres` does (`downscale`), super-resolved,
     and compared (PSNR) with the originals, next to bicubic upsampling of the same low-res images. With the
     images' shapes `objects`, also the share the checker accepts of the inputs (at their own, low
-    resolution), of the outputs and of the bicubic images. `settings`: how it was sampled, for the record."""
+    resolution), of the outputs and of the bicubic images. `settings`: how it was sampled, for the record.
+    `copy` (`Pipeline.super_resolution_copy`): the low-res images' condition decoded, or None where the
+    model's condition has no such copy; measured as `copy_psnr` and `checker_copy` when there is one."""
     truth = torch.stack([pil_to_tensor(image) for image in images])
     lowres = [downscale(image) for image in images]
     restored_images = super_resolve(lowres, captions)
@@ -39,12 +43,19 @@ def super_resolution_section(images: list[Image.Image], captions: list[str],
                **({"sampling": settings} if settings else {})}
     rows = [f"{'PSNR super-resolved':<28}{psnr:>9.2f} dB", f"{'PSNR bicubic':<28}{baseline:>9.2f} dB",
             f"{'gain over bicubic':<28}{psnr - baseline:>+9.2f} dB"]
+    copied_images = copy(lowres) if copy is not None else None
+    if copied_images is not None:
+        results["copy_psnr"] = mean_psnr(torch.stack([pil_to_tensor(image) for image in copied_images]), truth)
+        rows.append(f"{'PSNR condition copied':<28}{results['copy_psnr']:>9.2f} dB")
     if objects is not None:
         checker = {"checker_input": _accepted(lowres, objects), "checker_output": _accepted(restored_images, objects),
-                   "checker_bicubic": _accepted([tensor_to_pil(image) for image in bicubic], objects)}
+                   "checker_bicubic": _accepted([tensor_to_pil(image) for image in bicubic], objects),
+                   **({"checker_copy": _accepted(copied_images, objects)} if copied_images is not None else {})}
         results.update(checker)
         rows += [f"{'checker: low-res inputs':<28}{checker['checker_input']:>9.1%}",
                  f"{'checker: super-resolved':<28}{checker['checker_output']:>9.1%}",
-                 f"{'checker: bicubic':<28}{checker['checker_bicubic']:>9.1%}"]
+                 f"{'checker: bicubic':<28}{checker['checker_bicubic']:>9.1%}",
+                 *([f"{'checker: condition copied':<28}{checker['checker_copy']:>9.1%}"] if copied_images is not None
+                   else [])]
     rows.append(f"{'images':<28}{len(images):>9d}")
     return Section("sr", results, "\n".join(rows))

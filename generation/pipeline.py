@@ -335,6 +335,15 @@ class Pipeline:
         settings = tasks.super_resolution_settings(top_k=top_k, top_p=top_p, temperature=temperature)
         return self.decode_codes(self._super_resolve_conditions(codes, texts, seed, settings))
 
+    def super_resolution_copy(self, images: ImagesLike) -> list[Image.Image] | None:
+        """What `super_resolve` would return if the model only copied its condition: the condition's codes
+        decoded. The baseline that tells whether super-resolution learned anything beyond reading its input;
+        only the "upsampled" condition has one (the "lowres" condition's codes are half the target's grid)."""
+        if self.geometry.sr_condition == "lowres":
+            return None
+        grid = self._input_grid_for_super_resolution(images)
+        return self.decode_codes(self.encode_images(images, condition_grid(self.geometry.sr_condition, grid)))
+
     def text2image_select_upscale(self, prompts: str | Sequence[str], n: int = 8, seed: int = 0,
                                   cfg_scale: float = 1.0, negative_prompt: str | None = None, top_k: int = 200,
                                   top_p: float = 1.0, temperature: float = 1.0,

@@ -123,6 +123,13 @@ def test_super_resolution_section_compares_with_the_originals_and_bicubic():
     assert abs(section.results["gain_over_bicubic"]) < 0.05  # the same images, up to uint8 rounding
     perfect = super_resolution_section(images, captions, lambda lowres, texts: images)
     assert perfect.results["psnr"] == math.inf
+    assert "copy_psnr" not in perfect.results
+    # The copy baseline, where the model's condition has one: measured like the output, on the same inputs.
+    copied = super_resolution_section(images, captions, bicubic, held_out(4)[2],
+                                      copy=lambda lowres: bicubic(lowres, captions))
+    assert copied.results["copy_psnr"] == copied.results["psnr"] and "condition copied" in copied.table
+    assert copied.results["checker_copy"] == copied.results["checker_output"]
+    assert "copy_psnr" not in super_resolution_section(images, captions, bicubic, copy=lambda lowres: None).results
 
 
 class MeanColours(torch.nn.Module):

@@ -352,6 +352,10 @@ def test_every_entry_point_follows_the_upsampled_condition(tok, monkeypatch):
     assert [tuple(c.shape) for c in seen] == [(1, 8, 8), (1, 16, 16), (1, 16, 16)]
     assert torch.equal(seen[0][0], codes(small, 64)) and torch.equal(seen[1][0], codes(image, 128))
     assert torch.equal(seen[2][0], codes(pick, 128)) and selected.upscaled.size == (128, 128)
+    # The copy baseline decodes exactly the condition the 32 px input gave; "lowres" has none.
+    copied = pipe.super_resolution_copy([small])
+    assert np.array_equal(np.asarray(copied[0]), np.asarray(pipe.decode_codes(seen[0])[0]))
+    assert Pipeline(tiny_model(tok), tok, vqvae, tiny_geometry()).super_resolution_copy([small]) is None
 
 
 def test_generate_samples_and_evaluate_use_the_default(tmp_path, monkeypatch):
