@@ -6,9 +6,9 @@ from benchmarks.bench_quality import MAX_INTERVAL_SPREAD, PLAUSIBLE_SECONDS_PER_
 from utils.errors import UserError
 
 
-def test_warm_up_intervals_are_left_out_and_the_median_kept():
+def test_warm_up_intervals_are_left_out_and_the_mean_kept():
     warm_up = [5.0] * WARMUP_INTERVALS  # slow first intervals (thread pools, data workers starting)
-    assert plausible_seconds_per_step(warm_up + [0.30, 0.26, 0.27, 0.29, 0.28]) == pytest.approx(0.28)
+    assert plausible_seconds_per_step(warm_up + [0.30, 0.26, 0.27, 0.29, 0.38]) == pytest.approx(0.30)
 
 
 @pytest.mark.parametrize("seconds", [PLAUSIBLE_SECONDS_PER_STEP[0] / 2, PLAUSIBLE_SECONDS_PER_STEP[1] * 2])
