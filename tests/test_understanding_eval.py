@@ -102,6 +102,20 @@ def test_a_phrase_in_either_language_names_the_object():
                                                    "box_to_phrase": 1.0})
 
 
+def test_languages_with_the_same_pictures_are_grounded_once():
+    calls = []
+
+    def caption(given):
+        calls.append(len(given))
+        return [GroundedCaption("", [("a large red square", (2, 2, 22, 22))])] * len(given)
+
+    other = Image.new("RGB", (64, 64), "black")
+    section = grounding_section(caption, lambda images, boxes: ["a large red square"] * len(boxes),
+                                {"en": ([BLANK], [[RED_SQUARE]]), "zh": ([BLANK], [[RED_SQUARE]]),
+                                 "other": ([other], [[RED_SQUARE]])})
+    assert calls == [1, 1] and section.results["en"] == section.results["zh"] == section.results["other"]
+
+
 def test_referring_accuracy_at_iou_one_half():
     answers = {  # per expression: the square's boxes exact, the circle's at IoU exactly 0.5 (right),
         "the red square": (2, 2, 22, 22), "the large red square": (2, 2, 22, 22),
