@@ -48,14 +48,12 @@ def super_resolution_section(images: list[Image.Image], captions: list[str],
         results["copy_psnr"] = mean_psnr(torch.stack([pil_to_tensor(image) for image in copied_images]), truth)
         rows.append(f"{'PSNR condition copied':<28}{results['copy_psnr']:>9.2f} dB")
     if objects is not None:
-        checker = {"checker_input": _accepted(lowres, objects), "checker_output": _accepted(restored_images, objects),
-                   "checker_bicubic": _accepted([tensor_to_pil(image) for image in bicubic], objects),
-                   **({"checker_copy": _accepted(copied_images, objects)} if copied_images is not None else {})}
-        results.update(checker)
-        rows += [f"{'checker: low-res inputs':<28}{checker['checker_input']:>9.1%}",
-                 f"{'checker: super-resolved':<28}{checker['checker_output']:>9.1%}",
-                 f"{'checker: bicubic':<28}{checker['checker_bicubic']:>9.1%}",
-                 *([f"{'checker: condition copied':<28}{checker['checker_copy']:>9.1%}"] if copied_images is not None
-                   else [])]
+        checked = [("checker_input", "low-res inputs", lowres), ("checker_output", "super-resolved", restored_images),
+                   ("checker_bicubic", "bicubic", [tensor_to_pil(image) for image in bicubic])]
+        if copied_images is not None:
+            checked.append(("checker_copy", "condition copied", copied_images))
+        for key, label, shown in checked:
+            results[key] = _accepted(shown, objects)
+            rows.append(f"{'checker: ' + label:<28}{results[key]:>9.1%}")
     rows.append(f"{'images':<28}{len(images):>9d}")
     return Section("sr", results, "\n".join(rows))

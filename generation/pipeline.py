@@ -327,8 +327,7 @@ class Pipeline:
         condition reads the image bicubic-resized to twice that size instead (`sr_windows.condition_grid`).
         Sampling settings left None take super-resolution's default, greedy (`tasks.SUPER_RESOLUTION_SAMPLING`).
         """
-        grid = self._input_grid_for_super_resolution(images)
-        codes = self.encode_images(images, condition_grid(self.geometry.sr_condition, grid))
+        codes = self._condition_codes(images)
         texts = [text] * len(codes) if isinstance(text, str) else list(text)
         if len(texts) != len(codes):
             raise UserError(f"{len(codes)} images but {len(texts)} texts for super-resolution")
@@ -341,8 +340,7 @@ class Pipeline:
         only the "upsampled" condition has one (the "lowres" condition's codes are half the target's grid)."""
         if self.geometry.sr_condition == "lowres":
             return None
-        grid = self._input_grid_for_super_resolution(images)
-        return self.decode_codes(self.encode_images(images, condition_grid(self.geometry.sr_condition, grid)))
+        return self.decode_codes(self._condition_codes(images))
 
     def text2image_select_upscale(self, prompts: str | Sequence[str], n: int = 8, seed: int = 0,
                                   cfg_scale: float = 1.0, negative_prompt: str | None = None, top_k: int = 200,
@@ -433,6 +431,11 @@ class Pipeline:
             generated = understanding.phrase_ids(self.model, self.tokenizer, self.geometry, codes, box_ids,
                                                  max_tokens, self.max_batch_rows)
         return [sequences.parse_phrase(self.tokenizer, ids) for ids in generated]
+
+    def _condition_codes(self, images: ImagesLike) -> torch.Tensor:
+        """The codes super-resolution reads of `images`: coded at the grid the model's condition asks of them."""
+        grid = self._input_grid_for_super_resolution(images)
+        return self.encode_images(images, condition_grid(self.geometry.sr_condition, grid))
 
     def _input_grid_for_super_resolution(self, images: ImagesLike) -> int:
         low = self.image_size(self.geometry.lowres_grid)
