@@ -127,9 +127,11 @@ class TaskSequenceDataset(Dataset):
     def draw(self, position: int, row_tasks: Sequence[str] | None = None) -> tuple[str | None, bool]:
         """The task of sample `position` and whether its text is dropped; `row_tasks`: the understanding tasks
         its row can train (None: all), the others' weights left out of its draw (None: no task fits)."""
-        # Both are always drawn, so each stays fixed if the other changes; a block takes its first position's task.
-        drop_draw = np.random.default_rng([self.seed, int(position)]).random(2)[1]
-        task_draw = np.random.default_rng([self.seed, int(position) - int(position) % self.task_block]).random(2)[0]
+        task_draw, drop_draw = np.random.default_rng([self.seed, int(position)]).random(2)  # both always drawn,
+        # so each stays fixed if the other changes; a block takes the task drawn at its first position.
+        block_start = int(position) - int(position) % self.task_block
+        if block_start != position:
+            task_draw = np.random.default_rng([self.seed, block_start]).random(2)[0]
         tasks, cumulative = self.tasks, self._cumulative
         if row_tasks is not None and any(t in sequences.UNDERSTANDING_TASKS and t not in row_tasks for t in tasks):
             keep = [k for k, t in enumerate(tasks) if t not in sequences.UNDERSTANDING_TASKS or t in row_tasks]
