@@ -27,6 +27,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -75,9 +76,9 @@ EMOJI = Recipe("text2image=0.8,image2text=0.2", dropout=0.1)
 
 
 def component_stages(components: Path, dataset: str, image_size: int, vqvae_minutes: float, language: str,
-                     vocab_size: int, vqvae_variety: float) -> list[Stage]:
-    """Tokenizer and VQ-VAE of one dataset under `components` (the VQ-VAE's `--variety-objects` only when
-    `vqvae_variety` is set)."""
+                     vocab_size: int, vqvae_flags: Sequence[str] = ()) -> list[Stage]:
+    """Tokenizer and VQ-VAE of one dataset under `components`; `vqvae_flags` are more `train_vqvae.py` flags
+    (bench_subject.py's base: a finer grid and extra objects)."""
     tok, vq = components / "tokenizer", components / "vqvae"
     return [
         Stage("tokenizer", ["train_text_tokenizer.py", "--dataset", dataset, "--language", language,
@@ -85,7 +86,7 @@ def component_stages(components: Path, dataset: str, image_size: int, vqvae_minu
         Stage("vqvae", ["train_vqvae.py", "--dataset", dataset, "--image-size", str(image_size),
                         "--time-budget-minutes", str(vqvae_minutes), "--threads", "1", "--output", str(vq),
                         "--save-recon-grid", str(vq / "reconstructions.png"),
-                        *(["--variety-objects", f"{vqvae_variety:g}"] if vqvae_variety else [])],
+                        *vqvae_flags],
               [vq / "model.safetensors"]),
     ]
 
@@ -185,13 +186,13 @@ def trained_stage(run: Path, recipe: Recipe, budget_minutes: float) -> tuple[Sta
 
 def train_from_scratch(run: Path, dataset: str, recipe: Recipe, budget_minutes: float, train_items: int,
                        val_items: int, vocab_size: int, args: argparse.Namespace, language: str = "en",
-                       location_bins: int = 0, components: Path | None = None) -> Path:
+                       location_bins: int = 0, components: Path | None = None,
+                       vqvae_flags: Sequence[str] = ()) -> Path:
     """Tokenizer, VQ-VAE, shards and a transformer trained for the budget; returns its save folder. The
     tokenizer and VQ-VAE live in `components` (made there if missing; default `run`), so two runs can share
-    them."""
+    them; `vqvae_flags` as in `component_stages`."""
     components = components or run
-    for stage in component_stages(components, dataset, 64, args.vqvae_minutes, language, vocab_size,
-                                  args.vqvae_variety):
+    for stage in component_stages(components, dataset, 64, args.vqvae_minutes, language, vocab_size, vqvae_flags):
         stage.run(components)
     for stage in shard_stages(run, components, dataset, 64, train_items, val_items, language, args.workers,
                               with_lowres="super_resolution" in recipe.task_mix, location_bins=location_bins):
@@ -395,8 +396,6 @@ def main() -> None:
     parser.add_argument("--run-dir", default="runs/bench_quality")
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="shapes transformer training time")
     parser.add_argument("--vqvae-minutes", type=float, default=5.0, help="VQ-VAE training budget (CPU minutes)")
-    parser.add_argument("--vqvae-variety", type=float, default=0.0, metavar="FRACTION",
-                        help="train_vqvae.py --variety-objects (0: off; bench_subject.py's base uses 0.5)")
     parser.add_argument("--train-items", type=int, default=50000, help="shapes items in the training shards")
     parser.add_argument("--num-prompts", type=int, default=200, help="held-out prompts evaluated")
     parser.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.0])

@@ -6,11 +6,12 @@ Example:
     python benchmarks/bench_subject.py --base runs/small_shapes_model --seeds 1 --train-iters 20 \\
         --num-class-images 16 --num-prompts 6 --images-per-prompt 1 --run-dir runs/bs_smoke
 
-1. The base model: `bench_quality.py`'s shapes recipe and stages (reused from `--base-run-dir` when that
-   run exists, so both benchmarks share one base), or `--base` for a quick run on a model at hand. Its
-   VQ-VAE trains with `--vqvae-variety` (default 0.5): a shapes-only tokenizer cannot encode teal or a
-   hollow frame, so no fine-tuning on top of it could draw the subject (docs/tasks/subject_finetuning.md;
-   step 2 says whether this one can).
+1. The base model: `bench_quality.py`'s shapes stages and recipe (reused from `--base-run-dir` when that
+   run exists), with two changes (`BASE_VQVAE_FLAGS`, `BASE_RECIPE`): its VQ-VAE codes 4 x 4 pixels (a
+   16 x 16 grid) and sees extra objects of any colour, filled and hollow, and the transformer learns
+   text-to-image and captions without super-resolution. The 8 x 8-pixel codes of bench_quality.py cannot
+   encode the teal frame, so no fine-tuning on top of them could draw the subject
+   (docs/tasks/subject_finetuning.md; step 2 says whether this base can). `--base` takes a model at hand.
 2. Teal through the base VQ-VAE: the four instance images, all 18 (size, position) renders and the frames in
    the six shapes colours reconstructed from their codes, checked.
 3. Six fine-tuning runs per seed (`finetune_subject.py`, resumable stages), sharing one cache of class images.
@@ -33,13 +34,22 @@ from typing import TYPE_CHECKING
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_quality import SHAPES, SHAPES_VOCAB_SIZE, TRAINING_LANGUAGE, train_from_scratch  # noqa: E402
+from benchmarks.bench_quality import SHAPES_VOCAB_SIZE, TRAINING_LANGUAGE, Recipe, train_from_scratch  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 from utils.files import atomic_write_json, read_json  # noqa: E402
 from utils.stages import Stage  # noqa: E402
 
 if TYPE_CHECKING:
     from vqvae.model import VQVAE
+
+# The base VQ-VAE (docs/tasks/subject_finetuning.md, "The base VQ-VAE"): 8 x 8-pixel codes split the frame's
+# rim and hole between code cells and came back as blobs of blue and green (0 of 4 instance images pass the
+# checker, at every variety setting tried); 4 x 4-pixel codes pass 3 of 4, 14 of 18 renders, in 3 minutes.
+# Extra objects in any colour but teal, filled or hollow, teach colours and outlines shapes lacks.
+BASE_VQVAE_FLAGS = ["--variety-objects", "0.5", "--downsample", "4"]
+# A 16 x 16 grid makes an image 256 tokens: super-resolution's samples (two images) would cost twice that,
+# and no subject measurement uses it, so the base learns text-to-image and captions only.
+BASE_RECIPE = Recipe("text2image=0.8,image2text=0.2", dropout=0.0)
 
 # What trains, and at which learning rate, in each mode (the base model has 4 layers).
 MODES = {
@@ -129,18 +139,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", default="runs/bench_subject")
     base_choice = parser.add_mutually_exclusive_group()
-    base_choice.add_argument("--base-run-dir", default="runs/bench_quality_variety",
-                             help="where bench_quality.py keeps (or this run makes) the shapes base model; "
-                                  "`bench_quality.py --run-dir DIR --vqvae-variety F` makes the same one")
+    base_choice.add_argument("--base-run-dir", default="runs/bench_subject_base",
+                             help="where the base model is kept (made there when missing, reused after)")
     base_choice.add_argument("--base", metavar="PATH",
-                             help="fine-tune this checkpoint instead (a shapes model with super-resolution, e.g. "
-                                  "of bench_quality.py's recipe trained for fewer steps, for a quick run)")
+                             help="fine-tune this checkpoint instead (a shapes model, e.g. the base recipe trained for "
+                                  "fewer steps, for a quick run)")
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="base transformer training time")
     parser.add_argument("--vqvae-minutes", type=float, default=5.0, help="base VQ-VAE training budget")
-    parser.add_argument("--vqvae-variety", type=float, default=0.5, metavar="FRACTION",
-                        help="share of the base VQ-VAE's training images with extra objects in any colour but "
-                             "near teal, filled or hollow (train_vqvae.py --variety-objects), so its codes cover "
-                             "colours and frames shapes lacks; 0 is off, as in bench_quality.py's default run")
     parser.add_argument("--train-items", type=int, default=50000, help="shapes items of the base model's shards")
     parser.add_argument("--workers", type=int, default=2, help="preprocessing worker processes")
     parser.add_argument("--seeds", type=int, default=3, help="fine-tuning and sampling seeds 1..N")
@@ -159,9 +164,9 @@ def main() -> None:
     if args.base is not None:
         base = Path(args.base)
     else:
-        base = train_from_scratch(Path(args.base_run_dir) / "shapes", "shapes", SHAPES, args.budget_minutes,
+        base = train_from_scratch(Path(args.base_run_dir) / "shapes", "shapes", BASE_RECIPE, args.budget_minutes,
                                   args.train_items, 512, vocab_size=SHAPES_VOCAB_SIZE, args=args,
-                                  language=TRAINING_LANGUAGE)
+                                  language=TRAINING_LANGUAGE, vqvae_flags=BASE_VQVAE_FLAGS)
     from data_utils.subject import write_subject_data
 
     instances, prompts = write_subject_data(run, args.num_class_images)

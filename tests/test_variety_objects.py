@@ -92,15 +92,18 @@ def test_a_share_outside_zero_to_one_is_refused(tmp_path):
         train_vqvae.main(["--output", str(tmp_path / "run"), "--variety-objects", "1.5"])
 
 
-def test_the_benchmarks_pass_the_option_to_train_vqvae_only_when_set(tmp_path):
+def test_the_subject_base_vqvae_gets_its_flags_and_bench_quality_the_plain_command(tmp_path):
     from benchmarks.bench_quality import component_stages
+    from benchmarks.bench_subject import BASE_VQVAE_FLAGS
 
-    def vqvae_argv(variety: float) -> list[str]:
-        stages = component_stages(tmp_path, "shapes", 64, 1.0, "en", 400, vqvae_variety=variety)
+    def vqvae_argv(flags: list[str]) -> list[str]:
+        stages = component_stages(tmp_path, "shapes", 64, 1.0, "en", 400, flags)
         return next(stage for stage in stages if stage.name == "vqvae").argv
 
-    assert "--variety-objects" not in vqvae_argv(0.0)  # the same command as before: finished stages are reused
-    assert train_vqvae.build_parser().parse_args(vqvae_argv(0.5)[1:]).variety_objects == 0.5
+    plain = vqvae_argv([])
+    assert "--variety-objects" not in plain and "--downsample" not in plain  # finished stages are reused
+    parsed = train_vqvae.build_parser().parse_args(vqvae_argv(BASE_VQVAE_FLAGS)[1:])
+    assert (parsed.variety_objects, parsed.downsample) == (0.5, 4)
 
 
 def test_teal_through_vqvae_counts_what_survives_the_round_trip(monkeypatch):
