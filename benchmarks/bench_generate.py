@@ -14,8 +14,10 @@ guidance (cfg 1.5, temperature 0.4): seconds per image of the real `generation` 
 --repeats runs) against the time its arithmetic needs, the FLOPs of every forward it runs (`sampling_flops`)
 divided by the fp32 matmul rate measured in the same run, and against its weight matmuls alone (the same
 `F.linear` calls on the model's weights, timed in the same run: what sampling would cost if everything else
-were free, without changing any rounding and so any token). Unguided rows also run CogView's scheme (below)
-and check that it gives the same tokens.
+were free, without changing any rounding and so any token), and against reading the weights from memory (the
+bytes of the weights a forward multiplies by, once per forward, at the bandwidth one-row matmuls reach on 64 MiB
+of weights, timed in the same run: the floor of batch-1 decoding once the weights do not fit in the CPU's cache,
+whatever the code). Unguided rows also run CogView's scheme (below) and check that it gives the same tokens.
 
 The second table compares decoding schemes at the benchmark's own (CogView-like) shape.
 
@@ -244,6 +246,27 @@ def weight_matmul_seconds(model: CogViewGPT, rows: int, prompt_len: int, steps: 
     return forward_seconds(prompt_len) + (steps - 1) * forward_seconds(1)
 
 
+# Bytes streamed to measure memory bandwidth: several times any CPU's last-level cache, so none of it stays there.
+STREAM_BYTES, STREAM_MATRIX = 64 * 2**20, (1024, 256)
+
+
+def streaming_bandwidth(device: torch.device, repeats: int) -> float:
+    """Bytes per second at which one-row matmuls read fp32 weights that do not fit in any cache: how fast a
+    batch-1 decoding step reads its weights once they outgrow the cache (fastest of `repeats` sweeps)."""
+    matrices = [torch.randn(STREAM_MATRIX, device=device) for _ in range(STREAM_BYTES // (4 * np.prod(STREAM_MATRIX)))]
+    row = torch.randn(1, STREAM_MATRIX[1], device=device)
+    seconds, _ = fastest(lambda: [torch.nn.functional.linear(row, m) for m in matrices], device, repeats + 1)
+    return STREAM_BYTES / seconds
+
+
+def step_weight_bytes(model: CogViewGPT) -> int:
+    """Bytes of the weights every one-token forward multiplies by (layers and output projection; position and
+    row/column embeddings are a lookup of one row)."""
+    linears = [m for layer in model.transformer.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    return sum(t.numel() * t.element_size() for m in linears for t in (m.weight, m.bias)) + \
+        model.word_embeddings.weight.numel() * model.word_embeddings.weight.element_size()
+
+
 def quick_start_table(args: argparse.Namespace) -> None:
     """Seconds per image at the quick start's shape, against the arithmetic's time and CogView's scheme."""
     device = torch.device(args.device)
@@ -261,13 +284,15 @@ def quick_start_table(args: argparse.Namespace) -> None:
     prompt = text2image(tok, text_ids, grid)
     uncond = text2image(tok, [], grid)
     matmul_rate = measure_matmul_flops(device, torch.float32)
+    bandwidth, weight_bytes = streaming_bandwidth(device, args.repeats), step_weight_bytes(model)
     print(f"quick-start shape: {shape['layers']} layers, hidden {shape['hidden']}, {shape['heads']} heads, "
           f"vocabulary {tok.vocab_size}, {steps} image tokens after a {len(prompt)}-token prompt; top-k 200; "
-          f"{torch.get_num_threads()} CPU threads; fp32 matmul rate {matmul_rate / 1e9:.1f} GFLOP/s "
+          f"{torch.get_num_threads()} CPU threads; fp32 matmul rate {matmul_rate / 1e9:.1f} GFLOP/s; a step reads "
+          f"{weight_bytes / 2**20:.1f} MiB of weights, memory streams {bandwidth / 1e9:.1f} GB/s "
           f"(medians of {args.repeats} runs)")
     print("| guidance | batch | ours s/image | arithmetic s/image | ours / arithmetic | weight matmuls alone s/image "
-          "| ours / matmuls | cogview s/image | ours vs cogview | same tokens |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| ours / matmuls | weights from memory s/image | cogview s/image | ours vs cogview | same tokens |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     allowed = image_ids_mask(tok).to(device)
     for guidance, settings in QUICK_START_GUIDANCE.items():
         flops = sampling_flops(config, len(prompt), steps)
@@ -282,6 +307,8 @@ def quick_start_table(args: argparse.Namespace) -> None:
                 arithmetic = flops / matmul_rate
                 rows = batch * (2 if settings.uses_guidance else 1)
                 matmuls = weight_matmul_seconds(model, rows, len(prompt), steps, device, 5 * args.repeats) / batch
+                # Every forward (the prefill and steps - 1 fed tokens) reads each weight once, for all its rows.
+                from_memory = steps * weight_bytes / bandwidth / batch
                 cogview, same = "-", "-"
                 if not settings.uses_guidance:  # the baseline has no guidance
                     prompt_ids = torch.tensor([prompt.ids] * batch, device=device)
@@ -294,7 +321,7 @@ def quick_start_table(args: argparse.Namespace) -> None:
                 else:
                     cogview = "- | -"
             print(f"| {guidance:8s} | {batch:5d} | {ours:.4f} | {arithmetic:.4f} | {ours / arithmetic:.1f}x | "
-                  f"{matmuls:.4f} | {ours / matmuls:.1f}x | {cogview} | {same} |", flush=True)
+                  f"{matmuls:.4f} | {ours / matmuls:.1f}x | {from_memory:.4f} | {cogview} | {same} |", flush=True)
 
 
 def benchmark(args: argparse.Namespace) -> list[Result]:
