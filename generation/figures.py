@@ -226,12 +226,12 @@ def column_titles(titles: Sequence[str], tiles_each: int, side: int) -> Image.Im
 
 
 def titled_rows(rows: Sequence[tuple[str, Sequence[Cell]]], columns: int, side: int | None = None,
-                header: Image.Image | None = None) -> Image.Image:
-    """Optional column titles (`column_titles`), then each row's title line above its cells, rows
-    `ROW_GAP` apart."""
+                header: Image.Image | None = None, lines_per_field: int = 1) -> Image.Image:
+    """Optional column titles (`column_titles`), then each row's title line above its cells (each caption
+    field `lines_per_field` lines), rows `ROW_GAP` apart."""
     side = side or display_side([longer_side(cell.image) for _, cells in rows for cell in cells])
     parts = [header] if header is not None else []
-    parts += [titled(title, grid(cells, columns, side)) for title, cells in rows]
+    parts += [titled(title, grid(cells, columns, side, lines_per_field)) for title, cells in rows]
     return stack(parts, ROW_GAP)
 
 

@@ -1,14 +1,14 @@
 """The picture of docs/tasks/subject_finetuning.md: what a fine-tuned model does with the `sks square`.
 
 Example:
-    python scripts/subject_figure.py --base runs/bench_quality/shapes/gpt-9000 \\
+    python scripts/subject_figure.py --base runs/bench_subject_base/shapes/gpt-2409 \\
         --adapter runs/bench_subject/lora-prior-s1/adapter --output docs/images/tasks/subject_finetuning.png
 
 Rows, top to bottom: the four instance images (all the model ever saw of the subject); the subject at
 (size, place) pairs it never saw; the subject next to an ordinary object; plain squares from the same
 fine-tuned model (the class it must keep). Each generated tile is one image of its own prompt (seed
-`--seed`), checked by `data_utils.subject_checker`: a green mark under a tile means fully correct, red
-not, so the picture cannot look better than the numbers.
+`--seed`), labelled with the prompt and the verdict of `data_utils.subject_checker` (a correct tile also gets
+the highlighted frame), so the picture cannot look better than the numbers.
 """
 from __future__ import annotations
 
@@ -20,39 +20,26 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from PIL import Image, ImageDraw  # noqa: E402
-
 from data_utils.subject import (SubjectPrompt, class_prompts, composition_prompts, instance_items,  # noqa: E402
                                 recontext_prompts)
 from data_utils.subject_checker import check_subject_image, is_class_preserved  # noqa: E402
+from generation.figures import Cell, titled_rows  # noqa: E402
 from generation.outputs import save_png  # noqa: E402
 from generation.pipeline import Pipeline  # noqa: E402
-from scripts.task_examples import DISPLAY_SCALE, FRAME, enlarge, titled_rows  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 
 COLUMNS = 6
-MARK = 4  # height of the verdict bar under a generated tile
 
 
-def marked(image: Image.Image, correct: bool | None, tile: int) -> Image.Image:
-    """The enlarged tile with a green (fully correct) or red bar under it (none for a training image)."""
-    framed = enlarge(image, tile)
-    out = Image.new("RGB", (tile, tile + MARK), "white")
-    out.paste(framed, (0, 0))
-    ImageDraw.Draw(out).rectangle([0, tile, tile - 1, tile + MARK - 1],
-                                     fill="white" if correct is None else (40, 170, 60) if correct else (220, 40, 40))
-    return out
-
-
-def generated_row(pipe: Pipeline, prompts: Sequence[SubjectPrompt], seed: int, tile: int,
-                  sampling: dict) -> list[Image.Image]:
+def generated_row(pipe: Pipeline, prompts: Sequence[SubjectPrompt], seed: int, sampling: dict) -> list[Cell]:
+    """One image per prompt, captioned with the prompt and the checker's verdict (class prompts: preserved)."""
     results = pipe.text2image([p.text for p in prompts], n=1, seed=seed, **sampling)
-    tiles = []
+    cells = []
     for prompt, result in zip(prompts, results):
         check = check_subject_image(result.images[0], prompt.objects)
-        tiles.append(marked(result.images[0], is_class_preserved(check) if prompt.group == "class" else check.correct,
-                            tile))
-    return tiles
+        correct = is_class_preserved(check) if prompt.group == "class" else check.correct
+        cells.append(Cell(result.images[0], (prompt.text, "correct" if correct else "wrong"), correct))
+    return cells
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -66,18 +53,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     pipe = Pipeline.from_checkpoint(args.base, adapters=args.adapter)
     sampling = {"cfg_scale": args.cfg_scale, "temperature": args.temperature}
-    instances = [image for image, _ in instance_items()]
-    tile = DISPLAY_SCALE * instances[0].width + 2 * FRAME
     unseen = [p for p in recontext_prompts() if p.group == "unseen"]
     rows = [("the four instance images (all the model saw of the sks square)",
-             [marked(image, None, tile) for image in instances]),
-            ("the subject at sizes and places it never saw",
-             generated_row(pipe, unseen[::2][:COLUMNS], args.seed, tile, sampling)),
-            ("next to other objects", generated_row(pipe, composition_prompts(COLUMNS, seed=1), args.seed, tile,
-                                                    sampling)),
-            ("plain squares from the same model", generated_row(pipe, class_prompts(COLUMNS, seed=1), args.seed, tile,
+             [Cell(image, (caption, "training image")) for image, caption in instance_items()]),
+            ("the subject at sizes and places it never saw", generated_row(pipe, unseen[::2][:COLUMNS], args.seed,
+                                                                            sampling)),
+            ("next to other objects", generated_row(pipe, composition_prompts(COLUMNS, seed=1), args.seed, sampling)),
+            ("plain squares from the same model", generated_row(pipe, class_prompts(COLUMNS, seed=1), args.seed,
                                                                 sampling))]
-    picture = titled_rows(rows, columns=COLUMNS)
+    picture = titled_rows(rows, columns=COLUMNS, lines_per_field=2)  # a prompt takes two lines
     save_png(args.output, picture, {"base": args.base, "adapters": args.adapter, "seed": args.seed, **sampling})
     print(f"wrote {args.output}")
 

@@ -92,6 +92,15 @@ def test_lora_run_resumes_to_the_same_adapter_and_loads_everywhere(setup, tmp_pa
     generate_samples.main(["--load", str(setup.base), "--adapter", str(tmp_path / "full_run" / "adapter"), "--prompt",
                            prompt, "--batch-size", "2", "--seed", "3", "--output-path", str(out), "--device", "cpu"])
     assert len(list(out.glob("*.png"))) >= 2
+    # the docs picture draws from the adapter: instance row, then three generated rows, each tile labelled
+    from PIL import Image
+
+    from scripts import subject_figure
+    figure = tmp_path / "figure.png"
+    subject_figure.main(["--base", str(setup.base), "--adapter", str(tmp_path / "full_run" / "adapter"),
+                         "--output", str(figure)])
+    with Image.open(figure) as picture:
+        assert picture.width > 6 * 128 and picture.height > 4 * 128
     other = tmp_path / "other_base"
     shutil.copytree(export, other)
     with pytest.raises(UserError, match="another base model"):
