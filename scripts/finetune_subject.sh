@@ -3,7 +3,7 @@
 # preservation, then draw it somewhere it was never shown.
 #
 # Usage: scripts/finetune_subject.sh BASE_CHECKPOINT OUTPUT_DIR [more finetune_subject.py flags]
-#   scripts/finetune_subject.sh runs/bench_quality/shapes/gpt-9000 runs/subject
+#   scripts/finetune_subject.sh runs/bench_subject_base/shapes/gpt-2409 runs/subject
 #   MODE=full LR=1e-4 scripts/finetune_subject.sh runs/gpt runs/subject_full
 #   PRIOR_LOSS_WEIGHT=0 scripts/finetune_subject.sh runs/gpt runs/subject_noprior   # no prior preservation
 # Writes OUTPUT_DIR/instances (the four instance images with captions), OUTPUT_DIR/class_prompts.txt,
