@@ -350,9 +350,9 @@ def add_generation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     models.add_argument("--caption-model", metavar="PATH",
                         help="a separate checkpoint for the image-to-text direction of post-selection scores "
                              "(default: --load itself)")
-    models.add_argument("--adapter", action="append", metavar="DIR",
+    models.add_argument("--adapter", action="append", metavar="DIR[:SCALE]",
                         help="a fine-tuning adapter (finetune_subject.py) folded into --load; repeat to load several "
-                             "subjects at once")
+                             "subjects at once; DIR:0.5 adds a LoRA adapter at half strength")
     outputs = parser.add_argument_group("outputs")
     outputs.add_argument("--output-path", default="samples", metavar="DIR",
                          help="PNGs (settings in their metadata), a grid per prompt and manifest.jsonl "

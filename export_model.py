@@ -36,8 +36,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="iteration to export (default: the newest, from latest_checkpointed_iteration.txt)")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="folder for model.safetensors + model_config.json")
-    parser.add_argument("--merge-adapter", action="append", metavar="DIR",
-                        help="fold this fine-tuning adapter (finetune_subject.py) into the export; repeatable")
+    parser.add_argument("--merge-adapter", action="append", metavar="DIR[:SCALE]",
+                        help="fold this fine-tuning adapter (finetune_subject.py) into the export; repeatable; "
+                             "DIR:0.5 adds a LoRA adapter at half strength")
     add_load_time_model_args(parser)
     return parse_noting_given(parser, argv)
 

@@ -11,9 +11,13 @@ base's), so a model with adapters runs exactly as fast as one without, and `expo
 --merge-adapter` only has to save the result. Several adapters (several subjects) apply in order: LoRA
 updates add up; two adapters that both replace the same tensor are refused, as is a LoRA update of a
 tensor that another adapter replaces (the result would depend on the order).
+
+`DIR:SCALE` (e.g. `runs/a/adapter:0.5`) scales a LoRA update: two updates trained towards the same pictures
+overshoot when added at full strength (docs/tasks/subject_finetuning.md measured it), at half each they do not.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,10 +89,26 @@ def read_adapter(folder: str | os.PathLike) -> tuple[AdapterConfig, dict[str, to
     return config, read_safetensors(folder / ADAPTER_WEIGHTS)
 
 
+def adapter_spec(spec: str | os.PathLike) -> tuple[Path, float]:
+    """`DIR` or `DIR:SCALE` -> (folder, scale); the scale multiplies a LoRA update (1 when not given)."""
+    folder, _, scale = str(spec).rpartition(":")
+    try:
+        value = float(scale)
+    except ValueError:
+        return Path(spec), 1.0
+    if not math.isfinite(value):
+        raise UserError(f"adapter {spec}: the scale after ':' must be a finite number, got {scale}")
+    return Path(folder), value
+
+
 def _updates(config: AdapterConfig, tensors: Mapping[str, torch.Tensor], params: Mapping[str, torch.Tensor],
-             source: Path) -> dict[str, torch.Tensor]:
-    """Parameter name -> the tensor to add (LoRA) or to put in place (tensors), checked against the model."""
+             source: Path, scale: float) -> dict[str, torch.Tensor]:
+    """Parameter name -> the tensor to add (LoRA, times `scale`) or to put in place (tensors), checked against
+    the model."""
     if config.kind == "tensors":
+        if scale != 1.0:
+            raise UserError(f"adapter {source} replaces tensors (mode {config.mode}); a scale applies to LoRA "
+                            f"adapters only")
         updates = dict(tensors)
     else:
         modules = sorted({name.rsplit(".", 1)[0] for name in tensors})
@@ -97,7 +117,7 @@ def _updates(config: AdapterConfig, tensors: Mapping[str, torch.Tensor], params:
             a, b = tensors.get(f"{module}.lora_a"), tensors.get(f"{module}.lora_b")
             if a is None or b is None or a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
                 raise UserError(f"adapter {source} has no matching lora_a [r, in] / lora_b [out, r] for {module}")
-            updates[f"{module}.weight"] = (b @ a) * (config.lora_alpha / config.lora_rank)
+            updates[f"{module}.weight"] = (b @ a) * (scale * config.lora_alpha / config.lora_rank)
     for name, tensor in updates.items():
         if name not in params:
             raise UserError(f"adapter {source} changes {name}, which the model does not have")
@@ -109,7 +129,8 @@ def _updates(config: AdapterConfig, tensors: Mapping[str, torch.Tensor], params:
 
 @torch.no_grad()
 def apply_adapters(model: nn.Module, folders: Sequence[str | os.PathLike]) -> list[AdapterConfig]:
-    """Fold each adapter into `model` (in place), after checking each was made for this base model."""
+    """Fold each adapter (`DIR` or `DIR:SCALE`, see `adapter_spec`) into `model` (in place), after checking each
+    was made for this base model."""
     if not folders:
         return []
     fingerprint = base_fingerprint(model)
@@ -117,12 +138,12 @@ def apply_adapters(model: nn.Module, folders: Sequence[str | os.PathLike]) -> li
     replaced_by: dict[str, Path] = {}
     added_by: dict[str, Path] = {}
     loaded = []
-    for folder in map(Path, folders):
+    for folder, scale in map(adapter_spec, folders):
         config, tensors = read_adapter(folder)
         if config.base_fingerprint != fingerprint:
             raise UserError(f"adapter {folder} was trained from another base model (fingerprint "
                             f"{config.base_fingerprint}, this one {fingerprint}); load the base it was made for")
-        updates = _updates(config, tensors, params, folder)
+        updates = _updates(config, tensors, params, folder, scale)
         for name in updates:
             other = replaced_by.get(name) or (added_by.get(name) if config.kind == "tensors" else None)
             if other is not None:

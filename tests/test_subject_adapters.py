@@ -1,11 +1,13 @@
 """LoRA and adapters without training: a fresh LoRA changes nothing, a saved adapter folds into the base
 to exactly what the wrapped model computes, several compose, and a wrong base or a clash is refused."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 
-from finetune.adapters import AdapterConfig, apply_adapters, base_fingerprint, read_adapter, save_adapter
+from finetune.adapters import (AdapterConfig, adapter_spec, apply_adapters, base_fingerprint, read_adapter,
+                               save_adapter)
 from finetune.lora import LORA_TARGETS, add_lora, lora_tensors
 from finetune.trainable import freeze_all_but, trainable_prefixes, trained_state
 from model import CogViewGPT, ModelConfig
@@ -81,6 +83,19 @@ def test_two_lora_adapters_add_up_and_a_wrong_base_is_refused(tmp_path):
         apply_adapters(copy.deepcopy(base), [tmp_path / "missing"])
 
 
+def test_a_scaled_lora_adapter_adds_that_share_of_its_update(tmp_path):
+    base = model()
+    lora_adapter(base, tmp_path / "a", seed=0)
+    full, half = copy.deepcopy(base), copy.deepcopy(base)
+    apply_adapters(full, [tmp_path / "a"])
+    apply_adapters(half, [f"{tmp_path / 'a'}:0.5"])
+    for (name, p_base), p_full, p_half in zip(base.named_parameters(), full.parameters(), half.parameters()):
+        torch.testing.assert_close(p_half, p_base + 0.5 * (p_full - p_base), msg=name)
+    assert adapter_spec("runs/a") == (Path("runs/a"), 1.0) and adapter_spec("runs/a:2") == (Path("runs/a"), 2.0)
+    with pytest.raises(UserError, match="finite number"):
+        adapter_spec("runs/a:nan")
+
+
 def test_trained_tensor_adapters_replace_and_clashes_are_refused(tmp_path):
     base = model()
     tuned = copy.deepcopy(base)
@@ -99,6 +114,8 @@ def test_trained_tensor_adapters_replace_and_clashes_are_refused(tmp_path):
     lora_adapter(base, tmp_path / "l", seed=0)  # changes layer 1's projections, which "t" replaces
     with pytest.raises(UserError, match="both change transformer.layers.1"):
         apply_adapters(copy.deepcopy(base), [tmp_path / "t", tmp_path / "l"])
+    with pytest.raises(UserError, match="a scale applies to LoRA adapters only"):
+        apply_adapters(copy.deepcopy(base), [f"{tmp_path / 't'}:0.5"])
     with pytest.raises(UserError, match="unknown --trainable part"):
         trainable_prefixes("embedding", 2)
     with pytest.raises(UserError, match="layers 0-1"):
