@@ -229,14 +229,20 @@ def sampling_flops(config: ModelConfig, prompt_len: int, steps: int) -> float:
     return sum(2.0 * matmul_params + 4.0 * config.num_layers * config.hidden_size * s for s in contexts)
 
 
+def step_linears(model: CogViewGPT) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(weight, bias) of every matmul a forward runs on the model's weights: each layer's four projections and
+    the tied output projection."""
+    return [(m.weight, m.bias) for layer in model.transformer.layers
+            for m in (layer.attention.query_key_value, layer.attention.dense, layer.mlp.dense_h_to_4h,
+                      layer.mlp.dense_4h_to_h)] + [(model.word_embeddings.weight, None)]
+
+
 def weight_matmul_seconds(model: CogViewGPT, rows: int, prompt_len: int, steps: int, device: torch.device,
                           repeats: int) -> float:
     """Seconds of the weight matmuls alone of one decoding batch of `rows` rows (the prefill, whose logits cover
     every prompt position, then `steps - 1` one-token forwards), with the model's own weights at the same
     shapes: the loop's time if everything else were free and no rounding changed (medians of `repeats`)."""
-    linears = [(m.weight, m.bias) for layer in model.transformer.layers
-               for m in (layer.attention.query_key_value, layer.attention.dense, layer.mlp.dense_h_to_4h,
-                         layer.mlp.dense_4h_to_h)] + [(model.word_embeddings.weight, None)]
+    linears = step_linears(model)
 
     def forward_seconds(tokens: int) -> float:
         inputs = {w.shape[1]: torch.randn(rows, tokens, w.shape[1], device=device) for w, _ in linears}
@@ -260,11 +266,9 @@ def streaming_bandwidth(device: torch.device, repeats: int) -> float:
 
 
 def step_weight_bytes(model: CogViewGPT) -> int:
-    """Bytes of the weights every one-token forward multiplies by (layers and output projection; position and
-    row/column embeddings are a lookup of one row)."""
-    linears = [m for layer in model.transformer.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
-    return sum(t.numel() * t.element_size() for m in linears for t in (m.weight, m.bias)) + \
-        model.word_embeddings.weight.numel() * model.word_embeddings.weight.element_size()
+    """Bytes of the weights every one-token forward multiplies by (`step_linears`; position and row/column
+    embeddings are a lookup of one row)."""
+    return sum(t.numel() * t.element_size() for pair in step_linears(model) for t in pair if t is not None)
 
 
 def quick_start_table(args: argparse.Namespace) -> None:
