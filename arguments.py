@@ -155,6 +155,11 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                        help="draw the task once per micro-batch instead of once per sample, so a batch is not padded "
                             "to super-resolution's length for one sample of it (more steps per minute, "
                             "docs/results.md); the mix is the same in expectation")
+    group.add_argument("--understanding-turns", metavar="K", type=positive_int, default=1,
+                       help="train up to K of an image's questions (vqa), expressions (referring) or boxes "
+                            "(box_to_phrase) in one sample, one turn each after the image's codes, instead of one "
+                            "per sample: K times the answers for little more than one image's tokens "
+                            "(docs/tasks/vqa.md; default: %(default)s)")
     group.add_argument("--grid-mix", type=grid_mix, default=None, metavar="HxW,...",
                        help="train text-to-image and captioning on crops of the code grids with these shapes, e.g. "
                             "16x32,32x16,32x32 (each side 4, 8, 16, 32 or 64, at most the data's grid); best with "

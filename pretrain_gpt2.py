@@ -80,7 +80,7 @@ def load_data(args: argparse.Namespace, position_layout: str) -> TrainingData:
                                             int(recorded.get("location_bins", 0)))
     train_rows = ShardedRows(args.train_data, tokenizer=tokenizer)
     train = TaskSequenceDataset(train_rows, tokenizer, args.task_mix, args.seed, args.cfg_drop_prob, position_layout,
-                                args.grid_mix)
+                                args.grid_mix, understanding_turns=args.understanding_turns)
     for task in train.tasks:  # build one sample of each task here: a bad setting fails in one line, not in a worker
         TaskSequenceDataset(train_rows, tokenizer, {task: 1.0}, args.seed, position_layout=position_layout,
                             grid_mix=args.grid_mix)[0]
@@ -100,7 +100,7 @@ def load_data(args: argparse.Namespace, position_layout: str) -> TrainingData:
                                            position_layout=position_layout)
                  for task in train.tasks}
     return TrainingData(tokenizer=tokenizer, train=train, valid=valid,
-                        positions_needed=positions_needed(train_rows.format, args.task_mix),
+                        positions_needed=positions_needed(train_rows.format, args.task_mix, args.understanding_turns),
                         metadata={"tokenizer": recorded, "vqvae": manifest["vqvae"],
                                   "data": {**data_geometry(train_rows.format), "tasks": list(train.tasks),
                                            "sr_windows": train.trains_windows,

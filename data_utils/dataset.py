@@ -13,7 +13,9 @@ of it, while the mix stays the same in expectation. Everything else is still dra
 The understanding tasks (vqa, grounded_caption, referring, box_to_phrase) read a row's annotations
 (`data_utils/annotations.py`). A row without what a task needs (no questions, no boxes, a caption whose
 phrases could not be grounded) never draws that task: its draw is made among the tasks it can train, by
-their weights, and one of the row's records of that kind is picked, again by (seed, position). A row that
+their weights, and one of the row's records of that kind is picked, again by (seed, position), or with
+`understanding_turns` k > 1 up to k distinct records of one image for vqa, referring and box to phrase, one
+turn each (`sequences.turns`: the image's codes once for k answers). A row that
 can train no task of the mix at all (a mix of understanding tasks only) hands the sample to the next row
 of the epoch's order that can.
 """
@@ -88,7 +90,7 @@ class TaskSequenceDataset(Dataset):
     def __init__(self, rows: ShardedRows, tokenizer: UnifiedTokenizer,
                  task_weights: Mapping[str, float] = DEFAULT_TASK_WEIGHTS, seed: int = 0, cfg_drop_prob: float = 0.0,
                  position_layout: str = "consecutive", grid_mix: Sequence[tuple[int, int]] | None = None,
-                 task_block: int = 1):
+                 task_block: int = 1, understanding_turns: int = 1):
         if len(rows) == 0:
             raise UserError(f"no rows in {rows.data_dir}; every item was skipped (see its skipped.txt)")
         if not 0.0 <= cfg_drop_prob <= 1.0:
@@ -100,6 +102,9 @@ class TaskSequenceDataset(Dataset):
         if task_block < 1:
             raise UserError(f"a task block holds at least one sample, got {task_block}")
         self.task_block = int(task_block)
+        if understanding_turns < 1:
+            raise UserError(f"an understanding sample holds at least one turn, got {understanding_turns}")
+        self.understanding_turns = int(understanding_turns)
         self.text_positions = sequences.text_positions_for(position_layout, rows.format.text_max_tokens)
         self.tasks, self._cumulative = _active_tasks(task_weights, rows.format.lowres_grid is not None,
                                                      rows.format.annotation_tokens > 0 and tokenizer.location_bins > 0)
@@ -144,18 +149,15 @@ class TaskSequenceDataset(Dataset):
 
     def _understanding(self, task: str, position: int, records: annotations.RowAnnotations, image: torch.Tensor,
                        grid) -> sequences.TokenSequence:
-        """The sequence of an understanding task, from one of the row's records picked by (seed, position)."""
+        """The sequence of an understanding task: for vqa, referring and box_to_phrase `understanding_turns` of
+        the row's records (as many as it has, if fewer) picked by (seed, position), one turn each."""
         rng = np.random.default_rng([self.seed, int(position), _RECORD_STREAM])
         tok = self.tokenizer
         if task == "grounded_caption":
             return sequences.grounded_caption(tok, image, grid, records.grounded)
         pool = {"vqa": records.questions, "referring": records.expressions, "box_to_phrase": records.objects}[task]
-        a, b = pool[int(rng.integers(len(pool)))]
-        if task == "vqa":
-            return sequences.vqa(tok, image, grid, a, b)
-        if task == "referring":
-            return sequences.referring(tok, image, grid, a, b)
-        return sequences.box_to_phrase(tok, image, grid, b, a)
+        picked = rng.permutation(len(pool))[:self.understanding_turns]
+        return sequences.turns(tok, task, image, grid, [pool[k] for k in picked])
 
     def crop(self, position: int, codes: np.ndarray) -> np.ndarray:
         """Sample `position`'s crop of `codes` under `grid_mix`: a shape of the mix, at a place in the grid."""
@@ -235,18 +237,19 @@ def collate_sequences(samples: Sequence[Mapping[str, Any]], pad_id: int) -> dict
     return {"input_ids": batch.ids, "position_ids": batch.positions, "tasks": [sample["task"] for sample in samples]}
 
 
-def _task_lengths(row_format: RowFormat, task_weights: Mapping[str, float], measure) -> int:
+def _task_lengths(row_format: RowFormat, task_weights: Mapping[str, float], measure, understanding_turns: int
+                  ) -> int:
     tasks, _ = _active_tasks(task_weights, row_format.lowres_grid is not None, row_format.annotation_tokens > 0)
-    return max(measure(task, row_format.text_max_tokens, row_format.image_grid, row_format.lowres_grid)
-               for task in tasks)
+    return max(measure(task, row_format.text_max_tokens, row_format.image_grid, row_format.lowres_grid,
+                       understanding_turns) for task in tasks)
 
 
-def sequence_length(row_format: RowFormat, task_weights: Mapping[str, float]) -> int:
+def sequence_length(row_format: RowFormat, task_weights: Mapping[str, float], understanding_turns: int = 1) -> int:
     """The longest sequence (in tokens) these rows and tasks produce: the batch length to plan for."""
-    return _task_lengths(row_format, task_weights, sequences.max_length)
+    return _task_lengths(row_format, task_weights, sequences.max_length, understanding_turns)
 
 
-def positions_needed(row_format: RowFormat, task_weights: Mapping[str, float]) -> int:
+def positions_needed(row_format: RowFormat, task_weights: Mapping[str, float], understanding_turns: int = 1) -> int:
     """Position embeddings these rows and tasks need; below `sequence_length` with super-resolution,
     whose positions restart at `[ROI2]`. Compare it with the model's `max_position_embeddings`."""
-    return _task_lengths(row_format, task_weights, sequences.num_positions)
+    return _task_lengths(row_format, task_weights, sequences.num_positions, understanding_turns)

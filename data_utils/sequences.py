@@ -19,6 +19,9 @@ the prompt (everything up to the part to generate) must already tell them apart:
     box_to_phrase      G [BOI1] codes [EOI1] [BOX] L_tl L_br [PHR] phrase [SEP]            prompt ends at [PHR]
                        positions 0 … n-1
 
+vqa, referring and box_to_phrase may train several records of one image in one sequence (`turns`): the image
+once, then each record's full turn, `… [EOI1] [QUES] q1 [ANS] a1 [SEP] [QUES] q2 [ANS] a2 [SEP]`.
+
 `L_tl L_br` are the location tokens of a box's top-left and bottom-right cells (`data_utils/locations.py`).
 In a grounded caption `[PHR]` opens an object phrase and its two location tokens close it, as Kosmos-2's
 `<p> phrase </p> <box> … </box>`: "[PHR] a large red circle L L at the top left and [PHR] a small …".
@@ -49,7 +52,7 @@ grid token (the columns of a pair) being the row length.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -202,14 +205,16 @@ def _consecutive(ids: list[int]) -> TokenSequence:
     return TokenSequence(ids, list(range(len(ids))))
 
 
+def _vqa_turn(tok: UnifiedTokenizer, question_ids: IdsLike, answer_ids: IdsLike | None) -> list[int]:
+    ids = [tok["[QUES]"], *_text(tok, question_ids), tok["[ANS]"]]
+    return ids if answer_ids is None else [*ids, *_text(tok, answer_ids), tok["[SEP]"]]
+
+
 def vqa(tok: UnifiedTokenizer, codes: IdsLike, grid: Grid, question_ids: IdsLike,
         answer_ids: IdsLike | None = None) -> TokenSequence:
     """`G [BOI1] codes [EOI1] [QUES] question [ANS] answer [SEP]`; without `answer_ids`, the prompt ending at
     `[ANS]`."""
-    ids = [*_image_first(tok, codes, grid), tok["[QUES]"], *_text(tok, question_ids), tok["[ANS]"]]
-    if answer_ids is not None:
-        ids += [*_text(tok, answer_ids), tok["[SEP]"]]
-    return _consecutive(ids)
+    return _consecutive([*_image_first(tok, codes, grid), *_vqa_turn(tok, question_ids, answer_ids)])
 
 
 def grounded_caption(tok: UnifiedTokenizer, codes: IdsLike, grid: Grid,
@@ -252,24 +257,47 @@ def grounded_caption_ids(tok: UnifiedTokenizer, caption: str,
     return body
 
 
+def _referring_turn(tok: UnifiedTokenizer, expression_ids: IdsLike, box_ids: IdsLike | None) -> list[int]:
+    ids = [tok["[REF]"], *_text(tok, expression_ids), tok["[BOX]"]]
+    return ids if box_ids is None else [*ids, *_box(tok, box_ids), tok["[SEP]"]]
+
+
 def referring(tok: UnifiedTokenizer, codes: IdsLike, grid: Grid, expression_ids: IdsLike,
               box_ids: IdsLike | None = None) -> TokenSequence:
     """`G [BOI1] codes [EOI1] [REF] expression [BOX] L_tl L_br [SEP]`; without `box_ids`, the prompt ending
     at `[BOX]`."""
-    ids = [*_image_first(tok, codes, grid), tok["[REF]"], *_text(tok, expression_ids), tok["[BOX]"]]
-    if box_ids is not None:
-        ids += [*_box(tok, box_ids), tok["[SEP]"]]
-    return _consecutive(ids)
+    return _consecutive([*_image_first(tok, codes, grid), *_referring_turn(tok, expression_ids, box_ids)])
+
+
+def _box_to_phrase_turn(tok: UnifiedTokenizer, phrase_ids: IdsLike | None, box_ids: IdsLike) -> list[int]:
+    ids = [tok["[BOX]"], *_box(tok, box_ids), tok["[PHR]"]]
+    return ids if phrase_ids is None else [*ids, *_text(tok, phrase_ids), tok["[SEP]"]]
 
 
 def box_to_phrase(tok: UnifiedTokenizer, codes: IdsLike, grid: Grid, box_ids: IdsLike,
                   phrase_ids: IdsLike | None = None) -> TokenSequence:
     """`G [BOI1] codes [EOI1] [BOX] L_tl L_br [PHR] phrase [SEP]`; without `phrase_ids`, the prompt ending
     at `[PHR]`."""
-    ids = [*_image_first(tok, codes, grid), tok["[BOX]"], *_box(tok, box_ids), tok["[PHR]"]]
-    if phrase_ids is not None:
-        ids += [*_text(tok, phrase_ids), tok["[SEP]"]]
-    return _consecutive(ids)
+    return _consecutive([*_image_first(tok, codes, grid), *_box_to_phrase_turn(tok, phrase_ids, box_ids)])
+
+
+# The turn of each task that several records of one image can repeat, built from a record as the row's
+# annotations store it: (question, answer) for vqa, (expression or phrase, box) for the other two.
+_TURNS = {"vqa": _vqa_turn, "referring": _referring_turn, "box_to_phrase": _box_to_phrase_turn}
+TURN_TASKS = tuple(_TURNS)
+
+
+def turns(tok: UnifiedTokenizer, task: str, codes: IdsLike, grid: Grid,
+          records: Sequence[tuple[IdsLike, IdsLike]]) -> TokenSequence:
+    """The image once, then one full turn per record, `G [BOI1] codes [EOI1] turn_1 … turn_k`: for example
+    `[QUES] q1 [ANS] a1 [SEP] [QUES] q2 [ANS] a2 [SEP]`. Training on several records of one image costs one
+    image's codes instead of one per record; the first turn is exactly the one-record sequence, which is all
+    generation ever reads, and each later one is read after the earlier answers."""
+    if task not in _TURNS:
+        raise ValueError(f"{task} has no turns; one of {', '.join(TURN_TASKS)}")
+    if not records:
+        raise ValueError("a sequence of turns needs at least one record")
+    return _consecutive([*_image_first(tok, codes, grid), *(id_ for a, b in records for id_ in _TURNS[task](tok, a, b))])
 
 
 # --- reading generated ids back ----------------------------------------------------------------------------
@@ -328,15 +356,18 @@ def parse_grounded_caption(tok: UnifiedTokenizer, generated: IdsLike, width: int
     return GroundedCaption(tok.decode_text(ids).strip(), objects)
 
 
-def _part_lengths(task: str, text_max_tokens: int, grid: int, lo_grid: int | None) -> tuple[int, ...]:
+def _part_lengths(task: str, text_max_tokens: int, grid: int, lo_grid: int | None, turns: int = 1
+                  ) -> tuple[int, ...]:
     """Lengths of the parts whose positions each start at 0, for the longest text (each text part of an
-    understanding task is at most `text_max_tokens`, a grounded caption's body `GROUNDED_MARKER_BUDGET` more)."""
+    understanding task is at most `text_max_tokens`, a grounded caption's body `GROUNDED_MARKER_BUDGET` more);
+    `turns`: the records per sample of the tasks in `TURN_TASKS` (`turns`)."""
+    image = grid * grid + 3  # G [BOI1] codes [EOI1]
     if task == "vqa":
-        return (2 * text_max_tokens + grid * grid + 6,)
+        return (image + turns * (2 * text_max_tokens + 3),)
     if task == "grounded_caption":
-        return (text_max_tokens + GROUNDED_MARKER_BUDGET + grid * grid + 5,)
+        return (image + text_max_tokens + GROUNDED_MARKER_BUDGET + 2,)
     if task in ("referring", "box_to_phrase"):
-        return (text_max_tokens + grid * grid + 8,)
+        return (image + turns * (text_max_tokens + 5),)
     if task == "text2image":
         return (text_max_tokens + grid * grid + 4,)
     if task == "image2text":
@@ -347,16 +378,16 @@ def _part_lengths(task: str, text_max_tokens: int, grid: int, lo_grid: int | Non
     raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
-def max_length(task: str, text_max_tokens: int, grid: int, lo_grid: int | None = None) -> int:
+def max_length(task: str, text_max_tokens: int, grid: int, lo_grid: int | None = None, turns: int = 1) -> int:
     """Number of tokens of the task's full sequence with the longest text (`grid` is the target
-    image's side; `lo_grid` defaults to `grid // 2` for super-resolution)."""
-    return sum(_part_lengths(task, text_max_tokens, grid, lo_grid))
+    image's side; `lo_grid` defaults to `grid // 2` for super-resolution; `turns` as in `_part_lengths`)."""
+    return sum(_part_lengths(task, text_max_tokens, grid, lo_grid, turns))
 
 
-def num_positions(task: str, text_max_tokens: int, grid: int, lo_grid: int | None = None) -> int:
+def num_positions(task: str, text_max_tokens: int, grid: int, lo_grid: int | None = None, turns: int = 1) -> int:
     """Number of position embeddings the task needs: less than `max_length` for super-resolution,
     whose positions restart at `[ROI2]`."""
-    return max(_part_lengths(task, text_max_tokens, grid, lo_grid))
+    return max(_part_lengths(task, text_max_tokens, grid, lo_grid, turns))
 
 
 # --- where each image code sits -------------------------------------------------------------------

@@ -120,3 +120,22 @@ def test_max_length_bounds_the_longest_sequence(tok, task):
              "referring": lambda: sequences.referring(tok, image, 4, text, box),
              "box_to_phrase": lambda: sequences.box_to_phrase(tok, image, 4, box, text)}[task]()
     assert len(built) == sequences.max_length(task, 8, 4) == sequences.num_positions(task, 8, 4)
+
+
+@pytest.mark.parametrize("task", sequences.TURN_TASKS)
+def test_turns_repeat_a_task_after_one_image(tok, task):
+    text = [tok.text_offset + 5] * 8
+    box = box_to_ids(tok, (0, 0, 64, 64), 64, 64)
+    image = torch.zeros(4, 4, dtype=torch.long)
+    record = (text, text) if task == "vqa" else (text, box)  # as the row's annotations store them
+    single = {"vqa": lambda: sequences.vqa(tok, image, 4, text, text),
+              "referring": lambda: sequences.referring(tok, image, 4, text, box),
+              "box_to_phrase": lambda: sequences.box_to_phrase(tok, image, 4, box, text)}[task]()
+    assert sequences.turns(tok, task, image, 4, [record]) == single  # one turn is the one-record sequence
+    three = sequences.turns(tok, task, image, 4, [record] * 3)
+    image_part = 4 * 4 + 3
+    assert three.ids == single.ids + 2 * single.ids[image_part:]
+    assert three.position_ids == list(range(len(three)))
+    assert len(three) == sequences.max_length(task, 8, 4, turns=3) == sequences.num_positions(task, 8, 4, turns=3)
+    with pytest.raises(ValueError, match="no turns"):
+        sequences.turns(tok, "grounded_caption", image, 4, [record])

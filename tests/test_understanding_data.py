@@ -145,6 +145,19 @@ def test_dataset_draws_the_understanding_tasks_and_a_training_step_learns(locate
         answer = sequences.parse_answer(tok, ids[ids.index(tok["[ANS]"]) + 1:])
         expected = shapes_tasks(source.objects(index), 64, item.metadata["language"], source.seed, index)
         assert (asked, answer) in {(qa.question, qa.answer) for qa in expected.questions}
+    # Several turns: distinct questions of the row's item, the first one exactly the one-turn sample's.
+    turned = TaskSequenceDataset(shapes_rows, tok, mix, seed=3, understanding_turns=3)
+    for position, sample in enumerate(samples):
+        if sample["task"] != "vqa":
+            continue
+        ids = turned[position]["input_ids"].tolist()
+        assert ids[:len(sample["input_ids"])] == sample["input_ids"].tolist()
+        asked = ids.count(tok["[QUES]"])
+        questions = annotations.unpack(shapes_rows[dataset.row_index(position)].annotations).questions
+        assert asked == min(3, len(questions)) == ids.count(tok["[SEP]"])
+        starts = [k for k, i in enumerate(ids) if i == tok["[QUES]"]]
+        assert len({tuple(ids[k:ids.index(tok["[SEP]"], k)]) for k in starts}) == asked
+        assert len(ids) <= sequence_length(shapes_rows.format, mix, understanding_turns=3)
     model = tiny_model(tok, max_positions=sequence_length(shapes_rows.format, mix)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     batch = collate_sequences([s for s in samples if s["task"] in sequences.UNDERSTANDING_TASKS][:8], tok.pad_id)
