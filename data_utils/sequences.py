@@ -297,7 +297,8 @@ def turns(tok: UnifiedTokenizer, task: str, codes: IdsLike, grid: Grid,
         raise ValueError(f"{task} has no turns; one of {', '.join(TURN_TASKS)}")
     if not records:
         raise ValueError("a sequence of turns needs at least one record")
-    return _consecutive([*_image_first(tok, codes, grid), *(id_ for a, b in records for id_ in _TURNS[task](tok, a, b))])
+    make_turn = _TURNS[task]
+    return _consecutive([*_image_first(tok, codes, grid), *(i for a, b in records for i in make_turn(tok, a, b))])
 
 
 # --- reading generated ids back ----------------------------------------------------------------------------
