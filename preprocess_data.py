@@ -29,6 +29,7 @@ from tqdm import tqdm
 from data_utils.image_sources import (EMPTY_CAPTION, CaptionedImage, CaptionedImageSource, SkipItem, SkippedItem,
                                       load_item, open_dataset, skip_report)
 from data_utils.images import downscale, pil_to_tensor
+from data_utils.shapes import DEFAULT_TWO_OBJECT_FRACTION
 from data_utils.sr_windows import DEFAULT_SR_CONDITION, SR_CONDITIONS, condition_grid, condition_image
 from data_utils.shards import (FORMAT_VERSION, MANIFEST_NAME, RowFormat, read_manifest, remove_unlisted_files,
                                write_manifest, write_shard)
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--language", default="en", choices=("en", "zh", "both"),
                       help="caption language of shapes (default %(default)s)")
     data.add_argument("--seed", type=int, default=0, help="seed of the shapes dataset (default %(default)s)")
+    data.add_argument("--two-object-fraction", type=float, default=DEFAULT_TWO_OBJECT_FRACTION,
+                      help="shapes: share of pictures with two objects (default %(default)s, shapes.md's). A "
+                           "training set may hold more: one object is learned long before two")
     models = parser.add_argument_group("tokenizers")
     models.add_argument("--text-tokenizer", required=True, help="SentencePiece .model file")
     models.add_argument("--vqvae", required=True, help="VQ-VAE folder (train_vqvae.py) or CogView's .pt")
@@ -110,6 +114,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.annotation_tokens < 0 or (args.annotation_tokens and not args.location_bins):
         parser.error(f"--annotation-tokens {args.annotation_tokens}: must be >= 0, and 0 with --location-bins 0 "
                      "(the understanding tasks need location tokens)")
+    if not 0.0 <= args.two_object_fraction <= 1.0:
+        parser.error(f"--two-object-fraction must lie in [0, 1], got {args.two_object_fraction}")
+    if args.two_object_fraction != DEFAULT_TWO_OBJECT_FRACTION and args.dataset != "shapes":
+        parser.error("--two-object-fraction applies to --dataset shapes only")
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
     if args.with_highres and not args.with_lowres:
@@ -139,10 +147,11 @@ class EncodeSettings:
     annotation_tokens: int = 0
     with_highres: bool = False
     sr_condition: str = DEFAULT_SR_CONDITION
+    two_object_fraction: float = DEFAULT_TWO_OBJECT_FRACTION
 
     def open_source(self) -> CaptionedImageSource:
         return open_dataset(self.dataset, split=self.split, size=self.image_size, language=self.language,
-                            seed=self.seed, num_items=self.num_items)
+                            seed=self.seed, num_items=self.num_items, two_object_fraction=self.two_object_fraction)
 
     def load_models(self) -> tuple[UnifiedTokenizer, VQVAE]:
         vqvae = load_vqvae(self.vqvae)
@@ -170,7 +179,8 @@ class EncodeSettings:
         return {name: value for name, value in asdict(self).items()
                 if name not in ("dataset", "text_tokenizer", "vqvae", "batch_size")
                 and (name not in ("with_highres", "location_bins", "annotation_tokens") or value)
-                and (name != "sr_condition" or value != DEFAULT_SR_CONDITION)}
+                and (name != "sr_condition" or value != DEFAULT_SR_CONDITION)
+                and (name != "two_object_fraction" or value != DEFAULT_TWO_OBJECT_FRACTION)}
         # the options added later are absent when off, as in folders made before them
 
 
@@ -452,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
         language=args.language, seed=args.seed, text_tokenizer=args.text_tokenizer, vqvae=args.vqvae,
         text_max_tokens=args.text_max_tokens, with_lowres=args.with_lowres, chunk_size=args.chunk_size,
         batch_size=args.batch_size, location_bins=args.location_bins, annotation_tokens=args.annotation_tokens,
-        with_highres=args.with_highres, sr_condition=args.sr_condition)
+        with_highres=args.with_highres, sr_condition=args.sr_condition, two_object_fraction=args.two_object_fraction)
     output = Path(args.output)
     summarise(output, process(settings, output, args.workers, args.log_dir))
 

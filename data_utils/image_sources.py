@@ -32,7 +32,7 @@ from PIL import Image
 
 from data_utils.annotations import TaskAnnotations
 from data_utils.images import load_image
-from data_utils.shapes import ShapeObject, ShapesDataset, render
+from data_utils.shapes import DEFAULT_TWO_OBJECT_FRACTION, ShapeObject, ShapesDataset, render
 from data_utils.shapes_tasks import shapes_tasks
 from utils.errors import UserError
 from utils.logging import get_logger
@@ -161,11 +161,13 @@ def held_out_scene(objects: Sequence[ShapeObject]) -> bool:
 class ShapesSource(CaptionedImageSource):
     name = "shapes"
 
-    def __init__(self, split: str, size: int, language: str, seed: int, num_items: int):
+    def __init__(self, split: str, size: int, language: str, seed: int, num_items: int,
+                 two_object_fraction: float = DEFAULT_TWO_OBJECT_FRACTION):
         self.split, self.num_items = split, num_items
         self.seed = seed if split == "train" else seed + VAL_SEED_OFFSET
         try:
-            self._streams = [ShapesDataset(seed=self.seed, size=size, language=language)]
+            self._streams = [ShapesDataset(seed=self.seed, size=size, language=language,
+                                           two_object_fraction=two_object_fraction)]
         except ValueError as err:
             raise UserError(f"shapes: {err}") from None
 
@@ -179,7 +181,8 @@ class ShapesSource(CaptionedImageSource):
             if attempt == len(self._streams):
                 first = self._streams[0]
                 self._streams.append(ShapesDataset(seed=self.seed + 2 * attempt * VAL_SEED_OFFSET, size=first.size,
-                                                   language=first.language))
+                                                   language=first.language,
+                                                   two_object_fraction=first.two_object_fraction))
             if held_out_scene(self._streams[attempt].objects(index)) == wanted:
                 return self._streams[attempt]
             attempt += 1
@@ -471,12 +474,13 @@ def _read_list(list_path: Path) -> list[_Entry]:
 # --- opening a dataset by name or path -------------------------------------------------------------------
 
 def open_dataset(name_or_path: str, *, split: str = "train", size: int = 64, language: str = "en",
-                 seed: int = 0, num_items: int | None = None,
-                 min_side: int = MIN_IMAGE_SIDE) -> CaptionedImageSource:
+                 seed: int = 0, num_items: int | None = None, min_side: int = MIN_IMAGE_SIDE,
+                 two_object_fraction: float = DEFAULT_TWO_OBJECT_FRACTION) -> CaptionedImageSource:
     """The captioned images of `split` from `"shapes"`, `"emoji"`, a folder, or a `.jsonl`/`.tsv` list.
 
-    `num_items` caps the number of items (shapes: sets it, default 10,000 train / 500 val); `language`
-    and `seed` apply to shapes; `min_side` is the smallest image side a file source accepts.
+    `num_items` caps the number of items (shapes: sets it, default 10,000 train / 500 val); `language`,
+    `seed` and `two_object_fraction` (the share of two-object pictures, shapes.md's half by default) apply to
+    shapes; `min_side` is the smallest image side a file source accepts.
     """
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
@@ -485,7 +489,7 @@ def open_dataset(name_or_path: str, *, split: str = "train", size: int = 64, lan
     if num_items is not None and num_items <= 0:
         raise UserError(f"num_items must be positive, got {num_items}")
     if name_or_path == "shapes":
-        return ShapesSource(split, size, language, seed, num_items or SHAPES_DEFAULT_ITEMS[split])
+        return ShapesSource(split, size, language, seed, num_items or SHAPES_DEFAULT_ITEMS[split], two_object_fraction)
     if name_or_path == "emoji":
         return EmojiSource(split, size, num_items)
 

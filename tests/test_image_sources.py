@@ -66,6 +66,20 @@ def test_shapes_val_pictures_never_appear_in_training():
     assert sum(len(val.item(index).metadata["objects"]) == 1 for index in range(len(val))) > 60  # both kinds held out
 
 
+def test_shapes_two_object_fraction_holds_in_every_stream_of_the_split():
+    # A training set may hold more two-object pictures than shapes.md's half; the split by picture still holds.
+    heavy = open_dataset("shapes", size=32, num_items=400, two_object_fraction=0.9)
+    counts = [len(heavy.item(index).metadata["objects"]) for index in range(len(heavy))]
+    assert 0.85 < counts.count(2) / len(counts) < 0.95
+    assert heavy.describe()["two_object_fraction"] == 0.9
+    only_two = open_dataset("shapes", split="val", size=32, num_items=50, two_object_fraction=1.0)
+    assert all(len(only_two.objects(index)) == 2 for index in range(len(only_two)))  # the fallback streams too
+    assert open_dataset("shapes", size=32, num_items=200).caption(7) == \
+        open_dataset("shapes", size=32, num_items=200, two_object_fraction=0.5).caption(7)  # the default is the spec's
+    with pytest.raises(UserError, match="two_object_fraction must lie in"):
+        open_dataset("shapes", two_object_fraction=1.5)
+
+
 def test_folder_loads_good_items_and_skips_bad_ones(tmp_path, no_val_split):
     write_image(tmp_path / "good.png")
     (tmp_path / "good.txt").write_text("  a red\nbox \n", encoding="utf-8")

@@ -186,6 +186,21 @@ def test_resume_with_other_settings_or_models_is_refused(tools, tmp_path):
     assert read_manifest(output)["counts"]["rows"] == 8
 
 
+def test_two_object_fraction_is_recorded_and_refused_off_shapes(tools, tmp_path):
+    output = tmp_path / "data"
+    preprocess_data.main(cli_args(tools, output, "--dataset", "shapes", "--num-items", "8", "--workers", "0",
+                                  "--two-object-fraction", "1"))
+    manifest = read_manifest(output)
+    assert manifest["dataset"]["args"]["two_object_fraction"] == 1.0
+    assert manifest["preprocess"]["two_object_fraction"] == 1.0
+    with pytest.raises(UserError, match="different preprocess two_object_fraction"):
+        preprocess_data.main(cli_args(tools, output, "--dataset", "shapes", "--num-items", "8", "--workers", "0"))
+    with pytest.raises(SystemExit):
+        preprocess_data.parse_args(cli_args(tools, output, "--dataset", "emoji", "--two-object-fraction", "0.8"))
+    with pytest.raises(SystemExit):
+        preprocess_data.parse_args(cli_args(tools, output, "--dataset", "shapes", "--two-object-fraction", "2"))
+
+
 def test_reader_refuses_other_tokenizer_or_vqvae(tools, tmp_path):
     output = tmp_path / "data"
     preprocess_data.main(cli_args(tools, output, "--dataset", "shapes", "--num-items", "4", "--workers", "0"))
