@@ -37,6 +37,18 @@ def test_the_joint_recipe_adds_every_understanding_task_and_keeps_the_shapes_tas
     assert sum(weights.values()) == pytest.approx(1.0) and max(weights, key=weights.get) == "text2image"
 
 
+def test_only_the_training_shards_draw_more_two_object_pictures(tmp_path):
+    from benchmarks.bench_quality import JOINT, SHAPES, shard_stages
+
+    train, val = shard_stages(tmp_path, tmp_path, "shapes", 64, 100, 10, "both", 1, with_lowres=True,
+                              two_object_fraction=SHAPES.two_object_fraction)
+    assert train.argv[train.argv.index("--two-object-fraction") + 1] == f"{SHAPES.two_object_fraction:g}"
+    assert "--two-object-fraction" not in val.argv  # held-out prompts keep shapes.md's half
+    assert JOINT.two_object_fraction == SHAPES.two_object_fraction  # the joint run is compared with the shapes run
+    default = shard_stages(tmp_path, tmp_path, "emoji", 64, 100, 10, "en", 1, with_lowres=False)
+    assert all("--two-object-fraction" not in stage.argv for stage in default)
+
+
 def test_the_understanding_table_has_a_row_per_language():
     from benchmarks.bench_quality import understanding_table
 
