@@ -74,7 +74,7 @@ class Recipe:
 # Super-resolution trains its whole-image step and, with --with-highres data, the 9 magnification windows
 # (half of its samples each), so it gets 0.15 where it had 0.1 before the windows. Single objects are learned
 # long before pairs, so training draws 80% two-object pictures (held-out prompts keep shapes.md's half): at the
-# same 8,151 steps two-object prompts post-selected 13% -> 22%, single objects 100% -> 98% (docs/results.md).
+# same 8,151 steps two-object prompts post-selected 9-13% -> 17-22%, single objects 100% -> 98-100% (docs/results.md).
 SHAPES = Recipe("text2image=0.65,image2text=0.2,super_resolution=0.15", dropout=0.0, two_object_fraction=0.8)
 # 3,615 emoji images: without dropout, validation loss rose over the second half of a 15-minute run.
 EMOJI = Recipe("text2image=0.8,image2text=0.2", dropout=0.1)
