@@ -110,9 +110,9 @@ def shard_stages(run: Path, components: Path, dataset: str, image_size: int, tra
               *(["--with-lowres", "--with-highres", "--sr-condition", "upsampled"] if with_lowres else []),
               *(["--location-bins", str(location_bins)] if location_bins else []), "--workers", str(workers)]
     data = run / "data"
+    share = [] if two_object_fraction is None else ["--two-object-fraction", f"{two_object_fraction:g}"]
     return [
-        Stage("data-train", ["preprocess_data.py", *shards, "--split", "train", "--num-items", str(train_items),
-                             *(["--two-object-fraction", f"{two_object_fraction:g}"] if two_object_fraction else []),
+        Stage("data-train", ["preprocess_data.py", *shards, "--split", "train", "--num-items", str(train_items), *share,
                              "--output", str(data / "train")], [data / "train" / "manifest.json"]),
         Stage("data-val", ["preprocess_data.py", *shards, "--split", "val", "--num-items", str(val_items),
                            "--output", str(data / "val")], [data / "val" / "manifest.json"]),
