@@ -34,4 +34,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> AdamW:
-    return AdamW(param_groups(model, weight_decay), lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+    """Fused: one pass over each parameter's memory instead of a dozen `foreach` passes (sqrt, div, lerp,
+    ...). The update is the same AdamW; on the quick start's 3.6 M parameters the step drops from about
+    5.5 to 1.5 ms on a CPU (docs/training.md). A checkpoint from before keeps its `fused` setting on
+    resume (torch restores each group's options), so old runs continue exactly as they ran."""
+    return AdamW(param_groups(model, weight_decay), lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)
