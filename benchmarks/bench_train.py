@@ -3,6 +3,8 @@
 Example:
     python benchmarks/bench_train.py                       # the stated configuration below, CPU or GPU
     python benchmarks/bench_train.py --precision bf16 --batch-size 64
+    python benchmarks/bench_train.py --layernorm-order pre --precision bf16 --dropout 0 --repeats 3
+                                                           # the quick start's step, fastest of 3 runs per row
 
 Configuration (defaults): 4 layers, hidden 256, 8 heads, text-to-image sequences of 32 text + 64 image
 tokens (100 with the command tokens), micro-batch 16, vocabulary 1024 (the shapes pipeline: 512 codes +
@@ -58,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ours: DeepSpeed bf16 (fp32 master weights); naive: bf16 autocast")
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per row")
     parser.add_argument("--warmup-steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measure every row this many times, the rows taking turns, and keep each row's fastest: "
+                             "two processes of the same row differ by 10-20%% on a shared CPU")
     parser.add_argument("--dropout", type=float, default=0.1,
                         help="hidden and attention dropout of every row (the quick start trains with 0)")
     parser.add_argument("--layernorm-order", choices=("pre", "sandwich"), default="sandwich",
@@ -223,21 +228,27 @@ def _plain_loop(model, batch, device, dtype):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     context = multiprocessing.get_context("spawn")
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
     measured = {}
-    for row in ROWS:
-        results = context.Queue()
-        child = context.Process(target=_measure, args=(row, args, results))
-        child.start()
-        child.join()
-        if child.exitcode != 0:
-            raise SystemExit(f"the {row} measurement failed (exit status {child.exitcode})")
-        measured[row] = results.get()
+    for _ in range(args.repeats):
+        for row in ROWS:  # rows take turns, so a slow spell of a shared machine hits every row alike
+            results = context.Queue()
+            child = context.Process(target=_measure, args=(row, args, results))
+            child.start()
+            child.join()
+            if child.exitcode != 0:
+                raise SystemExit(f"the {row} measurement failed (exit status {child.exitcode})")
+            run = results.get()
+            if row not in measured or run["tokens_per_second"] > measured[row]["tokens_per_second"]:
+                measured[row] = run
     ours, naive = measured["ours"], measured["naive"]
     memory = "peak CUDA memory (MiB)" if ours["device"].startswith("cuda") else "peak RSS growth (MiB)"
     print(f"\n{args.num_layers} layers, hidden {args.hidden_size}, {args.num_attention_heads} heads, "
           f"{args.text_tokens} text + {args.image_tokens} image tokens, batch {args.batch_size}, "
           f"vocab {args.vocab_size}, {args.precision}, dropout {args.dropout}, {args.layernorm_order} LayerNorms, "
-          f"{ours['device']}, {args.steps} timed steps")
+          f"{ours['device']}, {args.steps} timed steps"
+          + (f", the fastest of {args.repeats} runs per row" if args.repeats > 1 else ""))
     print(f"| row | tokens/s | {memory} | MFU |\n|---|---|---|---|")
     for name, label in ROWS.items():
         row = measured[name]
