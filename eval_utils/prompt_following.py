@@ -10,16 +10,18 @@ from tqdm import tqdm
 
 from data_utils.shapes import ShapeObject
 from eval_utils.report import Section, scale_key
-from eval_utils.shapes_accuracy import caption_accuracy, image_accuracy
+from eval_utils.shapes_accuracy import any_correct, caption_accuracy, image_accuracy
 from generation.pipeline import Pipeline
 
 
 @dataclass
 class JudgedImages:
-    """One image per held-out prompt at one guidance scale, and, with post-selection, the first candidates."""
+    """One image per held-out prompt at one guidance scale and, with post-selection, the first candidates
+    and every prompt's candidates (what a perfect selector could pick from)."""
 
     judged: list[Image.Image]
     first: list[Image.Image] | None = None
+    candidates: list[list[Image.Image]] | None = None
 
 
 ImagesAtScale = Callable[[float], JudgedImages]
@@ -41,7 +43,8 @@ def pipeline_images(pipe: Pipeline, prompts: list[str], candidates: int, post_se
             if post_select:
                 best = [pipe.rerank_codes(result.prompt, result.codes).order[0]
                         for result in tqdm(results, desc="post-selection", unit="prompt")]
-                made[cfg_scale] = JudgedImages([r.images[b] for r, b in zip(results, best)], first)
+                made[cfg_scale] = JudgedImages([r.images[b] for r, b in zip(results, best)], first,
+                                               [list(result.images) for result in results])
             else:
                 made[cfg_scale] = JudgedImages(first)
         return made[cfg_scale]
@@ -52,7 +55,9 @@ def pipeline_images(pipe: Pipeline, prompts: list[str], candidates: int, post_se
 def text_to_image_section(objects: list[list[ShapeObject]], cfg_scales: Sequence[float],
                           images_at: ImagesAtScale, candidates: int = 1) -> Section:
     """Shapes prompt following of the judged image of every prompt, per guidance scale; with
-    post-selection the first candidates are scored too (what no selection would give)."""
+    post-selection the first candidates are scored too (what no selection would give), and the share of
+    prompts with at least one fully correct candidate (`any_candidate`: what a perfect selector would
+    give, so the gap to `judged` is the post-selection score's, the gap to 1 the generator's)."""
     results: dict[str, Any] = {"prompts": len(objects), "candidates": candidates, "by_cfg_scale": {}}
     blocks = []
     for scale in cfg_scales:
@@ -65,6 +70,10 @@ def text_to_image_section(objects: list[list[ShapeObject]], cfg_scales: Sequence
             first = image_accuracy(zip(objects, images.first))
             row["first_candidate"] = first.to_dict()
             blocks.append(f"cfg scale {scale:g}, first candidate\n{first.format_table()}")
+        if images.candidates is not None:
+            row["any_candidate"] = any_correct(objects, images.candidates)
+            blocks.append(f"cfg scale {scale:g}, prompts with a fully correct candidate among {candidates}: "
+                          + ", ".join(f"{group} {share:.3f}" for group, share in row["any_candidate"].items()))
         results["by_cfg_scale"][scale_key(scale)] = row
     return Section("t2i", results, "\n".join(blocks))
 

@@ -179,6 +179,22 @@ def image_accuracy(pairs: Iterable[tuple[Sequence[ShapeObject], ImageLike]], siz
     return summarise_checks(prompts, results)
 
 
+def any_correct(prompts: Sequence[Sequence[ShapeObject]], candidates: Sequence[Sequence[ImageLike]],
+                size: int | None = None) -> dict[str, float]:
+    """Per group (all prompts, and per number of objects), the share of prompts at least one of whose
+    candidate images is fully correct: the accuracy of a perfect post-selection."""
+    if len(prompts) != len(candidates):
+        raise UserError(f"{len(prompts)} prompts but candidates for {len(candidates)}")
+    found: dict[str, list[bool]] = defaultdict(list)
+    for objects, images in tqdm(zip(prompts, candidates), total=len(prompts), desc="checking candidates",
+                                unit="prompt"):
+        hit = any(check_image(_as_checkable(image), objects, size).correct for image in images)
+        for key in (ALL, _group_name(len(objects))):
+            found[key].append(hit)
+    ordered = [ALL] + sorted((key for key in found if key != ALL), key=lambda key: int(key.split()[0]))
+    return {key: sum(found[key]) / len(found[key]) for key in ordered}
+
+
 def _best_pairing(truth: Sequence[ShapeObject], parsed: Sequence[ShapeObject]) -> list[ShapeObject | None]:
     """For each ground-truth object its parsed partner (or None), maximising equal attributes in total."""
     def agreement(pairing: Sequence[ShapeObject | None]) -> int:

@@ -81,7 +81,7 @@ def test_ground_truth_images_follow_their_prompts_perfectly():
 
     def images_at(scale):
         asked.append(scale)
-        return JudgedImages(images, first=blank)
+        return JudgedImages(images, first=blank, candidates=[[empty, image] for empty, image in zip(blank, images)])
 
     section = text_to_image_section(objects, [1.0, 3.0], images_at, candidates=4)
     assert asked == [1.0, 3.0] and set(section.results["by_cfg_scale"]) == {"1", "3"}
@@ -91,7 +91,20 @@ def test_ground_truth_images_follow_their_prompts_perfectly():
         assert [group[key] for key in ("correct", "objects_right", "colour", "shape", "size", "position")] == [1.0] * 6
     assert row["judged"]["mean_extras"] == 0.0
     assert row["first_candidate"]["groups"]["all"]["correct"] == 0.0  # blank images show nothing
+    assert row["any_candidate"] == {"all": 1.0, "1 object": 1.0, "2 objects": 1.0}  # the true image is among them
     assert "cfg scale 3, post-selected of 4" in section.table and "first candidate" in section.table
+
+
+def test_any_candidate_counts_a_prompt_once_whichever_candidate_is_right():
+    from eval_utils.shapes_accuracy import any_correct
+
+    images, _, objects = held_out(6)
+    blank = Image.new("RGB", (64, 64), "white")
+    shares = any_correct(objects, [[blank, image] if i % 2 else [blank, blank] for i, image in enumerate(images)])
+    assert shares["all"] == 0.5 and list(shares)[0] == "all"
+    assert sorted(shares) == sorted({"all", *(f"{len(o)} object" + ("s" if len(o) > 1 else "") for o in objects)})
+    with pytest.raises(UserError, match="6 prompts but candidates for 5"):
+        any_correct(objects, [[blank]] * 5)
 
 
 def test_caption_section_scores_true_captions_right_and_nonsense_unparsed():
