@@ -38,6 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from arguments import positive_int  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 
 PAD_ID = 1000  # an id above the image codes, as [PAD] is in the unified vocabulary
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ours: DeepSpeed bf16 (fp32 master weights); naive: bf16 autocast")
     parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per row")
     parser.add_argument("--warmup-steps", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=1,
+    parser.add_argument("--repeats", type=positive_int, default=1,
                         help="measure every row this many times, the rows taking turns, and keep each row's fastest: "
                              "two processes of the same row differ by 10-20%% on a shared CPU")
     parser.add_argument("--dropout", type=float, default=0.1,
@@ -228,8 +229,6 @@ def _plain_loop(model, batch, device, dtype):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     context = multiprocessing.get_context("spawn")
-    if args.repeats < 1:
-        raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
     measured = {}
     for _ in range(args.repeats):
         for row in ROWS:  # rows take turns, so a slow spell of a shared machine hits every row alike

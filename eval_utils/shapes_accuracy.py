@@ -185,14 +185,16 @@ def any_correct(prompts: Sequence[Sequence[ShapeObject]], candidates: Sequence[S
     candidate images is fully correct: the accuracy of a perfect post-selection."""
     if len(prompts) != len(candidates):
         raise UserError(f"{len(prompts)} prompts but candidates for {len(candidates)}")
-    found: dict[str, list[bool]] = defaultdict(list)
+    if not prompts:
+        raise UserError("no prompts to score")
+    found: dict[int | str, list[bool]] = defaultdict(list)  # keyed as `_Groups` keys its tallies
     for objects, images in tqdm(zip(prompts, candidates), total=len(prompts), desc="checking candidates",
                                 unit="prompt"):
         hit = any(check_image(_as_checkable(image), objects, size).correct for image in images)
-        for key in (ALL, _group_name(len(objects))):
+        for key in (ALL, len(objects)):
             found[key].append(hit)
-    ordered = [ALL] + sorted((key for key in found if key != ALL), key=lambda key: int(key.split()[0]))
-    return {key: sum(found[key]) / len(found[key]) for key in ordered}
+    share = {key: sum(hits) / len(hits) for key, hits in found.items()}
+    return {ALL: share[ALL], **{_group_name(n): share[n] for n in sorted(key for key in found if key != ALL)}}
 
 
 def _best_pairing(truth: Sequence[ShapeObject], parsed: Sequence[ShapeObject]) -> list[ShapeObject | None]:
