@@ -36,12 +36,13 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from arguments import (add_deepspeed_args, add_training_args, fraction, non_negative_float,  # noqa: E402
-                       parse_noting_given, positive_int, task_mix)
+                       non_negative_int, parse_noting_given, positive_int, task_mix)
 from data_utils.dataset import TaskSequenceDataset, collate_sequences  # noqa: E402
 from finetune.adapters import AdapterConfig, base_fingerprint, save_adapter  # noqa: E402
 from finetune.class_images import ensure_class_images  # noqa: E402
-from finetune.data import MemoryRows, identifier_pieces, read_instance_folder, tokenise  # noqa: E402
+from finetune.data import CaptionedImages, MemoryRows, identifier_pieces, read_instance_folder, tokenise  # noqa: E402
 from finetune.lora import LORA_TARGETS, add_lora, lora_tensors  # noqa: E402
+from finetune.placements import placement_images  # noqa: E402
 from finetune.trainable import MODES, freeze_all_but, trainable_prefixes, trained_state  # noqa: E402
 from generation.loading import load_components  # noqa: E402
 from generation.pipeline import Pipeline  # noqa: E402
@@ -78,6 +79,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     subject.add_argument("--class-noun", default="square", help="the subject's class (default: %(default)s)")
     subject.add_argument("--caption-template", metavar="TEXT",
                          help="one caption for every instance image, e.g. 'a {identifier} {class_noun}'")
+    subject.add_argument("--placement-images", type=non_negative_int, default=0, metavar="N",
+                         help="add N pictures of the subject cut out of the instance images and placed at drawn "
+                              "shapes sizes and cells, half next to an ordinary object, captioned by the shapes "
+                              "grammar (finetune/placements.py; the instance images must show the subject on "
+                              "white); 0: only the instance images (default: %(default)s)")
     prior = parser.add_argument_group("prior preservation")
     prior.add_argument("--prior-loss-weight", type=non_negative_float, default=1.0,
                        help="weight of the class images' loss; 0 switches prior preservation off "
@@ -196,6 +202,7 @@ def write_adapter(model: torch.nn.Module, args: argparse.Namespace, fingerprint:
                            lora_alpha=args.lora_alpha if args.mode == "lora" else None,
                            extra={"base": str(args.base), "training_seconds": round(seconds, 2),
                                   "train_iters": args.train_iters, "prior_loss_weight": args.prior_loss_weight,
+                                  "placement_images": args.placement_images,
                                   "trained_parameters": sum(t.numel() for t in tensors.values()),
                                   "model_parameters": sum(p.numel() for n, p in model.named_parameters()
                                                           if "lora_" not in n)})
@@ -218,6 +225,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         logger.info("identifier %r is the pieces %s of the base tokenizer", args.identifier, pieces)
 
     instances = read_instance_folder(args.instance_data, args.identifier, args.class_noun, args.caption_template)
+    if args.placement_images:
+        canvas = geometry.image_grid * pipe.vqvae.config.downsample
+        extra = placement_images(instances, args.placement_images, args.identifier, args.class_noun, args.seed, canvas)
+        instances = CaptionedImages(instances.images + extra.images, instances.captions + extra.captions,
+                                    instances.names + extra.names)
+        if mpu.is_main_process():
+            logger.info("placement augmentation: %d pictures of the subject at drawn sizes and cells, e.g. %r",
+                        len(extra.images), extra.captions[0])
     instance_rows = tokenise(instances.images, instances.captions, tok, pipe.vqvae, geometry, with_lowres,
                              "instance images")
     layout = model.config.position_layout

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from arguments import non_negative_int  # noqa: E402
 from benchmarks.bench_quality import SHAPES_VOCAB_SIZE, TRAINING_LANGUAGE, Recipe, train_from_scratch  # noqa: E402
 from utils.errors import run_main  # noqa: E402
 from utils.files import atomic_write_json, read_json  # noqa: E402
@@ -104,13 +105,14 @@ def evaluate(pipe_loader, path: Path, settings: dict, subject_prompts: bool = Tr
 
 def finetune_stage(run: Path, base: Path, instances: Path, prompts: Path, mode: str, prior: bool, seed: int,
                    args: argparse.Namespace) -> tuple[Stage, Path]:
-    save = run / f"{mode}-{'prior' if prior else 'noprior'}-s{seed}"
+    placed = f"-placed{args.placement_images}" if args.placement_images else ""
+    save = run / f"{mode}-{'prior' if prior else 'noprior'}{placed}-s{seed}"
     prior_flags = (["--class-prompts", str(prompts), "--num-class-images", str(args.num_class_images),
                     "--class-data", str(run / "class_images")] if prior else ["--prior-loss-weight", "0"])
     argv = ["finetune_subject.py", "--base", str(base), "--instance-data", str(instances), *MODES[mode], *prior_flags,
             "--train-iters", str(args.train_iters), "--batch-size", "4", "--warmup", "0.05", "--bf16",
             "--seed", str(seed), "--save", str(save), "--save-interval", str(max(args.train_iters // 2, 1)),
-            "--log-interval", "10"]
+            "--log-interval", "10", *(["--placement-images", str(args.placement_images)] if placed else [])]
     marker = save / "latest_checkpointed_iteration.txt"
     return Stage(save.name, argv, [save / "adapter" / "adapter_config.json"], resume_marker=marker,
                  resume_argv=["--load", str(save)]), save
@@ -152,6 +154,9 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--train-iters", type=int, default=400, help="fine-tuning steps of every run")
     parser.add_argument("--num-class-images", type=int, default=200)
+    parser.add_argument("--placement-images", type=non_negative_int, default=400,
+                        help="pictures of the subject moved to drawn sizes and cells (finetune_subject.py "
+                             "--placement-images); 0: the four instance images alone")
     parser.add_argument("--num-prompts", type=int, default=48,
                         help="prompts of composition, property change, class preservation and shapes each")
     parser.add_argument("--images-per-prompt", type=int, default=4)
@@ -202,6 +207,7 @@ def main() -> None:
     results["base"] = {key: statistics.fmean(values) for key, values in results["base_by_seed"].items()}
     atomic_write_json(run / "results.json", results)
     print(f"\nsubject benchmark: base {base}, {args.seeds} seed(s), {args.train_iters} steps per run, "
+          f"{args.placement_images} placement pictures, "
           f"{args.num_prompts} prompts x {args.images_per_prompt} images (recontext: 18 prompts), "
           f"cfg {args.cfg_scale:g}, temperature {args.temperature:g}; percent fully correct")
     print(table(results))

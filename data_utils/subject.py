@@ -20,14 +20,13 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from data_utils.shapes import (COLOURS, COLOURS_ZH, POSITIONS, POSITIONS_ZH, SHAPES, SIZES, SIZES_ZH,
+from data_utils.shapes import (COLOURS, COLOURS_ZH, POSITIONS, POSITIONS_ZH, SHAPES, SHAPES_ZH, SIZES, SIZES_ZH,
                                BBox, ShapeObject, caption_for, draw, object_bbox, shape_mask)
 from utils.files import atomic_write_text
 
 TEAL = (0, 150, 150)
 IDENTIFIER = "sks"
 CLASS_NOUN = "square"
-CLASS_NOUN_ZH = "正方形"
 # The four instance images (size, position), centre jitter 0: the only pictures of the subject training may use.
 INSTANCES = (("large", "top left"), ("small", "center"), ("large", "bottom right"), ("small", "top"))
 
@@ -83,21 +82,25 @@ def _paint(obj: SceneObject, width: int, height: int) -> tuple[np.ndarray, tuple
     return shape_mask(obj.shape, width, height), COLOURS[obj.colour]
 
 
-def _subject_phrase(obj: SubjectObject, language: str) -> str:
+def _subject_phrase(obj: SubjectObject, language: str, identifier: str, class_noun: str) -> str:
     if language == "en":
         where = "in the center" if obj.position == "center" else f"at the {obj.position}"
         colour = "" if obj.colour is None else f"{obj.colour} "
-        return f"a {obj.size} {colour}{IDENTIFIER} {CLASS_NOUN} {where}"
+        return f"a {obj.size} {colour}{identifier} {class_noun} {where}"
     colour = "" if obj.colour is None else COLOURS_ZH[obj.colour]
-    return f"{POSITIONS_ZH[obj.position]}有一个{SIZES_ZH[obj.size]}的{colour}{IDENTIFIER}{CLASS_NOUN_ZH}"
+    return f"{POSITIONS_ZH[obj.position]}有一个{SIZES_ZH[obj.size]}的{colour}{identifier}{SHAPES_ZH[class_noun]}"
 
 
-def scene_caption(objects: Sequence[SceneObject], language: str = "en") -> str:
-    """The spec's caption: subject phrases and shapes phrases joined as two shapes objects are."""
+def scene_caption(objects: Sequence[SceneObject], language: str = "en", identifier: str = IDENTIFIER,
+                  class_noun: str = CLASS_NOUN) -> str:
+    """The spec's caption: subject phrases and shapes phrases joined as two shapes objects are. Another
+    identifier, or another shapes shape as the class noun, names another subject the same way."""
     if language not in ("en", "zh"):
         raise ValueError(f"unknown caption language {language!r}")
-    phrases = [_subject_phrase(obj, language) if isinstance(obj, SubjectObject) else caption_for([obj], language)
-               for obj in objects]
+    if class_noun not in SHAPES_ZH:
+        raise ValueError(f"class noun {class_noun!r} is not a shapes shape ({', '.join(SHAPES)})")
+    phrases = [_subject_phrase(obj, language, identifier, class_noun) if isinstance(obj, SubjectObject)
+               else caption_for([obj], language) for obj in objects]
     return (" and " if language == "en" else "，").join(phrases)
 
 

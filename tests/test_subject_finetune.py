@@ -107,9 +107,10 @@ def test_lora_run_resumes_to_the_same_adapter_and_loads_everywhere(setup, tmp_pa
         Pipeline.from_checkpoint(other, adapters=[tmp_path / "full_run" / "adapter"])
 
 
-def test_frozen_parts_save_only_what_trained_and_no_prior_needs_no_class_images(setup, tmp_path):
-    finetune(setup, tmp_path / "frozen", "--mode", "frozen", "--trainable", "embeddings,layers=1",
-             "--prior-loss-weight", "0")
+def test_frozen_parts_with_placements_save_only_what_trained_and_no_prior_needs_no_class_images(setup, tmp_path):
+    result = finetune(setup, tmp_path / "frozen", "--mode", "frozen", "--trainable", "embeddings,layers=1",
+                      "--prior-loss-weight", "0", "--placement-images", "6")
+    assert "placement augmentation: 6 pictures" in result.stderr + result.stdout
     config, tensors = read_adapter(tmp_path / "frozen" / "adapter")
     base = Pipeline.from_checkpoint(setup.base).model
     trained = ("word_embeddings.", "transformer.position_embeddings.", "transformer.layers.1.")
