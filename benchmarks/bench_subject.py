@@ -54,9 +54,9 @@ BASE_RECIPE = Recipe("text2image=0.8,image2text=0.2", dropout=0.0)
 
 # What trains, and at which learning rate, in each mode (the base model has 4 layers).
 MODES = {
-    "full": ["--mode", "full", "--lr", "1e-4"],
-    "frozen": ["--mode", "frozen", "--trainable", "embeddings,layers=2-3", "--lr", "3e-4"],
-    "lora": ["--mode", "lora", "--lora-rank", "4", "--lora-alpha", "8", "--lr", "1e-3"],
+    "full": ["--mode", "full", "--lr", "3e-4"],
+    "frozen": ["--mode", "frozen", "--trainable", "embeddings,layers=2-3", "--lr", "1e-3"],
+    "lora": ["--mode", "lora", "--lora-rank", "4", "--lora-alpha", "8", "--lr", "1e-2"],
 }
 COLUMNS = (("recontext", "recontext"), ("recontext_unseen", "unseen 14"), ("composition", "composition"),
            ("property", "property"), ("class", "class pres."), ("shapes", "shapes acc."))
