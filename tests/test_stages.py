@@ -51,3 +51,16 @@ def test_a_failing_stage_is_one_line_and_not_marked_done(tmp_path, script):
     with pytest.raises(UserError, match="stage 'step' failed \\(exit 3\\)"):
         stage.run(tmp_path)
     assert not stage.is_done(tmp_path)
+
+
+def test_a_checkpoint_of_another_command_is_refused_not_resumed(tmp_path, script):
+    out, marker = tmp_path / "out.txt", tmp_path / "checkpoint"
+    first = Stage("step", [str(script), str(out), "--lr", "1"], [out], resume_marker=marker, resume_argv=["--load"])
+    first.run(tmp_path)
+    marker.write_text("1")  # its training left a checkpoint
+    changed = Stage("step", [str(script), str(out), "--lr", "3"], [out], resume_marker=marker, resume_argv=["--load"])
+    with pytest.raises(UserError, match="holds a checkpoint of another command \\(differing arguments 1 3\\)"):
+        changed.run(tmp_path)
+    with pytest.raises(UserError, match="another command"):  # a killed changed run is refused as well
+        Stage("step", [str(script), str(out), "--lr", "3"], [out], resume_marker=marker).run(tmp_path)
+    assert first.run(tmp_path) == 0.0 and calls(tmp_path) == ["--lr 1"]

@@ -38,20 +38,33 @@ class Stage:
     def marker(self, run_dir: Path) -> Path:
         return run_dir / ".stages" / f"{self.name}.json"
 
-    def is_done(self, run_dir: Path) -> bool:
+    def recorded(self, run_dir: Path) -> dict:
+        """What the marker says: the command last started here, and its seconds once it finished."""
         marker = self.marker(run_dir)
-        if not marker.is_file() or not all(path.exists() for path in self.outputs):
-            return False
-        return json.loads(marker.read_text()).get("argv") == self.argv
+        return json.loads(marker.read_text()) if marker.is_file() else {}
+
+    def is_done(self, run_dir: Path) -> bool:
+        recorded = self.recorded(run_dir)
+        return ("seconds" in recorded and recorded.get("argv") == self.argv
+                and all(path.exists() for path in self.outputs))
 
     def run(self, run_dir: Path) -> float:
-        """Run the stage (skipped when done); returns its seconds (0 when reused)."""
+        """Run the stage (skipped when done); returns its seconds (0 when reused). A checkpoint left by
+        another command is refused rather than resumed: it would continue that command's work under this
+        one's name."""
         if self.is_done(run_dir):
             print(f"=== {self.name}: reused ({self.marker(run_dir)})", flush=True)
             return 0.0
         argv = self.argv
         if self.resume_marker is not None and self.resume_marker.exists():
+            started = self.recorded(run_dir).get("argv", self.argv)
+            if started != self.argv:
+                changed = sorted(set(started).symmetric_difference(self.argv))
+                raise UserError(f"stage '{self.name}': {self.resume_marker.parent} holds a checkpoint of another "
+                                f"command (differing arguments {' '.join(changed)}); delete that folder to start "
+                                f"over, or run with the command it was started with")
             argv = [*argv, *self.resume_argv]
+        atomic_write_json(self.marker(run_dir), {"argv": self.argv})
         print(f"\n=== {self.name}: {shlex.join(argv)}", flush=True)
         start = time.time()
         result = subprocess.run([sys.executable, *argv], cwd=ROOT)
