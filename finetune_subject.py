@@ -1,9 +1,9 @@
 """Teach a trained model a new subject from 3-5 captioned pictures (DreamBooth for the token model).
 
 Example (the `sks square` of ../shared/datasets/subject.md; scripts/finetune_subject.sh writes its data):
-    python finetune_subject.py --base runs/bench_subject_base/shapes/gpt-2409 --instance-data runs/subject/instances \\
-        --class-prompts runs/subject/class_prompts.txt --num-class-images 200 --mode lora \\
-        --train-iters 300 --batch-size 4 --lr 1e-3 --bf16 --save runs/subject/lora
+    python finetune_subject.py --base runs/bench_subject_base/shapes/gpt-2857 --instance-data runs/subject/instances \\
+        --class-prompts runs/subject/class_prompts.txt --num-class-images 200 --mode lora --placement-images 400 \\
+        --train-iters 400 --batch-size 4 --lr 1e-2 --bf16 --save runs/subject/lora
 
 What happens, in order:
 1. The base checkpoint loads with its tokenizer and VQ-VAE (the VQ-VAE stays frozen: it only tokenises).
