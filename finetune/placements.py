@@ -24,8 +24,9 @@ import numpy as np
 from PIL import Image
 
 from data_utils.shapes import (COLOURS, DEFAULT_TWO_OBJECT_FRACTION, JITTER_PX, LANGUAGES, POSITIONS, SHAPES, SIZES,
-                               ShapeObject, object_bbox, render)
+                               ShapeObject, render)
 from data_utils.subject import SceneObject, SubjectObject, placed, scene_caption
+from data_utils.text_tokenizer import HAN_CHARACTER
 from finetune.data import CaptionedImages
 from utils.errors import UserError
 
@@ -89,9 +90,9 @@ def draw_placement(seed: int, index: int, sources: int, languages: tuple[str, ..
 
 
 def caption_languages(captions: list[str]) -> tuple[str, ...]:
-    """The languages of the instance captions (Chinese when a caption has a CJK character), which are the
+    """The languages of the instance captions (Chinese when a caption has a Han character), which are the
     languages the user has named the subject in; a base trained on English alone could not read the others."""
-    found = {"zh" if any("\u4e00" <= char <= "\u9fff" for char in caption) else "en" for caption in captions}
+    found = {"zh" if HAN_CHARACTER.search(caption) else "en" for caption in captions}
     return tuple(language for language in LANGUAGES if language in found)
 
 
