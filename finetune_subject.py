@@ -1,7 +1,7 @@
 """Teach a trained model a new subject from 3-5 captioned pictures (DreamBooth for the token model).
 
 Example (the `sks square` of ../shared/datasets/subject.md; scripts/finetune_subject.sh writes its data):
-    python finetune_subject.py --base runs/bench_subject_base/shapes/gpt-2857 --instance-data runs/subject/instances \\
+    python finetune_subject.py --base runs/bench_subject_base/shapes/gpt-5715 --instance-data runs/subject/instances \\
         --class-prompts runs/subject/class_prompts.txt --num-class-images 200 --mode lora --placement-images 400 \\
         --train-iters 400 --batch-size 4 --lr 1e-2 --bf16 --save runs/subject/lora
 

@@ -4,7 +4,7 @@
 # for the four alone), then draw it somewhere no instance image shows it.
 #
 # Usage: scripts/finetune_subject.sh BASE_CHECKPOINT OUTPUT_DIR [more finetune_subject.py flags]
-#   scripts/finetune_subject.sh runs/bench_subject_base/shapes/gpt-2857 runs/subject
+#   scripts/finetune_subject.sh runs/bench_subject_base/shapes/gpt-5715 runs/subject
 #   MODE=full LR=3e-4 scripts/finetune_subject.sh runs/gpt runs/subject_full
 #   PRIOR_LOSS_WEIGHT=0 scripts/finetune_subject.sh runs/gpt runs/subject_noprior   # no prior preservation
 # Writes OUTPUT_DIR/instances (the four instance images with captions), OUTPUT_DIR/class_prompts.txt,
