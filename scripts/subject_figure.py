@@ -1,14 +1,15 @@
 """The picture of docs/tasks/subject_finetuning.md: what a fine-tuned model does with the `sks square`.
 
 Example:
-    python scripts/subject_figure.py --base runs/bench_subject_base/shapes/gpt-2409 \\
-        --adapter runs/bench_subject/lora-prior-s1/adapter --output docs/images/tasks/subject_finetuning.png
+    python scripts/subject_figure.py --base runs/bench_subject_base/shapes/gpt-5715 \\
+        --adapter runs/bench_subject/frozen-prior-placed400-s1/adapter --output docs/images/tasks/subject_finetuning.png
 
-Rows, top to bottom: the four instance images (all the model ever saw of the subject); the subject at
-(size, place) pairs it never saw; the subject next to an ordinary object; plain squares from the same
-fine-tuned model (the class it must keep). Each generated tile is one image of its own prompt (seed
-`--seed`), labelled with the prompt and the verdict of `data_utils.subject_checker` (a correct tile also gets
-the highlighted frame), so the picture cannot look better than the numbers.
+Rows, top to bottom: the four instance images (every picture of the subject the fine-tuning is given; its
+placement pictures are cut out of them); the subject at (size, place) pairs no instance image shows; the
+subject next to an ordinary object; plain squares from the same fine-tuned model (the class it must keep).
+Each generated tile is one image of its own prompt (seed `--seed`), labelled with the prompt and the verdict
+of `data_utils.subject_checker` (a correct tile also gets the highlighted frame), so the picture cannot look
+better than the numbers.
 """
 from __future__ import annotations
 
@@ -54,10 +55,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     pipe = Pipeline.from_checkpoint(args.base, adapters=args.adapter)
     sampling = {"cfg_scale": args.cfg_scale, "temperature": args.temperature}
     unseen = [p for p in recontext_prompts() if p.group == "unseen"]
-    rows = [("the four instance images (all the model saw of the sks square)",
+    rows = [("the four instance images (every picture of the sks square the fine-tuning is given)",
              [Cell(image, (caption, "training image")) for image, caption in instance_items()]),
-            ("the subject at sizes and places it never saw", generated_row(pipe, unseen[::2][:COLUMNS], args.seed,
-                                                                            sampling)),
+            ("the subject at sizes and places no instance image shows",
+             generated_row(pipe, unseen[::2][:COLUMNS], args.seed, sampling)),
             ("next to other objects", generated_row(pipe, composition_prompts(COLUMNS, seed=1), args.seed, sampling)),
             ("plain squares from the same model", generated_row(pipe, class_prompts(COLUMNS, seed=1), args.seed,
                                                                 sampling))]
